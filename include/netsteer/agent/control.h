@@ -1,0 +1,66 @@
+// Control server: the agent side of protocol v1 on a SOCK_SEQPACKET unix socket.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+
+#include "netsteer/agent/enrolment.h"
+#include "netsteer/protocol/channel.h"
+#include "netsteer/protocol/messages.h"
+
+namespace netsteer::agent {
+
+// Turns one received packet into one reply. Pure of IO, so tests can drive it with any packet.
+class RequestHandler {
+ public:
+  using StatusFn = std::function<nlohmann::json()>;
+  RequestHandler(EnrolmentManager& mgr, StatusFn status) : mgr_(mgr), status_(std::move(status)) {}
+  protocol::Reply handle(protocol::Packet& packet);
+
+ private:
+  protocol::Reply handle_add(const protocol::Request& req, protocol::Packet& packet);
+  EnrolmentManager& mgr_;
+  StatusFn status_;
+};
+
+struct ControlOptions {
+  std::string socket_path;
+  std::set<uid_t> allowed_uids{0};
+  size_t max_clients = 128;
+  std::chrono::milliseconds client_idle_timeout{std::chrono::seconds(60)};
+};
+
+class ControlServer {
+ public:
+  ControlServer(ControlOptions opts, RequestHandler& handler) : opts_(std::move(opts)), handler_(handler) {}
+  ~ControlServer();
+
+  // Binds the socket (0600, stale one replaced). Separate from run() so callers know it listens.
+  Status listen();
+  // Serves until SIGTERM/SIGINT (blocked and read through a signalfd) or stop().
+  Status run();
+  void stop();
+  size_t clients() const { return clients_.size(); }
+  uint64_t rejected_peers() const { return rejected_peers_; }
+
+ private:
+  void accept_clients();
+  void serve_client(int fd);
+  void drop_client(int fd);
+  void expire_idle();
+
+  ControlOptions opts_;
+  RequestHandler& handler_;
+  UniqueFd listen_fd_, epoll_fd_, signal_fd_, stop_fd_;
+  struct Client {
+    protocol::SeqpacketChannel ch;
+    std::chrono::steady_clock::time_point last;
+  };
+  std::map<int, Client> clients_;
+  uint64_t rejected_peers_ = 0;
+};
+
+}  // namespace netsteer::agent

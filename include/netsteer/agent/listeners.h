@@ -1,0 +1,33 @@
+// The proxy listeners born inside a pod netns (15001 outbound, 15006 inbound, 15008 tunnel).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+
+#include "netsteer/common/result.h"
+#include "netsteer/common/unique_fd.h"
+
+namespace netsteer::agent {
+
+struct Listener {
+  UniqueFd fd;
+  uint16_t port = 0;
+  std::string role;  // "outbound", "inbound", "tunnel"
+};
+
+struct PodListeners {
+  Listener outbound, inbound, tunnel;
+  // "dual" ([::] with IPV6_V6ONLY=0, serves v4 and v6) or "ipv4" (IPv6 unavailable in the netns).
+  std::string family;
+  nlohmann::json to_json() const;
+};
+
+// Creates the three listeners in the CALLING THREAD's netns (run it on the NetnsExecutor).
+// Every socket carries SO_MARK 0x539 (replies and accepted sockets inherit it, so the outbound
+// capture rule skips them), SO_REUSEADDR/SO_REUSEPORT, and 15001/15006 IP(V6)_TRANSPARENT so
+// they can accept connections to non-local addresses assigned by sk_lookup.
+Result<PodListeners> create_listeners(uint32_t mark);
+
+}  // namespace netsteer::agent

@@ -1,0 +1,107 @@
+// Network namespace handles and switching.
+//
+// setns(CLONE_NEWNET) changes only the calling thread. ScopedNetns enters a pod netns on the
+// current thread and restores the thread's previous netns when it goes out of scope; when
+// restoring fails the process aborts: running on in the wrong netns is never acceptable.
+// NetnsExecutor runs tasks inside a netns on a small fixed pool of threads (no thread per pod).
+#pragma once
+
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "netsteer/common/result.h"
+#include "netsteer/common/unique_fd.h"
+
+namespace netsteer::netns {
+
+// Identity of a netns: the (st_dev, st_ino) of its nsfs inode.
+struct NetnsId {
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  bool operator==(const NetnsId& o) const = default;
+};
+
+// An owned fd that is verified to refer to a network namespace.
+class NetnsHandle {
+ public:
+  NetnsHandle() = default;
+  // Takes ownership of fd (closed on any error); checks NS_GET_NSTYPE == CLONE_NEWNET.
+  static Result<NetnsHandle> from_fd(UniqueFd fd);
+  // Opens a netns file (/var/run/netns/NAME, /proc/PID/ns/net) and validates it.
+  static Result<NetnsHandle> open(const std::string& path);
+  // The netns of the calling thread.
+  static Result<NetnsHandle> current();
+  // The netns the process started in (the agent's "host" netns), captured on first use.
+  static const NetnsHandle& host();
+
+  int fd() const { return fd_.get(); }
+  bool valid() const { return fd_.valid(); }
+  const NetnsId& id() const { return id_; }
+  Result<NetnsHandle> dup() const;
+
+ private:
+  UniqueFd fd_;
+  NetnsId id_;
+};
+
+// Identity of the netns file at path without keeping it open.
+Result<NetnsId> netns_id_of_path(const std::string& path);
+
+// RAII: enter `target` on this thread; restore the previous netns on destruction (abort on failure).
+class ScopedNetns {
+ public:
+  static Result<ScopedNetns> enter(const NetnsHandle& target);
+  ScopedNetns(ScopedNetns&& o) noexcept : saved_(std::move(o.saved_)) {}
+  ScopedNetns& operator=(ScopedNetns&&) = delete;
+  ScopedNetns(const ScopedNetns&) = delete;
+  ~ScopedNetns();
+
+ private:
+  explicit ScopedNetns(UniqueFd saved) : saved_(std::move(saved)) {}
+  UniqueFd saved_;
+};
+
+// Fixed pool of threads that run tasks inside a given netns and return to the host netns.
+class NetnsExecutor {
+ public:
+  explicit NetnsExecutor(size_t threads = 2);
+  ~NetnsExecutor();
+  NetnsExecutor(const NetnsExecutor&) = delete;
+  NetnsExecutor& operator=(const NetnsExecutor&) = delete;
+
+  // Runs fn() inside `ns` on a pool thread and waits for it. fn returns Result<T>.
+  template <typename F>
+  auto run(const NetnsHandle& ns, F&& fn) -> decltype(fn()) {
+    using R = decltype(fn());
+    std::packaged_task<R()> task([&ns, &fn]() -> R {
+      auto scope = ScopedNetns::enter(ns);
+      if (!scope.ok()) return std::move(scope).error();
+      return fn();
+    });
+    auto fut = task.get_future();
+    submit([&task] { task(); });
+    return fut.get();
+  }
+
+  size_t threads() const { return threads_.size(); }
+
+ private:
+  void submit(std::function<void()> job);
+  void loop();
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace netsteer::netns

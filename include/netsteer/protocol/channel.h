@@ -1,0 +1,54 @@
+// SeqpacketChannel: one connected AF_UNIX SOCK_SEQPACKET endpoint carrying JSON packets and fds.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "netsteer/common/result.h"
+#include "netsteer/common/unique_fd.h"
+
+namespace netsteer::protocol {
+
+struct Packet {
+  std::string data;
+  std::vector<UniqueFd> fds;  // every received fd is owned here before anything looks at it
+  bool truncated = false;      // MSG_TRUNC: payload larger than the limit
+  bool ctrl_truncated = false; // MSG_CTRUNC: control data (fds) did not fit
+};
+
+// Peer credentials from SO_PEERCRED.
+struct PeerCred {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+class SeqpacketChannel {
+ public:
+  SeqpacketChannel() = default;
+  explicit SeqpacketChannel(UniqueFd fd) : fd_(std::move(fd)) {}
+
+  static Result<SeqpacketChannel> connect(const std::string& path);
+
+  // Sends one packet with optional fds (SCM_RIGHTS).
+  Status send(std::string_view data, const std::vector<int>& fds = {}) const;
+  // Receives one packet. Returns an empty Packet with data "" and no fds on orderly EOF
+  // (check eof()). Payloads above max_size are reported as truncated.
+  Result<Packet> recv(size_t max_size) const;
+  // Waits for readability up to timeout; error ETIMEDOUT on expiry.
+  Status wait_readable(std::chrono::milliseconds timeout) const;
+  Result<PeerCred> peer_cred() const;
+
+  int fd() const { return fd_.get(); }
+  bool valid() const { return fd_.valid(); }
+
+ private:
+  UniqueFd fd_;
+};
+
+// Creates a listening SEQPACKET socket at path: parent dir made, stale socket replaced, mode 0600.
+Result<UniqueFd> listen_seqpacket(const std::string& path, int backlog = 128);
+
+}  // namespace netsteer::protocol

@@ -1,0 +1,81 @@
+// Control protocol v1 between senders (netsteer-cni, netsteerctl) and netsteerd.
+// Transport: AF_UNIX SOCK_SEQPACKET; one JSON document per packet; `add` carries exactly one netns
+// fd in SCM_RIGHTS. Every request is answered by one reply {"ok":bool,"error":string,...}.
+// See docs/protocol.md.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "netsteer/common/inet.h"
+#include "netsteer/common/result.h"
+
+namespace netsteer::protocol {
+
+inline constexpr int kVersion = 1;
+inline constexpr size_t kMaxMessageSize = 64 * 1024;  // larger packets are refused
+inline constexpr uint32_t kAgentMark = 0x539;
+inline constexpr uint32_t kAgentMarkMask = 0xfff;
+inline constexpr uint16_t kPortOutbound = 15001;
+inline constexpr uint16_t kPortInbound = 15006;
+inline constexpr uint16_t kPortTunnel = 15008;
+
+enum class MsgType { kHello, kAdd, kDel, kList, kStatus, kSnapshot, kCheck, kInspect };
+std::string_view to_string(MsgType t);
+
+// Per-pod capture exclusions (set at enrol time).
+struct Exclusions {
+  std::vector<uint16_t> inbound_ports;   // pod ports never captured inbound
+  std::vector<uint16_t> outbound_ports;  // remote ports never captured outbound
+  std::vector<Prefix> outbound_cidrs;    // remote prefixes never captured outbound
+  std::vector<Prefix> inbound_sources;   // client prefixes never captured inbound (kubelet probes)
+  bool operator==(const Exclusions&) const = default;
+};
+
+struct PodSpec {
+  std::string uid;        // required; the enrolment key
+  std::string name;       // optional
+  std::string namespace_; // optional ("namespace" on the wire)
+  std::vector<IpAddr> ips;
+  std::string netns_path; // optional: where the netns can be reopened after an agent restart
+  Exclusions exclusions;
+  bool strict = false;    // drop app TCP leaving the pod without the agent's mark
+};
+
+struct Request {
+  MsgType type = MsgType::kHello;
+  int version = kVersion;
+  PodSpec pod;                    // add
+  std::string uid;                // del / check / inspect
+  std::optional<uint64_t> netns_ino;  // del by netns identity (with netns_dev)
+  std::optional<uint64_t> netns_dev;
+  std::vector<std::string> uids;  // snapshot: the pods that exist
+};
+
+struct Reply {
+  bool ok = true;
+  std::string error;
+  nlohmann::json data = nlohmann::json::object();  // extra fields merged into the reply object
+};
+
+// Strict decoding: malformed JSON, a missing/unknown type, a wrong version, known fields of the
+// wrong type, bad IPs/prefixes/ports are errors with a message naming the field.
+Result<Request> decode_request(std::string_view bytes);
+std::string encode_request(const Request& req);
+
+Result<Reply> decode_reply(std::string_view bytes);
+std::string encode_reply(const Reply& reply);
+
+nlohmann::json exclusions_to_json(const Exclusions& e);
+Result<Exclusions> exclusions_from_json(const nlohmann::json& j);
+nlohmann::json pod_to_json(const PodSpec& p);
+
+// Validate a pod uid: 1..128 chars of [A-Za-z0-9._-] (it names a bpffs directory).
+Status validate_uid(std::string_view uid);
+
+}  // namespace netsteer::protocol

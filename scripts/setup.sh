@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs every build, test and demo dependency of netsteer from Debian packages.
+# Idempotent: a second run installs nothing and prints only a one-line summary.
+set -euo pipefail
+
+PKGS=(
+  # toolchain
+  build-essential cmake pkg-config git clang llvm
+  # libraries
+  libbpf-dev libelf-dev zlib1g-dev bpftool libspdlog-dev libfmt-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libcli11-dev libmnl-dev
+  # runtime / test tools
+  iproute2 iptables nftables python3 python3-pytest curl socat iperf3 procps kmod util-linux
+)
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "setup.sh: must run as root (it installs packages with apt-get)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "setup.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup.sh: all ${#PKGS[@]} packages present"
+fi
+
+# bpffs: the agent mounts it too, but tools like bpftool want it early.
+if ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
+  mkdir -p /sys/fs/bpf
+  mount -t bpf bpffs /sys/fs/bpf
+fi

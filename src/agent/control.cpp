@@ -1,0 +1,227 @@
+#include "netsteer/agent/control.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace netsteer::agent {
+
+using protocol::MsgType;
+using protocol::Reply;
+
+namespace {
+Reply error_reply(std::string msg) {
+  Reply r;
+  r.ok = false;
+  r.error = std::move(msg);
+  return r;
+}
+}  // namespace
+
+Reply RequestHandler::handle(protocol::Packet& packet) {
+  // Framing problems first: the fds (if any) are already owned by `packet` and close with it.
+  if (packet.truncated)
+    return error_reply("message too large (limit " + std::to_string(protocol::kMaxMessageSize) + " bytes)");
+  if (packet.ctrl_truncated) return error_reply("truncated control data (too many fds or a bad cmsg)");
+  auto req = protocol::decode_request(packet.data);
+  if (!req.ok()) return error_reply(req.error().message);
+  if (req->type != MsgType::kAdd && !packet.fds.empty())
+    return error_reply("'" + std::string(to_string(req->type)) + "' carries no fds, got " +
+                       std::to_string(packet.fds.size()));
+  Reply r;
+  switch (req->type) {
+    case MsgType::kHello:
+      r.data = {{"version", protocol::kVersion}, {"agent", "netsteerd " NETSTEER_VERSION}};
+      return r;
+    case MsgType::kAdd:
+      return handle_add(*req, packet);
+    case MsgType::kDel: {
+      std::optional<netns::NetnsId> id;
+      if (req->netns_ino) id = netns::NetnsId{req->netns_dev.value_or(0), *req->netns_ino};
+      auto st = mgr_.unenrol(req->uid, id);
+      if (!st.ok()) return error_reply(st.error().message);
+      return r;
+    }
+    case MsgType::kList:
+      r.data = {{"pods", mgr_.list()}};
+      return r;
+    case MsgType::kStatus:
+      r.data = {{"status", status_ ? status_() : nlohmann::json::object()}};
+      return r;
+    case MsgType::kCheck:
+    case MsgType::kInspect: {
+      auto p = mgr_.pod_json(req->uid);
+      if (p.is_null()) return error_reply("unknown pod '" + req->uid + "'");
+      r.data = {{"pod", p}};
+      return r;
+    }
+    case MsgType::kSnapshot:
+      return error_reply("'snapshot' is not supported by this agent yet");
+  }
+  return error_reply("unhandled message type");
+}
+
+Reply RequestHandler::handle_add(const protocol::Request& req, protocol::Packet& packet) {
+  if (packet.fds.size() != 1)
+    return error_reply("'add' needs exactly one netns fd in SCM_RIGHTS, got " + std::to_string(packet.fds.size()));
+  auto ns = netns::NetnsHandle::from_fd(std::move(packet.fds[0]));
+  if (!ns.ok()) return error_reply("bad netns fd: " + ns.error().message);
+  if (ns->id() == netns::NetnsHandle::host().id())
+    return error_reply("refusing to enrol the agent's own (host) network namespace");
+  auto res = mgr_.enrol(req.pod, std::move(*ns));
+  if (!res.ok()) return error_reply(res.error().message);
+  Reply r;
+  r.data = {{"result", *res}, {"pod", mgr_.pod_json(req.pod.uid)}};
+  return r;
+}
+
+ControlServer::~ControlServer() {
+  clients_.clear();
+  if (listen_fd_ && !opts_.socket_path.empty()) ::unlink(opts_.socket_path.c_str());
+}
+
+Status ControlServer::listen() {
+  NS_TRY(listen_fd_, protocol::listen_seqpacket(opts_.socket_path));
+  epoll_fd_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_fd_) return Error::from_errno(errno, "epoll_create1");
+  stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop_fd_) return Error::from_errno(errno, "eventfd");
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  // The signals must be blocked in every thread (netsteerd blocks them before starting any).
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal_fd_.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!signal_fd_) return Error::from_errno(errno, "signalfd");
+  for (int fd : {listen_fd_.get(), stop_fd_.get(), signal_fd_.get()}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) < 0) return Error::from_errno(errno, "epoll_ctl");
+  }
+  spdlog::info("control socket listening on {}", opts_.socket_path);
+  return {};
+}
+
+void ControlServer::stop() {
+  uint64_t one = 1;
+  if (stop_fd_) (void)::write(stop_fd_.get(), &one, sizeof one);
+}
+
+Status ControlServer::run() {
+  epoll_event evs[64];
+  for (;;) {
+    int n = ::epoll_wait(epoll_fd_.get(), evs, 64, 1000);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Error::from_errno(errno, "epoll_wait");
+    }
+    for (int i = 0; i < n; ++i) {
+      int fd = evs[i].data.fd;
+      if (fd == signal_fd_.get()) {
+        signalfd_siginfo si{};
+        (void)::read(fd, &si, sizeof si);
+        spdlog::info("received signal {}, shutting down", si.ssi_signo);
+        return {};
+      }
+      if (fd == stop_fd_.get()) return {};
+      if (fd == listen_fd_.get()) {
+        accept_clients();
+        continue;
+      }
+      if (evs[i].events & EPOLLIN) {
+        serve_client(fd);
+      } else if (evs[i].events & (EPOLLHUP | EPOLLERR)) {
+        drop_client(fd);
+      }
+    }
+    expire_idle();
+  }
+}
+
+void ControlServer::accept_clients() {
+  for (;;) {
+    UniqueFd c(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!c) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        spdlog::warn("control accept: {}", std::strerror(errno));
+      return;
+    }
+    protocol::SeqpacketChannel ch(std::move(c));
+    auto cred = ch.peer_cred();
+    if (!cred.ok() || !opts_.allowed_uids.count(cred->uid)) {
+      ++rejected_peers_;
+      std::string who = cred.ok() ? "uid " + std::to_string(cred->uid) : "unknown peer";
+      spdlog::warn("control: refusing {} (not an allowed peer)", who);
+      (void)ch.send(protocol::encode_reply(error_reply("permission denied: " + who + " is not allowed")));
+      continue;  // closes
+    }
+    if (clients_.size() >= opts_.max_clients) {
+      ++rejected_peers_;
+      (void)ch.send(protocol::encode_reply(error_reply("too many control connections")));
+      continue;
+    }
+    int fd = ch.fd();
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.fd = fd;
+    if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) < 0) {
+      spdlog::warn("control: epoll_ctl: {}", std::strerror(errno));
+      continue;
+    }
+    clients_.emplace(fd, Client{std::move(ch), std::chrono::steady_clock::now()});
+  }
+}
+
+void ControlServer::serve_client(int fd) {
+  auto it = clients_.find(fd);
+  if (it == clients_.end()) return;
+  auto& client = it->second;
+  client.last = std::chrono::steady_clock::now();
+  // One packet per wakeup keeps one busy peer from starving the others (level-triggered epoll).
+  auto p = client.ch.recv(protocol::kMaxMessageSize);
+  if (!p.ok()) {
+    if (p.error().code == EAGAIN) return;
+    drop_client(fd);
+    return;
+  }
+  if (p->data.empty() && p->fds.empty() && !p->truncated) {  // orderly EOF
+    drop_client(fd);
+    return;
+  }
+  Reply r = handler_.handle(*p);
+  if (!r.ok) spdlog::info("control: request refused: {}", r.error);
+  auto st = client.ch.send(protocol::encode_reply(r));
+  if (!st.ok()) {
+    // A peer that does not read its replies is dropped rather than waited for.
+    spdlog::warn("control: dropping client: {}", st.error().message);
+    drop_client(fd);
+  }
+}
+
+void ControlServer::drop_client(int fd) {
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  clients_.erase(fd);
+}
+
+void ControlServer::expire_idle() {
+  auto now = std::chrono::steady_clock::now();
+  for (auto it = clients_.begin(); it != clients_.end();) {
+    if (now - it->second.last > opts_.client_idle_timeout) {
+      int fd = it->first;
+      ++it;
+      spdlog::info("control: closing idle client");
+      drop_client(fd);
+    } else {
+      ++it;
+    }
+  }
+}
+
+}  // namespace netsteer::agent

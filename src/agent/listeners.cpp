@@ -1,0 +1,81 @@
+#include "netsteer/agent/listeners.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "netsteer/common/inet.h"
+#include "netsteer/protocol/messages.h"
+
+namespace netsteer::agent {
+
+namespace {
+
+Status set_int(int fd, int level, int opt, int val, const char* name) {
+  if (::setsockopt(fd, level, opt, &val, sizeof val) < 0) return Error::from_errno(errno, name);
+  return {};
+}
+
+Result<UniqueFd> make_listener(int family, uint16_t port, bool transparent, uint32_t mark) {
+  UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::from_errno(errno, "socket");
+  NS_TRY_STATUS(set_int(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
+  NS_TRY_STATUS(set_int(fd.get(), SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT"));
+  NS_TRY_STATUS(set_int(fd.get(), SOL_SOCKET, SO_MARK, static_cast<int>(mark), "SO_MARK"));
+  IpAddr any;
+  any.family = family;
+  if (family == AF_INET6) {
+    NS_TRY_STATUS(set_int(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 0, "IPV6_V6ONLY"));
+    if (transparent)
+      NS_TRY_STATUS(set_int(fd.get(), IPPROTO_IPV6, IPV6_TRANSPARENT, 1, "IPV6_TRANSPARENT"));
+  }
+  // IP_TRANSPARENT also on the v6 socket: v4 connections to a dual-stack socket use it.
+  if (transparent) NS_TRY_STATUS(set_int(fd.get(), IPPROTO_IP, IP_TRANSPARENT, 1, "IP_TRANSPARENT"));
+  SockAddr sa = SockAddr::make(any, port);
+  if (::bind(fd.get(), sa.sa(), sa.len) < 0)
+    return Error::from_errno(errno, "bind " + sa.str());
+  if (::listen(fd.get(), 4096) < 0) return Error::from_errno(errno, "listen " + sa.str());
+  return fd;
+}
+
+}  // namespace
+
+nlohmann::json PodListeners::to_json() const {
+  auto one = [&](const Listener& l) {
+    return nlohmann::json{{"port", l.port}, {"role", l.role}, {"family", family}, {"open", l.fd.valid()}};
+  };
+  return nlohmann::json::array({one(outbound), one(inbound), one(tunnel)});
+}
+
+Result<PodListeners> create_listeners(uint32_t mark) {
+  // Dual-stack first; a netns without IPv6 (ipv6.disable=1 on the kernel) gets IPv4 sockets.
+  for (int family : {AF_INET6, AF_INET}) {
+    PodListeners pl;
+    pl.family = family == AF_INET6 ? "dual" : "ipv4";
+    struct Want {
+      Listener* l;
+      uint16_t port;
+      const char* role;
+      bool transparent;
+    } wants[] = {{&pl.outbound, protocol::kPortOutbound, "outbound", true},
+                 {&pl.inbound, protocol::kPortInbound, "inbound", true},
+                 {&pl.tunnel, protocol::kPortTunnel, "tunnel", false}};
+    Status st;
+    for (auto& w : wants) {
+      auto fd = make_listener(family, w.port, w.transparent, mark);
+      if (!fd.ok()) {
+        st = std::move(fd).error().wrap(std::string(w.role) + " listener");
+        break;
+      }
+      w.l->fd = std::move(*fd);
+      w.l->port = w.port;
+      w.l->role = w.role;
+    }
+    if (st.ok()) return pl;
+    // Only an unavailable address family is a reason to fall back; anything else is reported.
+    if (family == AF_INET6 && (st.error().code == EAFNOSUPPORT || st.error().code == EADDRNOTAVAIL)) continue;
+    return std::move(st).error();
+  }
+  return Error::msg("no address family available for listeners", EAFNOSUPPORT);
+}
+
+}  // namespace netsteer::agent

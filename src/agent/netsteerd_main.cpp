@@ -1,0 +1,90 @@
+// netsteerd: the node agent.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <thread>
+
+#include "netsteer/agent/control.h"
+#include "netsteer/agent/enrolment.h"
+#include "netsteer/client/client.h"
+#include "netsteer/common/log.h"
+#include "netsteer/netns/netns.h"
+
+using namespace netsteer;
+
+int main(int argc, char** argv) {
+  CLI::App app{"netsteerd: eBPF-assisted traffic redirection agent (one per node)"};
+  std::string socket_path = client::kDefaultSocket;
+  std::string log_format = "text", log_level = "info";
+  size_t executor_threads = 2;
+  std::vector<uid_t> allow_uids{0};
+  app.add_option("--socket", socket_path, "control socket path (SOCK_SEQPACKET, created 0600)")
+      ->capture_default_str();
+  app.add_option("--log-format", log_format, "text or json")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  app.add_option("--netns-threads", executor_threads, "threads that enter pod netns (fixed pool)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
+  app.add_option("--allow-uid", allow_uids, "peer uids allowed on the control socket")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  auto fmt = log::parse_format(log_format);
+  if (!fmt.ok()) {
+    std::fprintf(stderr, "netsteerd: %s\n", fmt.error().message.c_str());
+    return 2;
+  }
+  if (auto st = log::setup(*fmt, log_level); !st.ok()) {
+    std::fprintf(stderr, "netsteerd: %s\n", st.error().message.c_str());
+    return 2;
+  }
+
+  // Block the shutdown signals before any thread starts, so only the control loop's signalfd
+  // sees them; a broken peer must never kill us with SIGPIPE.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  (void)netns::NetnsHandle::host();
+  netns::NetnsExecutor executor(executor_threads);
+  agent::EnrolmentManager manager(executor);
+  auto started = std::chrono::steady_clock::now();
+  agent::RequestHandler handler(manager, [&] {
+    auto s = manager.stats();
+    return nlohmann::json{
+        {"version", NETSTEER_VERSION},
+        {"protocol", protocol::kVersion},
+        {"pods", manager.size()},
+        {"uptime_s", std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started).count()},
+        {"netns_threads", executor.threads()},
+        {"enrol_ok", s.enrol_ok},
+        {"enrol_failed", s.enrol_failed},
+        {"enrol_unchanged", s.enrol_noop},
+        {"replaced", s.replaced},
+        {"unenrolled", s.unenrolled},
+        {"pid", ::getpid()},
+    };
+  });
+  agent::ControlOptions copts;
+  copts.socket_path = socket_path;
+  copts.allowed_uids = {allow_uids.begin(), allow_uids.end()};
+  agent::ControlServer server(copts, handler);
+  if (auto st = server.listen(); !st.ok()) {
+    spdlog::critical("cannot listen on the control socket: {}", st.error().message);
+    return 1;
+  }
+  spdlog::info("netsteerd {} ready (pid {})", NETSTEER_VERSION, ::getpid());
+  auto st = server.run();
+  manager.clear();
+  if (!st.ok()) {
+    spdlog::critical("control loop failed: {}", st.error().message);
+    return 1;
+  }
+  spdlog::info("netsteerd stopped");
+  return 0;
+}

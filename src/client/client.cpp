@@ -1,0 +1,22 @@
+#include "netsteer/client/client.h"
+
+namespace netsteer::client {
+
+Result<Client> Client::connect(const std::string& socket_path, std::chrono::milliseconds timeout) {
+  NS_TRY(auto ch, protocol::SeqpacketChannel::connect(socket_path));
+  return Client(std::move(ch), timeout);
+}
+
+Result<protocol::Reply> Client::call(const protocol::Request& req, int fd) {
+  std::vector<int> fds;
+  if (fd >= 0) fds.push_back(fd);
+  NS_TRY_STATUS(ch_.send(protocol::encode_request(req), fds));
+  NS_TRY_STATUS(ch_.wait_readable(timeout_));
+  NS_TRY(protocol::Packet p, ch_.recv(protocol::kMaxMessageSize * 16));
+  if (p.data.empty() && p.fds.empty()) return Error::msg("agent closed the connection", ECONNRESET);
+  NS_TRY(protocol::Reply r, protocol::decode_reply(p.data));
+  if (!r.ok) return Error::msg(r.error.empty() ? "agent refused the request" : r.error, EREMOTEIO);
+  return r;
+}
+
+}  // namespace netsteer::client

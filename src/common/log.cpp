@@ -1,0 +1,84 @@
+#include "netsteer/common/log.h"
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+
+#include <spdlog/pattern_formatter.h>
+
+#include <cstdio>
+#include <vector>
+
+namespace netsteer::log {
+
+namespace {
+// %* : the message payload, JSON-escaped, so every JSON log line stays valid JSON.
+class JsonPayloadFlag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    std::string esc = json_escape(std::string_view(msg.payload.data(), msg.payload.size()));
+    dest.append(esc.data(), esc.data() + esc.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<JsonPayloadFlag>();
+  }
+};
+}  // namespace
+
+Result<Format> parse_format(const std::string& s) {
+  if (s == "text") return Format::kText;
+  if (s == "json") return Format::kJson;
+  return Error::msg("unknown log format '" + s + "' (want text or json)", EINVAL);
+}
+
+std::string json_escape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 8);
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out;
+}
+
+Status setup(Format format, const std::string& level, const std::string& file, bool to_stderr) {
+  auto lvl = spdlog::level::from_str(level);
+  if (lvl == spdlog::level::off && level != "off")
+    return Error::msg("unknown log level '" + level + "'", EINVAL);
+  std::vector<spdlog::sink_ptr> sinks;
+  if (to_stderr) sinks.push_back(std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  if (!file.empty()) {
+    try {
+      sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(file, false));
+    } catch (const spdlog::spdlog_ex& e) {
+      return Error::msg(std::string("open log file: ") + e.what(), EIO);
+    }
+  }
+  auto logger = std::make_shared<spdlog::logger>("netsteer", sinks.begin(), sinks.end());
+  if (format == Format::kJson) {
+    auto f = std::make_unique<spdlog::pattern_formatter>();
+    f->add_flag<JsonPayloadFlag>('*').set_pattern(
+        R"({"ts":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":"%*"})");
+    logger->set_formatter(std::move(f));
+  } else {
+    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  }
+  logger->set_level(lvl);
+  logger->flush_on(spdlog::level::info);
+  spdlog::set_default_logger(logger);
+  return {};
+}
+
+}  // namespace netsteer::log

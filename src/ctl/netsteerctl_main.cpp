@@ -1,0 +1,166 @@
+// netsteerctl: operator CLI for netsteerd (thin: parse, call the shared client, print).
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "netsteer/client/client.h"
+#include "netsteer/common/unique_fd.h"
+#include "netsteer/netns/netns.h"
+
+using namespace netsteer;
+using nlohmann::json;
+
+namespace {
+
+int fail(const std::string& msg) {
+  std::fprintf(stderr, "netsteerctl: %s\n", msg.c_str());
+  return 1;
+}
+
+std::string basename_of(const std::string& p) {
+  auto s = p.find_last_of('/');
+  return s == std::string::npos ? p : p.substr(s + 1);
+}
+
+std::string join(const json& arr, const std::string& key = "") {
+  std::string out;
+  for (const auto& e : arr) {
+    if (!out.empty()) out += ",";
+    const json& v = key.empty() ? e : e[key];
+    out += v.is_string() ? v.get<std::string>() : v.dump();
+  }
+  return out.empty() ? "-" : out;
+}
+
+void print_pods_table(const json& pods) {
+  std::printf("%-28s %-20s %-24s %-12s %-28s %s\n", "UID", "NAMESPACE", "NAME", "NETNS_INO", "IPS", "LISTENERS");
+  for (const auto& p : pods) {
+    std::printf("%-28s %-20s %-24s %-12llu %-28s %s\n", p.value("uid", "").c_str(),
+                p.value("namespace", "").c_str(), p.value("name", "").c_str(),
+                static_cast<unsigned long long>(p.value("netns_ino", 0ULL)), join(p["ips"]).c_str(),
+                join(p["listeners"], "port").c_str());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"netsteerctl: inspect and manage netsteerd"};
+  app.require_subcommand(1);
+  std::string socket_path = client::kDefaultSocket;
+  int timeout_ms = 10000;
+  app.add_option("--socket", socket_path, "agent control socket")->capture_default_str();
+  app.add_option("--timeout-ms", timeout_ms, "reply deadline")->capture_default_str();
+
+  protocol::PodSpec pod;
+  std::string netns_path;
+  std::vector<std::string> ips, ex_out_cidrs, ex_in_sources;
+  std::vector<uint16_t> ex_in_ports, ex_out_ports;
+  auto* enroll = app.add_subcommand("enroll", "enrol a pod netns by path (the CNI plugin's job, by hand)");
+  enroll->add_option("--netns", netns_path, "netns file, e.g. /var/run/netns/pod1")->required();
+  enroll->add_option("--name", pod.name, "pod name");
+  enroll->add_option("--namespace", pod.namespace_, "pod namespace");
+  enroll->add_option("--uid", pod.uid, "pod uid (default: the netns file name)");
+  enroll->add_option("--ip", ips, "pod IP (repeat; default: the agent discovers them)");
+  enroll->add_option("--exclude-inbound-port", ex_in_ports, "pod port not captured inbound (repeat)");
+  enroll->add_option("--exclude-outbound-port", ex_out_ports, "remote port not captured outbound (repeat)");
+  enroll->add_option("--exclude-outbound-cidr", ex_out_cidrs, "remote prefix not captured outbound (repeat)");
+  enroll->add_option("--exclude-inbound-source", ex_in_sources, "client prefix not captured inbound (repeat)");
+  enroll->add_flag("--strict", pod.strict, "drop app TCP that leaves the pod without capture");
+
+  std::string un_uid, un_netns;
+  auto* unenroll = app.add_subcommand("unenroll", "remove a pod's enrolment and everything it holds");
+  auto* o1 = unenroll->add_option("--uid", un_uid, "pod uid");
+  auto* o2 = unenroll->add_option("--netns", un_netns, "netns file of the pod");
+  o1->excludes(o2);
+  unenroll->require_option(1);
+
+  bool as_json = false;
+  auto* list = app.add_subcommand("list", "list enrolled pods");
+  list->add_flag("--json", as_json, "print JSON");
+  auto* status = app.add_subcommand("status", "agent status");
+  status->add_flag("--json", as_json, "print JSON");
+  std::string in_uid;
+  auto* inspect = app.add_subcommand("inspect", "everything about one pod");
+  inspect->add_option("--uid", in_uid, "pod uid")->required();
+  inspect->add_flag("--json", as_json, "print JSON");
+
+  CLI11_PARSE(app, argc, argv);
+
+  protocol::Request req;
+  UniqueFd fd;
+  if (*enroll) {
+    auto ns = netns::NetnsHandle::open(netns_path);
+    if (!ns.ok()) return fail(ns.error().message);
+    if (pod.uid.empty()) pod.uid = basename_of(netns_path);
+    if (pod.name.empty()) pod.name = basename_of(netns_path);
+    for (const auto& s : ips) {
+      auto a = IpAddr::parse(s);
+      if (!a.ok()) return fail(a.error().message);
+      pod.ips.push_back(*a);
+    }
+    for (const auto& s : ex_out_cidrs) {
+      auto p = Prefix::parse(s);
+      if (!p.ok()) return fail(p.error().message);
+      pod.exclusions.outbound_cidrs.push_back(*p);
+    }
+    for (const auto& s : ex_in_sources) {
+      auto p = Prefix::parse(s);
+      if (!p.ok()) return fail(p.error().message);
+      pod.exclusions.inbound_sources.push_back(*p);
+    }
+    pod.exclusions.inbound_ports = ex_in_ports;
+    pod.exclusions.outbound_ports = ex_out_ports;
+    pod.netns_path = netns_path;
+    req.type = protocol::MsgType::kAdd;
+    req.pod = pod;
+    // The agent receives this fd over SCM_RIGHTS; ours closes when we exit.
+    auto d = ns->dup();
+    if (!d.ok()) return fail(d.error().message);
+    fd = UniqueFd(::fcntl(d->fd(), F_DUPFD_CLOEXEC, 3));
+  } else if (*unenroll) {
+    req.type = protocol::MsgType::kDel;
+    if (!un_netns.empty()) {
+      auto id = netns::netns_id_of_path(un_netns);
+      if (!id.ok()) return fail(id.error().message);
+      req.netns_ino = id->ino;
+      req.netns_dev = id->dev;
+    } else {
+      req.uid = un_uid;
+    }
+  } else if (*list) {
+    req.type = protocol::MsgType::kList;
+  } else if (*status) {
+    req.type = protocol::MsgType::kStatus;
+  } else if (*inspect) {
+    req.type = protocol::MsgType::kInspect;
+    req.uid = in_uid;
+  }
+
+  auto c = client::Client::connect(socket_path, std::chrono::milliseconds(timeout_ms));
+  if (!c.ok()) return fail(c.error().message);
+  auto r = c->call(req, fd.get());
+  if (!r.ok()) return fail(r.error().message);
+  const json& d = r->data;
+
+  if (*enroll) {
+    std::printf("%s %s\n", d.value("result", "enrolled").c_str(), pod.uid.c_str());
+  } else if (*unenroll) {
+    std::printf("unenrolled\n");
+  } else if (*list) {
+    if (as_json) std::cout << d["pods"].dump(2) << "\n";
+    else print_pods_table(d["pods"]);
+  } else if (*status) {
+    if (as_json) {
+      std::cout << d["status"].dump(2) << "\n";
+    } else {
+      for (const auto& [k, v] : d["status"].items()) std::cout << k << ": " << v.dump() << "\n";
+    }
+  } else if (*inspect) {
+    std::cout << d["pod"].dump(2) << "\n";
+  }
+  return 0;
+}

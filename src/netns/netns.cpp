@@ -1,0 +1,130 @@
+#include "netsteer/netns/netns.h"
+
+#include <fcntl.h>
+#include <linux/nsfs.h>
+#include <sched.h>
+#include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+
+namespace netsteer::netns {
+
+namespace {
+Result<NetnsId> id_of_fd(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) < 0) return Error::from_errno(errno, "fstat netns fd");
+  return NetnsId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+}
+}  // namespace
+
+Result<NetnsHandle> NetnsHandle::from_fd(UniqueFd fd) {
+  if (!fd.valid()) return Error::msg("no netns fd", EBADF);
+  int type = ::ioctl(fd.get(), NS_GET_NSTYPE);
+  if (type < 0) {
+    int e = errno;
+    if (e == ENOTTY || e == EINVAL)
+      return Error::msg("fd is not a namespace (NS_GET_NSTYPE failed: not an nsfs file)", EINVAL);
+    return Error::from_errno(e, "NS_GET_NSTYPE on fd");
+  }
+  if (type != CLONE_NEWNET)
+    return Error::msg("fd is a namespace but not a network namespace (type " + std::to_string(type) + ")",
+                      EINVAL);
+  NS_TRY(NetnsId id, id_of_fd(fd.get()));
+  NetnsHandle h;
+  h.fd_ = std::move(fd);
+  h.id_ = id;
+  return h;
+}
+
+Result<NetnsHandle> NetnsHandle::open(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::from_errno(errno, "open netns " + path);
+  auto h = from_fd(std::move(fd));
+  if (!h.ok()) return std::move(h).error().wrap(path);
+  return h;
+}
+
+Result<NetnsHandle> NetnsHandle::current() { return open("/proc/thread-self/ns/net"); }
+
+const NetnsHandle& NetnsHandle::host() {
+  static NetnsHandle h = [] {
+    auto r = NetnsHandle::open("/proc/self/ns/net");
+    if (!r.ok()) {
+      spdlog::critical("cannot open the agent's own netns: {}", r.error().message);
+      std::abort();
+    }
+    return std::move(r).value();
+  }();
+  return h;
+}
+
+Result<NetnsHandle> NetnsHandle::dup() const {
+  UniqueFd d = dup_fd(fd_.get());
+  if (!d) return Error::from_errno(errno, "dup netns fd");
+  NetnsHandle h;
+  h.fd_ = std::move(d);
+  h.id_ = id_;
+  return h;
+}
+
+Result<NetnsId> netns_id_of_path(const std::string& path) {
+  NS_TRY(NetnsHandle h, NetnsHandle::open(path));
+  return h.id();
+}
+
+Result<ScopedNetns> ScopedNetns::enter(const NetnsHandle& target) {
+  UniqueFd saved(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (!saved) return Error::from_errno(errno, "open current netns");
+  if (::setns(target.fd(), CLONE_NEWNET) < 0) return Error::from_errno(errno, "setns into pod netns");
+  return ScopedNetns(std::move(saved));
+}
+
+ScopedNetns::~ScopedNetns() {
+  if (!saved_) return;
+  if (::setns(saved_.get(), CLONE_NEWNET) < 0) {
+    // Never run on in the wrong netns: sockets created later would land in the pod.
+    spdlog::critical("setns back to the previous netns failed (errno {}): aborting", errno);
+    std::abort();
+  }
+}
+
+NetnsExecutor::NetnsExecutor(size_t threads) {
+  (void)NetnsHandle::host();  // capture the host netns before any thread moves
+  if (threads == 0) threads = 1;
+  for (size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
+}
+
+NetnsExecutor::~NetnsExecutor() {
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void NetnsExecutor::submit(std::function<void()> job) {
+  {
+    std::lock_guard lk(mu_);
+    queue_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+}
+
+void NetnsExecutor::loop() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait(lk, [this] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    job();
+  }
+}
+
+}  // namespace netsteer::netns

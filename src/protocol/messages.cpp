@@ -1,0 +1,261 @@
+#include "netsteer/protocol/messages.h"
+
+#include <algorithm>
+#include <array>
+
+namespace netsteer::protocol {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr std::array<std::pair<MsgType, std::string_view>, 8> kTypes{{
+    {MsgType::kHello, "hello"},
+    {MsgType::kAdd, "add"},
+    {MsgType::kDel, "del"},
+    {MsgType::kList, "list"},
+    {MsgType::kStatus, "status"},
+    {MsgType::kSnapshot, "snapshot"},
+    {MsgType::kCheck, "check"},
+    {MsgType::kInspect, "inspect"},
+}};
+
+Error field_error(std::string_view field, std::string_view want) {
+  return Error::msg("field '" + std::string(field) + "' must be " + std::string(want), EINVAL);
+}
+
+// Optional typed getters: absent → default; present with the wrong type → error naming the field.
+Result<std::string> get_string(const json& j, const char* field, bool required = false) {
+  auto it = j.find(field);
+  if (it == j.end() || (it->is_null() && !required)) {
+    if (required) return Error::msg(std::string("missing field '") + field + "'", EINVAL);
+    return std::string();
+  }
+  if (!it->is_string()) return field_error(field, "a string");
+  return it->get<std::string>();
+}
+
+Result<bool> get_bool(const json& j, const char* field) {
+  auto it = j.find(field);
+  if (it == j.end() || it->is_null()) return false;
+  if (!it->is_boolean()) return field_error(field, "a boolean");
+  return it->get<bool>();
+}
+
+Result<std::optional<uint64_t>> get_u64(const json& j, const char* field) {
+  auto it = j.find(field);
+  if (it == j.end() || it->is_null()) return std::optional<uint64_t>();
+  if (!it->is_number_unsigned()) return field_error(field, "a non-negative integer");
+  return std::optional<uint64_t>(it->get<uint64_t>());
+}
+
+Result<std::vector<std::string>> get_strings(const json& j, const char* field) {
+  std::vector<std::string> out;
+  auto it = j.find(field);
+  if (it == j.end() || it->is_null()) return out;
+  if (!it->is_array()) return field_error(field, "an array of strings");
+  if (it->size() > 4096) return field_error(field, "an array of at most 4096 entries");
+  for (const auto& e : *it) {
+    if (!e.is_string()) return field_error(field, "an array of strings");
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+Result<std::vector<uint16_t>> get_ports(const json& j, const char* field) {
+  std::vector<uint16_t> out;
+  auto it = j.find(field);
+  if (it == j.end() || it->is_null()) return out;
+  if (!it->is_array()) return field_error(field, "an array of ports");
+  if (it->size() > 256) return field_error(field, "an array of at most 256 ports");
+  for (const auto& e : *it) {
+    if (!e.is_number_unsigned() || e.get<uint64_t>() == 0 || e.get<uint64_t>() > 65535)
+      return field_error(field, "an array of ports 1..65535");
+    out.push_back(static_cast<uint16_t>(e.get<uint64_t>()));
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+Result<std::vector<Prefix>> get_prefixes(const json& j, const char* field) {
+  NS_TRY(auto strs, get_strings(j, field));
+  if (strs.size() > 256) return field_error(field, "an array of at most 256 prefixes");
+  std::vector<Prefix> out;
+  for (const auto& s : strs) {
+    auto p = Prefix::parse(s);
+    if (!p.ok()) return std::move(p).error().wrap(std::string("field '") + field + "'");
+    out.push_back(*p);
+  }
+  return out;
+}
+
+json prefixes_to_json(const std::vector<Prefix>& v) {
+  json a = json::array();
+  for (const auto& p : v) a.push_back(p.str());
+  return a;
+}
+
+Result<PodSpec> pod_from_json(const json& j) {
+  if (!j.is_object()) return field_error("pod", "an object");
+  PodSpec p;
+  NS_TRY(p.uid, get_string(j, "uid", true));
+  NS_TRY_STATUS(validate_uid(p.uid));
+  NS_TRY(p.name, get_string(j, "name"));
+  NS_TRY(p.namespace_, get_string(j, "namespace"));
+  NS_TRY(p.netns_path, get_string(j, "netns_path"));
+  if (p.name.size() > 253 || p.namespace_.size() > 253) return field_error("name/namespace", "at most 253 chars");
+  if (p.netns_path.size() > 4096) return field_error("netns_path", "a path of at most 4096 chars");
+  NS_TRY(auto ips, get_strings(j, "ips"));
+  if (ips.size() > 16) return field_error("ips", "an array of at most 16 addresses");
+  for (const auto& s : ips) {
+    auto a = IpAddr::parse(s);
+    if (!a.ok()) return std::move(a).error().wrap("field 'ips'");
+    p.ips.push_back(*a);
+  }
+  NS_TRY(p.strict, get_bool(j, "strict"));
+  auto ex = j.find("exclusions");
+  if (ex != j.end() && !ex->is_null()) {
+    NS_TRY(p.exclusions, exclusions_from_json(*ex));
+  }
+  return p;
+}
+
+}  // namespace
+
+std::string_view to_string(MsgType t) {
+  for (const auto& [k, v] : kTypes)
+    if (k == t) return v;
+  return "?";
+}
+
+Status validate_uid(std::string_view uid) {
+  if (uid.empty() || uid.size() > 128) return Error::msg("pod uid must be 1..128 characters", EINVAL);
+  if (uid == "." || uid == "..") return Error::msg("pod uid must not be '.' or '..'", EINVAL);
+  for (char c : uid) {
+    bool okc = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+               c == '_' || c == '.';
+    if (!okc) return Error::msg("pod uid may only contain [A-Za-z0-9._-]", EINVAL);
+  }
+  return {};
+}
+
+json exclusions_to_json(const Exclusions& e) {
+  return json{{"inbound_ports", e.inbound_ports},
+              {"outbound_ports", e.outbound_ports},
+              {"outbound_cidrs", prefixes_to_json(e.outbound_cidrs)},
+              {"inbound_sources", prefixes_to_json(e.inbound_sources)}};
+}
+
+Result<Exclusions> exclusions_from_json(const json& j) {
+  if (!j.is_object()) return field_error("exclusions", "an object");
+  Exclusions e;
+  NS_TRY(e.inbound_ports, get_ports(j, "inbound_ports"));
+  NS_TRY(e.outbound_ports, get_ports(j, "outbound_ports"));
+  NS_TRY(e.outbound_cidrs, get_prefixes(j, "outbound_cidrs"));
+  NS_TRY(e.inbound_sources, get_prefixes(j, "inbound_sources"));
+  return e;
+}
+
+json pod_to_json(const PodSpec& p) {
+  json ips = json::array();
+  for (const auto& a : p.ips) ips.push_back(a.str());
+  json j{{"uid", p.uid}, {"name", p.name}, {"namespace", p.namespace_}, {"ips", ips},
+         {"exclusions", exclusions_to_json(p.exclusions)}, {"strict", p.strict}};
+  if (!p.netns_path.empty()) j["netns_path"] = p.netns_path;
+  return j;
+}
+
+Result<Request> decode_request(std::string_view bytes) {
+  if (bytes.size() > kMaxMessageSize) return Error::msg("message too large", EMSGSIZE);
+  json j = json::parse(bytes.begin(), bytes.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Error::msg("malformed JSON", EINVAL);
+  if (!j.is_object()) return Error::msg("message must be a JSON object", EINVAL);
+  Request r;
+  NS_TRY(std::string type, get_string(j, "type", true));
+  auto it = std::find_if(kTypes.begin(), kTypes.end(), [&](const auto& kv) { return kv.second == type; });
+  if (it == kTypes.end()) return Error::msg("unknown message type '" + type + "'", EINVAL);
+  r.type = it->first;
+  auto v = j.find("version");
+  if (v == j.end()) return Error::msg("missing field 'version'", EINVAL);
+  if (!v->is_number_integer()) return field_error("version", "an integer");
+  r.version = v->get<int>();
+  if (r.version != kVersion)
+    return Error::msg("unsupported protocol version " + std::to_string(r.version) + " (agent speaks " +
+                          std::to_string(kVersion) + ")",
+                      EPROTONOSUPPORT);
+  switch (r.type) {
+    case MsgType::kAdd: {
+      auto p = j.find("pod");
+      if (p == j.end()) return Error::msg("missing field 'pod'", EINVAL);
+      NS_TRY(r.pod, pod_from_json(*p));
+      break;
+    }
+    case MsgType::kDel:
+    case MsgType::kCheck:
+    case MsgType::kInspect: {
+      NS_TRY(r.uid, get_string(j, "uid"));
+      NS_TRY(r.netns_ino, get_u64(j, "netns_ino"));
+      NS_TRY(r.netns_dev, get_u64(j, "netns_dev"));
+      if (r.uid.empty() && !r.netns_ino)
+        return Error::msg("'" + type + "' needs 'uid' or 'netns_ino'", EINVAL);
+      if (!r.uid.empty()) NS_TRY_STATUS(validate_uid(r.uid));
+      break;
+    }
+    case MsgType::kSnapshot: {
+      if (!j.contains("uids")) return Error::msg("missing field 'uids'", EINVAL);
+      NS_TRY(r.uids, get_strings(j, "uids"));
+      for (const auto& u : r.uids) NS_TRY_STATUS(validate_uid(u));
+      break;
+    }
+    default:
+      break;
+  }
+  return r;
+}
+
+std::string encode_request(const Request& r) {
+  json j{{"type", to_string(r.type)}, {"version", r.version}};
+  switch (r.type) {
+    case MsgType::kAdd:
+      j["pod"] = pod_to_json(r.pod);
+      break;
+    case MsgType::kDel:
+    case MsgType::kCheck:
+    case MsgType::kInspect:
+      if (!r.uid.empty()) j["uid"] = r.uid;
+      if (r.netns_ino) j["netns_ino"] = *r.netns_ino;
+      if (r.netns_dev) j["netns_dev"] = *r.netns_dev;
+      break;
+    case MsgType::kSnapshot:
+      j["uids"] = r.uids;
+      break;
+    default:
+      break;
+  }
+  return j.dump();
+}
+
+Result<Reply> decode_reply(std::string_view bytes) {
+  json j = json::parse(bytes.begin(), bytes.end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Error::msg("malformed reply from agent", EPROTO);
+  auto okit = j.find("ok");
+  if (okit == j.end() || !okit->is_boolean()) return Error::msg("reply without boolean 'ok'", EPROTO);
+  Reply r;
+  r.ok = okit->get<bool>();
+  auto e = j.find("error");
+  if (e != j.end() && e->is_string()) r.error = e->get<std::string>();
+  j.erase("ok");
+  j.erase("error");
+  r.data = std::move(j);
+  return r;
+}
+
+std::string encode_reply(const Reply& r) {
+  json j = r.data.is_object() ? r.data : json::object();
+  j["ok"] = r.ok;
+  j["error"] = r.error;
+  return j.dump();
+}
+
+}  // namespace netsteer::protocol
