@@ -1,0 +1,224 @@
+"""Shared helpers for netsteer's privileged and e2e tests (real network namespaces, root).
+
+Every namespace, veth, process and file a test creates is tracked and removed, even on failure.
+Under CI=true a test that cannot run (not root, a tool missing) FAILS instead of skipping.
+"""
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+BUILD = os.environ.get("NETSTEER_BUILD") or os.path.join(os.path.dirname(__file__), "..", "..", "build")
+NETSTEERD = os.path.join(BUILD, "netsteerd")
+NETSTEERCTL = os.path.join(BUILD, "netsteerctl")
+
+
+def require_root():
+    """Fail under CI, skip elsewhere, when we are not root."""
+    if os.geteuid() != 0:
+        msg = "privileged test needs root (real network namespaces)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg + " and CI=true: refusing to skip")
+        pytest.skip(msg)
+    for b in (NETSTEERD, NETSTEERCTL):
+        if not os.access(b, os.X_OK):
+            pytest.fail(f"{b} not built")
+
+
+def run(cmd, check=True, **kw):
+    """Run a command (list or string), returning CompletedProcess with text output."""
+    shell = isinstance(cmd, str)
+    p = subprocess.run(cmd, shell=shell, capture_output=True, text=True, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"command failed ({p.returncode}): {cmd}\nstdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+_counter = [0]
+
+
+def unique(prefix):
+    _counter[0] += 1
+    return f"{prefix}{os.getpid() % 100000}x{_counter[0]}"
+
+
+class Netns:
+    """A named netns under /var/run/netns, removed on close."""
+
+    def __init__(self, name=None, lo_up=True):
+        self.name = name or unique("nst")
+        run(["ip", "netns", "add", self.name])
+        self.path = f"/var/run/netns/{self.name}"
+        if lo_up:
+            self.ip("link set lo up")
+
+    def ip(self, args, check=True):
+        return run(["ip", "-n", self.name] + args.split(), check=check)
+
+    def exec(self, cmd, check=True, **kw):
+        """Run a command inside the netns via nsenter (keeps /sys and bpffs visible)."""
+        if isinstance(cmd, str):
+            cmd = ["sh", "-c", cmd]
+        return run(["nsenter", f"--net={self.path}"] + cmd, check=check, **kw)
+
+    def popen(self, cmd, **kw):
+        if isinstance(cmd, str):
+            cmd = ["sh", "-c", cmd]
+        return subprocess.Popen(["nsenter", f"--net={self.path}"] + cmd, **kw)
+
+    def listening_ports(self):
+        """{port: process names} of TCP listeners in the netns, from ss."""
+        out = self.exec(["ss", "-Htlnp"]).stdout
+        res = {}
+        for line in out.splitlines():
+            parts = line.split()
+            local = parts[3]
+            port = int(local.rsplit(":", 1)[1])
+            res.setdefault(port, set()).add(line.split("users:", 1)[1] if "users:" in line else "")
+        return res
+
+    def close(self):
+        run(["ip", "netns", "del", self.name], check=False)
+
+
+@contextlib.contextmanager
+def netns(n=1, **kw):
+    made = []
+    try:
+        for _ in range(n):
+            made.append(Netns(**kw))
+        yield made if n != 1 else made[0]
+    finally:
+        for ns in made:
+            ns.close()
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def thread_count(pid):
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+class Agent:
+    """A netsteerd process of our own, on a private socket and state dir."""
+
+    def __init__(self, extra_args=(), state_dir=None, socket_path=None):
+        self.dir = tempfile.mkdtemp(prefix="netsteer-test-")
+        self.socket = socket_path or os.path.join(self.dir, "cni.sock")
+        self.state_dir = state_dir or os.path.join(self.dir, "state")
+        self.log_path = os.path.join(self.dir, "agent.log")
+        self.extra = list(extra_args)
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen([NETSTEERD, "--socket", self.socket, "--log-level", "debug"] + self.extra,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"netsteerd exited early ({self.proc.returncode}):\n{self.logs()}")
+            try:
+                self.call({"type": "hello", "version": 1})
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError("netsteerd did not come up:\n" + self.logs())
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def logs(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def ctl(self, *args, check=True):
+        return run([NETSTEERCTL, "--socket", self.socket] + list(args), check=check)
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.settimeout(10)
+        s.connect(self.socket)
+        return s
+
+    def call(self, msg, fds=(), raw=None):
+        """Send one request (dict or raw bytes) with optional fds and return the decoded reply."""
+        with contextlib.closing(self.connect()) as s:
+            data = raw if raw is not None else json.dumps(msg).encode()
+            if fds:
+                socket.send_fds(s, [data], list(fds))
+            else:
+                s.send(data)
+            return json.loads(s.recv(1 << 20))
+
+    def enrol(self, ns, uid=None, **extra):
+        args = ["enroll", "--netns", ns.path, "--uid", uid or ns.name]
+        for k, v in extra.items():
+            flag = "--" + k.replace("_", "-")
+            if v is True:
+                args.append(flag)
+            elif isinstance(v, (list, tuple)):
+                for item in v:
+                    args += [flag, str(item)]
+            else:
+                args += [flag, str(v)]
+        return self.ctl(*args)
+
+    def pods(self):
+        return json.loads(self.ctl("list", "--json").stdout)
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("netsteerd did not stop on signal")
+        if self.log:
+            self.log.close()
+            self.log = None
+        return self.proc.returncode
+
+    def kill(self):
+        return self.stop(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def agent(*args, **kw):
+    a = Agent(*args, **kw)
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def tcp_connect(ns, host, port, timeout=2.0):
+    """Connect from inside ns; return 'ok', 'refused' or 'timeout'."""
+    code = (
+        "import socket,sys\n"
+        f"s=socket.socket(socket.AF_INET6 if ':' in {host!r} else socket.AF_INET)\n"
+        f"s.settimeout({timeout})\n"
+        "try:\n"
+        f"  s.connect(({host!r},{port})); print('ok')\n"
+        "except ConnectionRefusedError: print('refused')\n"
+        "except (socket.timeout, TimeoutError): print('timeout')\n"
+        "except OSError as e: print('error', e.errno)\n"
+    )
+    if ns is None:
+        return run(["/usr/bin/python3", "-c", code]).stdout.strip()
+    return ns.exec(["/usr/bin/python3", "-c", code]).stdout.strip()
