@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   std::string log_format = "text", log_level = "info";
   size_t executor_threads = 2;
   std::vector<uid_t> allow_uids{0};
+  std::string state_dir = "/var/lib/netsteer";
+  std::string pin_root = "/sys/fs/bpf/netsteer";
   app.add_option("--socket", socket_path, "control socket path (SOCK_SEQPACKET, created 0600)")
       ->capture_default_str();
   app.add_option("--log-format", log_format, "text or json")->capture_default_str();
@@ -29,6 +31,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 16));
   app.add_option("--allow-uid", allow_uids, "peer uids allowed on the control socket")->capture_default_str();
+  app.add_option("--state-dir", state_dir, "where the enrolment state file lives")->capture_default_str();
+  app.add_option("--pin-root", pin_root, "bpffs directory for per-pod pins")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   auto fmt = log::parse_format(log_format);

@@ -6,6 +6,7 @@ Under CI=true a test that cannot run (not root, a tool missing) FAILS instead of
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -110,18 +111,21 @@ def thread_count(pid):
 class Agent:
     """A netsteerd process of our own, on a private socket and state dir."""
 
-    def __init__(self, extra_args=(), state_dir=None, socket_path=None):
+    def __init__(self, extra_args=(), state_dir=None, socket_path=None, pin_root=None):
         self.dir = tempfile.mkdtemp(prefix="netsteer-test-")
         self.socket = socket_path or os.path.join(self.dir, "cni.sock")
         self.state_dir = state_dir or os.path.join(self.dir, "state")
         self.log_path = os.path.join(self.dir, "agent.log")
+        self.pin_root = pin_root or f"/sys/fs/bpf/{unique('netsteer-test-')}"
         self.extra = list(extra_args)
         self.proc = None
         self.start()
 
     def start(self):
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([NETSTEERD, "--socket", self.socket, "--log-level", "debug"] + self.extra,
+        cmd = [NETSTEERD, "--socket", self.socket, "--log-level", "debug", "--state-dir", self.state_dir,
+               "--pin-root", self.pin_root] + self.extra
+        self.proc = subprocess.Popen(cmd,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10
         while time.time() < deadline:
@@ -180,6 +184,18 @@ class Agent:
     def pods(self):
         return json.loads(self.ctl("list", "--json").stdout)
 
+    def inspect(self, uid):
+        return json.loads(self.ctl("inspect", "--uid", uid, "--json").stdout)
+
+    def restart(self):
+        self.start()
+
+    def cleanup_pins(self):
+        """Remove this agent's pin root (after it stopped); True if something was left."""
+        left = os.path.exists(self.pin_root) and bool(os.listdir(self.pin_root))
+        run(["rm", "-rf", self.pin_root], check=False)
+        return left
+
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -205,6 +221,8 @@ def agent(*args, **kw):
         yield a
     finally:
         a.stop()
+        a.cleanup_pins()
+        shutil.rmtree(a.dir, ignore_errors=True)
 
 
 def tcp_connect(ns, host, port, timeout=2.0):
@@ -222,3 +240,77 @@ def tcp_connect(ns, host, port, timeout=2.0):
     if ns is None:
         return run(["/usr/bin/python3", "-c", code]).stdout.strip()
     return ns.exec(["/usr/bin/python3", "-c", code]).stdout.strip()
+
+
+LIB = os.path.dirname(os.path.abspath(__file__))
+PY = "/usr/bin/python3"
+_subnet = [0]
+
+
+class Topology:
+    """A pod netns and a remote netns joined by a veth pair.
+
+    pod:    eth0 10.S.0.1/24, fd00:S::1/64      remote: eth0 10.S.0.2/24, fd00:S::2/64
+    Addresses live only inside these test namespaces.
+    """
+
+    def __init__(self):
+        _subnet[0] += 1
+        s = 100 + (os.getpid() + _subnet[0]) % 150
+        self.s = s
+        self.pod = Netns(unique("pod"))
+        self.remote = Netns(unique("rem"))
+        self.procs = []
+        self.pod_ip, self.remote_ip = f"10.{s}.0.1", f"10.{s}.0.2"
+        self.pod_ip6, self.remote_ip6 = f"fd00:{s}::1", f"fd00:{s}::2"
+        veth = unique("v")
+        run(["ip", "link", "add", veth, "netns", self.pod.name, "type", "veth", "peer", "name", "eth0",
+             "netns", self.remote.name])
+        self.pod.ip(f"link set {veth} name eth0")
+        for ns, v4, v6 in ((self.pod, self.pod_ip, self.pod_ip6), (self.remote, self.remote_ip, self.remote_ip6)):
+            ns.ip(f"addr add {v4}/24 dev eth0")
+            ns.ip(f"addr add {v6}/64 dev eth0 nodad")
+            ns.ip("link set eth0 up")
+
+    def serve(self, ns, port):
+        """Start peer_server.py in ns on port; returns the Popen (stopped at close)."""
+        p = ns.popen([PY, os.path.join(LIB, "peer_server.py"), str(port)], stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        self.procs.append(p)
+        return p
+
+    def http_server(self, ns, port, directory):
+        p = ns.popen([PY, "-m", "http.server", "--bind", "::", "--directory", directory, str(port)],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if str(port) in ns.exec(["ss", "-Htln"]).stdout:
+                return p
+            time.sleep(0.05)
+        raise AssertionError("http.server did not start")
+
+    def client(self, ns, *args, check=True, timeout=300):
+        return ns.exec([PY, os.path.join(LIB, "peer_client.py")] + [str(a) for a in args], check=check,
+                       timeout=timeout).stdout.strip()
+
+    def close(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        self.pod.close()
+        self.remote.close()
+
+
+@contextlib.contextmanager
+def topology():
+    t = Topology()
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def bpftool_json(*args):
+    return json.loads(run(["bpftool", "-j"] + list(args)).stdout or "null")

@@ -39,7 +39,7 @@ def test_socket_mode_and_clean_shutdown():
 
 
 def test_stale_socket_replaced():
-    d = tempfile.mkdtemp()
+    d = tempfile.mkdtemp(prefix="netsteer-test-")
     path = os.path.join(d, "cni.sock")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.bind(path)
@@ -48,6 +48,7 @@ def test_stale_socket_replaced():
         assert a.call({"type": "hello", "version": 1}, ) is not None
         r = nstest.run([nstest.NETSTEERCTL, "--socket", path, "status", "--json"])
         assert json.loads(r.stdout)["pods"] == 0
+    os.rmdir(d)
 
 
 def test_enrol_one_listeners_and_loopback_connect():
