@@ -100,7 +100,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"type":"del","version":1})", "needs 'uid' or 'netns_ino'"},
         BadCase{R"({"type":"del","version":1,"netns_ino":-4})", "non-negative integer"},
         BadCase{R"({"type":"snapshot","version":1})", "missing field 'uids'"},
-        BadCase{R"({"type":"snapshot","version":1,"uids":[1]})", "array of strings"}));
+        BadCase{R"({"type":"snapshot","version":1,"uids":[1]})", "array of strings"}),
+    [](const ::testing::TestParamInfo<BadCase>& i) { return "case" + std::to_string(i.index); });
 
 TEST(Protocol, OversizedRefused) {
   std::string big(kMaxMessageSize + 1, ' ');
