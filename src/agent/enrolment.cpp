@@ -17,7 +17,16 @@ json Pod::to_json() const {
   return j;
 }
 
-EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec) : exec_(exec) {}
+EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore* store)
+    : exec_(exec), store_(store) {}
+
+void EnrolmentManager::persist() {
+  if (!store_ || !store_->enabled()) return;
+  std::vector<PodRecord> recs;
+  for (const auto& [uid, p] : pods_) recs.push_back(PodRecord{p->spec, p->netns.id(), false});
+  // The live enrolment stays authoritative; a failed write is logged, not fatal.
+  if (auto st = store_->save(recs); !st.ok()) spdlog::warn("state file: {}", st.error().message);
+}
 EnrolmentManager::~EnrolmentManager() { clear(); }
 
 Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& spec, netns::NetnsHandle ns) {
@@ -70,6 +79,7 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
                (*pod)->netns.id().ino, (*pod)->listeners.family);
   pods_[spec.uid] = std::move(*pod);
   ++stats_.enrol_ok;
+  persist();
   return std::string(replacing ? "replaced" : "enrolled");
 }
 
@@ -96,6 +106,7 @@ Status EnrolmentManager::unenrol(const std::string& uid, std::optional<netns::Ne
   teardown(*it->second);
   pods_.erase(it);
   ++stats_.unenrolled;
+  persist();
   return {};
 }
 

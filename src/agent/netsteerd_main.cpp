@@ -9,6 +9,7 @@
 
 #include "netsteer/agent/control.h"
 #include "netsteer/agent/enrolment.h"
+#include "netsteer/bpf/steer.h"
 #include "netsteer/client/client.h"
 #include "netsteer/common/log.h"
 #include "netsteer/netns/netns.h"
@@ -54,9 +55,16 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  // A fresh node may not have bpffs mounted; per-pod pins live there.
+  if (auto st = bpf::ensure_bpffs(); !st.ok()) spdlog::warn("bpffs: {}", st.error().message);
+  auto features = bpf::probe_features();
+  spdlog::info("kernel {}: sk_lookup {}", features.kernel_release, features.sk_lookup ? "yes" : "NO");
+  if (auto st = bpf::require_capture_features(features); !st.ok()) spdlog::warn("{}", st.error().message);
+
   (void)netns::NetnsHandle::host();
   netns::NetnsExecutor executor(executor_threads);
-  agent::EnrolmentManager manager(executor);
+  agent::StateStore store(state_dir);
+  agent::EnrolmentManager manager(executor, &store);
   auto started = std::chrono::steady_clock::now();
   agent::RequestHandler handler(manager, [&] {
     auto s = manager.stats();

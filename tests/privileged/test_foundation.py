@@ -69,9 +69,16 @@ def test_enrol_one_listeners_and_loopback_connect():
         assert p["name"] == "web" and p["namespace"] == "default" and p["uid"] == ns.name
         assert p["netns_ino"] == os.stat(ns.path).st_ino
         assert sorted(l["port"] for l in p["listeners"]) == sorted(PORTS)
+        with open(os.path.join(a.state_dir, "state.json")) as f:
+            state = json.load(f)
+        assert [p["pod"]["uid"] for p in state["pods"]] == [ns.name]
+        assert state["pods"][0]["netns_ino"] == os.stat(ns.path).st_ino
+        assert state["pods"][0]["pod"]["netns_path"] == ns.path
         a.ctl("unenroll", "--uid", ns.name)
         assert not (PORTS & set(ns.listening_ports()))
         assert tcp_connect(ns, "127.0.0.1", 15006) == "refused"
+        with open(os.path.join(a.state_dir, "state.json")) as f:
+            assert json.load(f)["pods"] == []
         assert a.pods() == []
 
 

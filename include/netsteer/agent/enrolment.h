@@ -11,6 +11,7 @@
 #include <string>
 
 #include "netsteer/agent/listeners.h"
+#include "netsteer/agent/state_store.h"
 #include "netsteer/common/result.h"
 #include "netsteer/netns/netns.h"
 #include "netsteer/protocol/messages.h"
@@ -32,7 +33,8 @@ struct EnrolStats {
 
 class EnrolmentManager {
  public:
-  explicit EnrolmentManager(netns::NetnsExecutor& exec);
+  // `store` (optional) receives the enrolled set after every change.
+  explicit EnrolmentManager(netns::NetnsExecutor& exec, const StateStore* store = nullptr);
   ~EnrolmentManager();
 
   // Idempotent by (uid, netns id): same pair → no-op; new netns for a known uid → replace.
@@ -50,8 +52,10 @@ class EnrolmentManager {
  private:
   Result<std::unique_ptr<Pod>> build(const protocol::PodSpec& spec, netns::NetnsHandle ns);
   void teardown(Pod& pod);
+  void persist();  // with mu_ held
 
   netns::NetnsExecutor& exec_;
+  const StateStore* store_;
   mutable std::mutex mu_;
   std::map<std::string, std::unique_ptr<Pod>> pods_;
   EnrolStats stats_;

@@ -1,0 +1,72 @@
+/* Shared between the BPF programs and userspace (C and C++): map keys, config, stat indexes and
+ * named drop reasons. Fixed-size types only; BTF carries the field names so that
+ * `bpftool map dump pinned .../map_ns_stats` prints them.
+ */
+#ifndef NETSTEER_COMMON_H
+#define NETSTEER_COMMON_H
+
+#ifndef __bpf__
+#include <linux/types.h>
+#endif
+
+#define NS_PORT_OUTBOUND 15001
+#define NS_PORT_INBOUND 15006
+#define NS_PORT_TUNNEL 15008
+
+/* Slots of the per-pod SOCKMAP. */
+enum ns_slot {
+	NS_SLOT_OUTBOUND = 0,
+	NS_SLOT_INBOUND = 1,
+	NS_SLOT_MAX = 2,
+};
+
+/* Indexes of the per-CPU counters in ns_stats. */
+enum ns_stat {
+	NS_STAT_LOOKUPS = 0,           /* sk_lookup runs for TCP */
+	NS_STAT_INBOUND_ASSIGNED,      /* assigned to the 15006 listener */
+	NS_STAT_OUTBOUND_ASSIGNED,     /* assigned to the 15001 listener */
+	NS_STAT_PASSED_LOCAL,          /* pod-local or loopback source: not captured */
+	NS_STAT_PASSED_EXCLUDED,       /* an exclusion matched */
+	NS_STAT_PASSED_BYPASS,         /* the relay's own inbound upstream */
+	NS_STAT_DROP_NO_LISTENER,      /* fail closed: listener gone */
+	NS_STAT_DROP_ASSIGN_FAILED,    /* bpf_sk_assign refused the socket */
+	NS_STAT_MAX,
+};
+
+/* Why a connection or packet was dropped (logged/inspected by name). */
+enum ns_drop_reason {
+	NS_DROP_NONE = 0,
+	NS_DROP_NO_LISTENER = 1,   /* the pod's proxy listener is gone (agent down) */
+	NS_DROP_ASSIGN_FAILED = 2, /* the kernel refused the assignment */
+	NS_DROP_STRICT = 3,        /* strict mode: unmarked app TCP leaving the pod */
+	NS_DROP_SPOOFED = 4,       /* ingress packet claiming a pod address as source */
+};
+
+/* An IPv4 or IPv6 address; IPv4 is stored v4-mapped (::ffff:a.b.c.d). */
+struct ns_addr {
+	__u8 bytes[16];
+};
+
+/* Local address of a relay socket (the client's address and the port the relay got). */
+struct ns_sock_key {
+	struct ns_addr addr;
+	__u16 port; /* host byte order */
+	__u16 pad;
+};
+
+/* LPM trie key for prefixes; IPv4 prefixes are v4-mapped with prefixlen + 96. */
+struct ns_lpm_key {
+	__u32 prefixlen;
+	__u8 bytes[16];
+};
+
+struct ns_config {
+	__u32 flags; /* NS_CFG_* */
+	__u32 mark;
+	__u32 mark_mask;
+	__u32 pad;
+};
+
+#define NS_CFG_STRICT (1u << 0)
+
+#endif /* NETSTEER_COMMON_H */

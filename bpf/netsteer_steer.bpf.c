@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: GPL-2.0
+/* netsteer_steer: per-pod sk_lookup program.
+ *
+ * Runs in the pod netns for every TCP SYN delivered locally. Connections to the pod's own
+ * addresses (inbound) are assigned to the 15006 listener; connections that are local only because
+ * of the outbound policy route (table 133: local 0/0 via lo) are assigned to the 15001 listener.
+ * When the listener is gone the SYN is dropped (fail closed) and counted.
+ *
+ * Built with BPF_NO_PRESERVE_ACCESS_INDEX: no CO-RE relocations, so a per-pod load does not make
+ * libbpf parse the kernel's BTF (12 ms → 0.3 ms per load, see DESIGN.md).
+ */
+#define BPF_NO_PRESERVE_ACCESS_INDEX
+#include "vmlinux.h"
+
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "netsteer_common.h"
+
+#define SK_DROP 0
+#define SK_PASS 1
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, NS_SLOT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ns_sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, struct ns_addr);
+	__type(value, __u8);
+} ns_pod_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ns_sock_key);
+	__type(value, __u8);
+} ns_bypass SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u16);
+	__type(value, __u8);
+} ns_ex_in_port SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u16);
+	__type(value, __u8);
+} ns_ex_out_port SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ns_lpm_key);
+	__type(value, __u8);
+} ns_ex_out_cidr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ns_lpm_key);
+	__type(value, __u8);
+} ns_ex_in_src SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NS_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ns_stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&ns_stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void addr_v4(struct ns_addr *a, __u32 ip4)
+{
+	__builtin_memset(a, 0, sizeof(*a));
+	a->bytes[10] = 0xff;
+	a->bytes[11] = 0xff;
+	__builtin_memcpy(&a->bytes[12], &ip4, 4);
+}
+
+static __always_inline void addr_v6(struct ns_addr *a, const __u32 ip6[4])
+{
+	__builtin_memcpy(a->bytes, ip6, 16);
+}
+
+static __always_inline int is_loopback(const struct ns_addr *a)
+{
+	const __u8 *b = a->bytes;
+	int mapped = 1, zero = 1;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		if (b[i])
+			zero = mapped = 0;
+	if (mapped && b[10] == 0xff && b[11] == 0xff)
+		return b[12] == 127;
+	if (zero && !b[10] && !b[11] && !b[12] && !b[13] && !b[14] && b[15] == 1)
+		return 1;
+	return 0;
+}
+
+static __always_inline int in_prefixes(void *trie, const struct ns_addr *a)
+{
+	struct ns_lpm_key k = { .prefixlen = 128 };
+	__builtin_memcpy(k.bytes, a->bytes, 16);
+	return bpf_map_lookup_elem(trie, &k) != NULL;
+}
+
+SEC("sk_lookup")
+int netsteer_steer(struct bpf_sk_lookup *ctx)
+{
+	struct ns_addr local, remote;
+	struct ns_sock_key bk = {};
+	__u16 lport, rport;
+	__u32 slot;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	stat_inc(NS_STAT_LOOKUPS);
+
+	if (ctx->family == AF_INET) {
+		addr_v4(&local, ctx->local_ip4);
+		addr_v4(&remote, ctx->remote_ip4);
+	} else if (ctx->family == AF_INET6) {
+		__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2], ctx->local_ip6[3] };
+		__u32 r6[4] = { ctx->remote_ip6[0], ctx->remote_ip6[1], ctx->remote_ip6[2], ctx->remote_ip6[3] };
+		addr_v6(&local, l6);
+		addr_v6(&remote, r6);
+	} else {
+		return SK_PASS;
+	}
+	lport = (__u16)ctx->local_port;                 /* host byte order */
+	rport = bpf_ntohs((__u16)ctx->remote_port);     /* network byte order in the ctx */
+
+	/* The relay's own inbound upstream, bound to the client's address: let it reach the app. */
+	bk.addr = remote;
+	bk.port = rport;
+	if (bpf_map_lookup_elem(&ns_bypass, &bk)) {
+		stat_inc(NS_STAT_PASSED_BYPASS);
+		return SK_PASS;
+	}
+	/* Pod-local traffic (loopback or the pod's own address as source) is never captured, and
+	 * neither is anything to a loopback destination. */
+	if (is_loopback(&remote) || is_loopback(&local) || bpf_map_lookup_elem(&ns_pod_addrs, &remote)) {
+		stat_inc(NS_STAT_PASSED_LOCAL);
+		return SK_PASS;
+	}
+
+	if (bpf_map_lookup_elem(&ns_pod_addrs, &local)) {
+		/* Inbound: the proxy ports themselves and exclusions pass untouched. */
+		if (lport == NS_PORT_OUTBOUND || lport == NS_PORT_INBOUND || lport == NS_PORT_TUNNEL ||
+		    bpf_map_lookup_elem(&ns_ex_in_port, &lport) || in_prefixes(&ns_ex_in_src, &remote)) {
+			stat_inc(NS_STAT_PASSED_EXCLUDED);
+			return SK_PASS;
+		}
+		slot = NS_SLOT_INBOUND;
+	} else {
+		/* Outbound: delivered locally only through the capture route. */
+		if (bpf_map_lookup_elem(&ns_ex_out_port, &lport) || in_prefixes(&ns_ex_out_cidr, &local)) {
+			stat_inc(NS_STAT_PASSED_EXCLUDED);
+			return SK_PASS;
+		}
+		slot = NS_SLOT_OUTBOUND;
+	}
+
+	struct bpf_sock *sk = bpf_map_lookup_elem(&ns_sockets, &slot);
+	if (!sk) {
+		/* Fail closed: the agent's listener is gone. The SYN is dropped (clients time out). */
+		stat_inc(NS_STAT_DROP_NO_LISTENER);
+		return SK_DROP;
+	}
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		stat_inc(NS_STAT_DROP_ASSIGN_FAILED);
+		return SK_DROP;
+	}
+	stat_inc(slot == NS_SLOT_INBOUND ? NS_STAT_INBOUND_ASSIGNED : NS_STAT_OUTBOUND_ASSIGNED);
+	return SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";

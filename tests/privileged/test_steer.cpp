@@ -1,0 +1,160 @@
+// sk_lookup steering in a real pod netns: inbound SYNs land on the 15006 listener, the original
+// destination is kept, the relay's bypass reaches the app, and a gone listener fails closed.
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "netsteer/agent/listeners.h"
+#include "netsteer/bpf/steer.h"
+#include "netsteer/netns/netns.h"
+
+using namespace netsteer;
+
+namespace {
+
+void sh(const std::string& cmd) { ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd; }
+
+class SteerTest : public ::testing::Test {
+ protected:
+  std::string tag = std::to_string(::getpid());
+  std::string pod = "nsstp" + tag, rem = "nsstr" + tag;
+  std::string pins = "/sys/fs/bpf/netsteer-gtest-" + tag;
+
+  void SetUp() override {
+    if (::geteuid() != 0) {
+      if (const char* ci = std::getenv("CI"); ci && std::string(ci) == "true")
+        FAIL() << "privileged test needs root and CI=true: refusing to skip";
+      GTEST_SKIP() << "needs root";
+    }
+    ASSERT_TRUE(bpf::ensure_bpffs().ok());
+    auto f = bpf::probe_features();
+    ASSERT_TRUE(bpf::require_capture_features(f).ok());
+    sh("ip netns add " + pod + " && ip netns add " + rem);
+    sh("ip link add vst" + tag + " netns " + pod + " type veth peer name eth0 netns " + rem);
+    sh("ip -n " + pod + " link set vst" + tag + " name eth0");
+    sh("ip -n " + pod + " addr add 10.77.0.1/24 dev eth0 && ip -n " + pod + " link set eth0 up && ip -n " + pod +
+       " link set lo up");
+    sh("ip -n " + rem + " addr add 10.77.0.2/24 dev eth0 && ip -n " + rem + " link set eth0 up");
+  }
+  void TearDown() override {
+    std::system(("ip netns del " + pod + " 2>/dev/null; ip netns del " + rem + " 2>/dev/null").c_str());
+    std::filesystem::remove_all(pins);
+  }
+
+  netns::NetnsHandle ns(const std::string& name) { return std::move(*netns::NetnsHandle::open("/var/run/netns/" + name)); }
+
+  // Non-blocking connect from the remote netns; returns the fd and whether it completed in time.
+  std::pair<UniqueFd, bool> connect_from_remote(uint16_t port, uint16_t bind_port = 0, int wait_ms = 2000) {
+    auto rns = ns(rem);
+    UniqueFd fd;
+    {
+      auto scope = netns::ScopedNetns::enter(rns);
+      EXPECT_TRUE(scope.ok());
+      fd.reset(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    }
+    if (bind_port) {
+      SockAddr b = SockAddr::make(*IpAddr::parse("10.77.0.2"), bind_port);
+      EXPECT_EQ(::bind(fd.get(), b.sa(), b.len), 0);
+    }
+    SockAddr dst = SockAddr::make(*IpAddr::parse("10.77.0.1"), port);
+    ::connect(fd.get(), dst.sa(), dst.len);
+    pollfd p{fd.get(), POLLOUT, 0};
+    bool done = ::poll(&p, 1, wait_ms) == 1;
+    int err = 0;
+    socklen_t l = sizeof err;
+    ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &l);
+    return {std::move(fd), done && err == 0};
+  }
+
+  static UniqueFd accept_one(int lfd, int wait_ms = 2000) {
+    pollfd p{lfd, POLLIN, 0};
+    if (::poll(&p, 1, wait_ms) != 1) return UniqueFd();
+    return UniqueFd(::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC));
+  }
+};
+
+}  // namespace
+
+TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
+  auto pns = ns(pod);
+  netns::NetnsExecutor exec(1);
+  auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539); });
+  ASSERT_TRUE(listeners.ok()) << listeners.error().message;
+  // The pod's app on 8080.
+  auto app = exec.run(pns, []() -> Result<UniqueFd> {
+    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    SockAddr a = SockAddr::make(*IpAddr::parse("0.0.0.0"), 8080);
+    int one = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(fd.get(), a.sa(), a.len) < 0 || ::listen(fd.get(), 16) < 0) return Error::from_errno(errno, "app");
+    return fd;
+  });
+  ASSERT_TRUE(app.ok());
+
+  bpf::SteerConfig cfg;
+  cfg.pod_ips = {*IpAddr::parse("10.77.0.1")};
+  auto sp = bpf::SteerProgram::create(pins + "/pod", pns, cfg);
+  ASSERT_TRUE(sp.ok()) << sp.error().message;
+  ASSERT_TRUE((*sp)->set_listeners(listeners->outbound.fd.get(), listeners->inbound.fd.get()).ok());
+  for (const char* pin : {"prog_steer", "link_steer", "map_ns_sockets", "map_ns_stats", "map_ns_bypass"})
+    EXPECT_TRUE(std::filesystem::exists(pins + "/pod/" + pin)) << pin;
+
+  // 1. Inbound to the app's port lands on 15006, with the original destination kept.
+  auto [c1, ok1] = connect_from_remote(8080);
+  ASSERT_TRUE(ok1);
+  UniqueFd a1 = accept_one(listeners->inbound.fd.get());
+  ASSERT_TRUE(a1.valid()) << "15006 did not get the connection";
+  SockAddr orig;
+  orig.len = sizeof orig.ss;
+  ASSERT_EQ(::getsockname(a1.get(), orig.sa(), &orig.len), 0);
+  EXPECT_EQ(orig.ip().unmapped().str(), "10.77.0.1");
+  EXPECT_EQ(orig.port(), 8080);
+  EXPECT_FALSE(accept_one(app->get(), 100).valid()) << "the app got a captured connection";
+  EXPECT_EQ((*sp)->stats()->inbound_assigned, 1u);
+
+  // 2. The relay's bypass entry lets its own socket through to the app.
+  ASSERT_TRUE((*sp)->add_bypass(SockAddr::make(*IpAddr::parse("10.77.0.2"), 40123)).ok());
+  auto [c2, ok2] = connect_from_remote(8080, 40123);
+  ASSERT_TRUE(ok2);
+  EXPECT_TRUE(accept_one(app->get()).valid()) << "bypassed connection did not reach the app";
+  EXPECT_EQ((*sp)->stats()->passed_bypass, 1u);
+  ASSERT_TRUE((*sp)->remove_bypass(SockAddr::make(*IpAddr::parse("10.77.0.2"), 40123)).ok());
+
+  // 3. Listener gone (agent crashed): the SYN is dropped in BPF, never delivered to the app.
+  listeners = agent::PodListeners{};
+  auto [c3, ok3] = connect_from_remote(8080, 0, 500);
+  EXPECT_FALSE(ok3) << "connection completed without a listener";
+  EXPECT_FALSE(accept_one(app->get(), 100).valid()) << "fail-open: the app got the connection";
+  EXPECT_GE((*sp)->stats()->drop_no_listener, 1u);
+
+  // 4. destroy() detaches the link and removes every pin.
+  uint32_t link_id = (*sp)->link_id();
+  ASSERT_NE(link_id, 0u);
+  ASSERT_TRUE((*sp)->destroy().ok());
+  EXPECT_FALSE(std::filesystem::exists(pins + "/pod"));
+  sp->reset();
+  int lfd = bpf_link_get_fd_by_id(link_id);
+  EXPECT_LT(lfd, 0) << "link still exists after destroy";
+  if (lfd >= 0) ::close(lfd);
+  // With the link gone the app is reachable directly again.
+  auto [c4, ok4] = connect_from_remote(8080);
+  EXPECT_TRUE(ok4);
+  EXPECT_TRUE(accept_one(app->get()).valid());
+}
+
+TEST(SteerFeatures, ProbeNamesTheMissingFeature) {
+  bpf::Features f;
+  f.kernel_release = "5.4.0-test";
+  f.sk_lookup = false;
+  auto st = bpf::require_capture_features(f);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("sk_lookup"), std::string::npos);
+  EXPECT_NE(st.error().message.find("5.9"), std::string::npos);
+  EXPECT_NE(st.error().message.find("5.4.0-test"), std::string::npos);
+}
