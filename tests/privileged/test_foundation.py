@@ -219,3 +219,16 @@ def test_many_clients_at_once():
             for s in socks:
                 s.close()
         assert len(a.pods()) == 10
+
+
+def test_json_logs_are_valid_json_lines():
+    with agent(["--log-format", "json"]) as a, netns() as ns:
+        a.enrol(ns, uid="pod-json")
+        a.call({"type": "del", "version": 1, "uid": 'evil"quote'}, )
+        a.ctl("unenroll", "--uid", "pod-json")
+        a.stop()
+        lines = [l for l in a.logs().splitlines() if l.strip()]
+        assert lines
+        msgs = [json.loads(l) for l in lines]  # every line must parse
+        assert all({"ts", "level", "msg"} <= set(m) for m in msgs)
+        assert any("pod-json" in m["msg"] and "enrolled" in m["msg"] for m in msgs)
