@@ -42,6 +42,22 @@ enum ns_drop_reason {
 	NS_DROP_SPOOFED = 4,       /* ingress packet claiming a pod address as source */
 };
 
+/* Per-pod counters of the tc guard (one per-CPU struct, so bpftool prints the field names).
+ * "marked" = skb->mark & mark_mask == mark (the agent's own sockets). */
+struct ns_guard_counters {
+	__u64 egress_marked_pkts;
+	__u64 egress_marked_bytes;
+	__u64 egress_unmarked_pkts;
+	__u64 egress_unmarked_bytes;
+	__u64 ingress_marked_pkts;
+	__u64 ingress_marked_bytes;
+	__u64 ingress_unmarked_pkts;
+	__u64 ingress_unmarked_bytes;
+	__u64 passed_strict_excluded; /* unmarked but excluded (or a bare RST): allowed in strict mode */
+	__u64 drop_strict;            /* NS_DROP_STRICT */
+	__u64 drop_spoofed;           /* NS_DROP_SPOOFED */
+};
+
 /* An IPv4 or IPv6 address; IPv4 is stored v4-mapped (::ffff:a.b.c.d). */
 struct ns_addr {
 	__u8 bytes[16];

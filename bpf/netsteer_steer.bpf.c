@@ -15,7 +15,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-#include "netsteer_common.h"
+#include "netsteer_maps.h"
 
 #define SK_DROP 0
 #define SK_PASS 1
@@ -32,47 +32,10 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16);
-	__type(key, struct ns_addr);
-	__type(value, __u8);
-} ns_pod_addrs SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct ns_sock_key);
 	__type(value, __u8);
 } ns_bypass SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u16);
-	__type(value, __u8);
-} ns_ex_in_port SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u16);
-	__type(value, __u8);
-} ns_ex_out_port SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 256);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct ns_lpm_key);
-	__type(value, __u8);
-} ns_ex_out_cidr SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 256);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct ns_lpm_key);
-	__type(value, __u8);
-} ns_ex_in_src SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -88,17 +51,18 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
-static __always_inline void addr_v4(struct ns_addr *a, __u32 ip4)
-{
-	__builtin_memset(a, 0, sizeof(*a));
-	a->bytes[10] = 0xff;
-	a->bytes[11] = 0xff;
-	__builtin_memcpy(&a->bytes[12], &ip4, 4);
-}
-
 static __always_inline void addr_v6(struct ns_addr *a, const __u32 ip6[4])
 {
 	__builtin_memcpy(a->bytes, ip6, 16);
+}
+
+/* fe80::/10 or 169.254.0.0/16 (v4-mapped) */
+static __always_inline int is_link_local(const struct ns_addr *a)
+{
+	const __u8 *b = a->bytes;
+	if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80)
+		return 1;
+	return b[0] == 0 && b[10] == 0xff && b[11] == 0xff && b[12] == 169 && b[13] == 254;
 }
 
 static __always_inline int is_loopback(const struct ns_addr *a)
@@ -116,13 +80,6 @@ static __always_inline int is_loopback(const struct ns_addr *a)
 	return 0;
 }
 
-static __always_inline int in_prefixes(void *trie, const struct ns_addr *a)
-{
-	struct ns_lpm_key k = { .prefixlen = 128 };
-	__builtin_memcpy(k.bytes, a->bytes, 16);
-	return bpf_map_lookup_elem(trie, &k) != NULL;
-}
-
 SEC("sk_lookup")
 int netsteer_steer(struct bpf_sk_lookup *ctx)
 {
@@ -136,8 +93,8 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 	stat_inc(NS_STAT_LOOKUPS);
 
 	if (ctx->family == AF_INET) {
-		addr_v4(&local, ctx->local_ip4);
-		addr_v4(&remote, ctx->remote_ip4);
+		ns_addr_v4(&local, ctx->local_ip4);
+		ns_addr_v4(&remote, ctx->remote_ip4);
 	} else if (ctx->family == AF_INET6) {
 		__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2], ctx->local_ip6[3] };
 		__u32 r6[4] = { ctx->remote_ip6[0], ctx->remote_ip6[1], ctx->remote_ip6[2], ctx->remote_ip6[3] };
@@ -156,24 +113,33 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 		stat_inc(NS_STAT_PASSED_BYPASS);
 		return SK_PASS;
 	}
-	/* Pod-local traffic (loopback or the pod's own address as source) is never captured, and
-	 * neither is anything to a loopback destination. */
-	if (is_loopback(&remote) || is_loopback(&local) || bpf_map_lookup_elem(&ns_pod_addrs, &remote)) {
+	/* Nothing to a loopback destination is captured. */
+	if (is_loopback(&local)) {
 		stat_inc(NS_STAT_PASSED_LOCAL);
 		return SK_PASS;
 	}
 
 	if (bpf_map_lookup_elem(&ns_pod_addrs, &local)) {
+		/* To the pod's own address from loopback or from the pod itself: pod-local, not captured. */
+		if (is_loopback(&remote) || bpf_map_lookup_elem(&ns_pod_addrs, &remote)) {
+			stat_inc(NS_STAT_PASSED_LOCAL);
+			return SK_PASS;
+		}
 		/* Inbound: the proxy ports themselves and exclusions pass untouched. */
 		if (lport == NS_PORT_OUTBOUND || lport == NS_PORT_INBOUND || lport == NS_PORT_TUNNEL ||
-		    bpf_map_lookup_elem(&ns_ex_in_port, &lport) || in_prefixes(&ns_ex_in_src, &remote)) {
+		    bpf_map_lookup_elem(&ns_ex_in_port, &lport) || ns_in_prefixes(&ns_ex_in_src, &remote)) {
 			stat_inc(NS_STAT_PASSED_EXCLUDED);
 			return SK_PASS;
 		}
 		slot = NS_SLOT_INBOUND;
 	} else {
-		/* Outbound: delivered locally only through the capture route. */
-		if (bpf_map_lookup_elem(&ns_ex_out_port, &lport) || in_prefixes(&ns_ex_out_cidr, &local)) {
+		/* Outbound: delivered locally only through the capture route (the source is the pod's
+		 * address). Link-local destinations are the pod's own interface addresses: not captured. */
+		if (is_link_local(&local)) {
+			stat_inc(NS_STAT_PASSED_LOCAL);
+			return SK_PASS;
+		}
+		if (bpf_map_lookup_elem(&ns_ex_out_port, &lport) || ns_in_prefixes(&ns_ex_out_cidr, &local)) {
 			stat_inc(NS_STAT_PASSED_EXCLUDED);
 			return SK_PASS;
 		}

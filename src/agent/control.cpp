@@ -54,6 +54,8 @@ Reply RequestHandler::handle(protocol::Packet& packet) {
       r.data = {{"status", status_ ? status_() : nlohmann::json::object()}};
       return r;
     case MsgType::kCheck:
+      if (auto st = mgr_.check(req->uid); !st.ok()) return error_reply(st.error().message);
+      [[fallthrough]];
     case MsgType::kInspect: {
       auto p = mgr_.pod_json(req->uid);
       if (p.is_null()) return error_reply("unknown pod '" + req->uid + "'");

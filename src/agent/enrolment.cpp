@@ -2,47 +2,117 @@
 
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
+#include <set>
+
 #include "netsteer/common/log.h"
 
 namespace netsteer::agent {
 
 using nlohmann::json;
 
-json Pod::to_json() const {
+json Pod::to_json(bool detail) const {
   json j = protocol::pod_to_json(spec);
   j["netns_ino"] = netns.id().ino;
   j["netns_dev"] = netns.id().dev;
   j["listeners"] = listeners.to_json();
   j["enrolled_at"] = std::chrono::duration_cast<std::chrono::seconds>(enrolled_at.time_since_epoch()).count();
+  j["enrol_ms"] = enrol_ms;
+  j["captured"] = capture != nullptr;
+  if (detail) {
+    j["capture"] = capture ? capture->to_json() : json();
+    j["relay"] = relay_ctx ? relay_ctx->counters_json() : json();
+  }
   return j;
 }
 
-EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore* store)
-    : exec_(exec), store_(store) {}
+EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore* store, std::optional<Dataplane> dp)
+    : exec_(exec), store_(store), dp_(std::move(dp)) {}
 
-void EnrolmentManager::persist() {
+EnrolmentManager::~EnrolmentManager() { clear(); }
+
+void EnrolmentManager::persist(const PodRecord* pending) {
   if (!store_ || !store_->enabled()) return;
   std::vector<PodRecord> recs;
-  for (const auto& [uid, p] : pods_) recs.push_back(PodRecord{p->spec, p->netns.id(), false});
+  for (const auto& [uid, p] : pods_) {
+    PodRecord r{p->spec, p->netns.id(), false, json::object()};
+    if (p->capture) r.capture = p->capture->state().to_json();
+    recs.push_back(std::move(r));
+  }
+  if (pending) recs.push_back(*pending);
   // The live enrolment stays authoritative; a failed write is logged, not fatal.
   if (auto st = store_->save(recs); !st.ok()) spdlog::warn("state file: {}", st.error().message);
 }
-EnrolmentManager::~EnrolmentManager() { clear(); }
 
-Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& spec, netns::NetnsHandle ns) {
+Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
+                                                     const capture::CaptureState* previous) {
+  auto started = std::chrono::steady_clock::now();
   auto pod = std::make_unique<Pod>();
   pod->spec = spec;
   pod->netns = std::move(ns);
   pod->enrolled_at = std::chrono::system_clock::now();
-  auto listeners = exec_.run(pod->netns, [] { return create_listeners(protocol::kAgentMark); });
-  if (!listeners.ok()) return std::move(listeners).error().wrap("create listeners in pod netns");
-  pod->listeners = std::move(*listeners);
+  // Everything that must happen inside the pod netns, in one visit.
+  auto st = exec_.run(pod->netns, [&]() -> Status {
+    if (pod->spec.ips.empty()) {
+      // No addresses given (netsteerctl without --ip): take the pod's global addresses.
+      NS_TRY(pod->spec.ips, capture::discover_addresses());
+    }
+    auto listeners = create_listeners(protocol::kAgentMark);
+    if (!listeners.ok()) return std::move(listeners).error().wrap("create listeners in pod netns");
+    pod->listeners = std::move(*listeners);
+    if (!dp_) return {};
+    capture::CaptureConfig cfg;
+    cfg.pod_ips = pod->spec.ips;
+    cfg.exclusions = pod->spec.exclusions;
+    cfg.strict = pod->spec.strict;
+    cfg.tc_mode = dp_->tc_mode;
+    cfg.pin_dir = pin_dir(pod->spec.uid);
+    auto cap = capture::PodCapture::install(pod->netns, cfg, previous);
+    if (!cap.ok()) return std::move(cap).error().wrap("install capture");
+    pod->capture = std::move(*cap);
+    auto set = pod->capture->bpf().set_listeners(pod->listeners.outbound.fd.get(), pod->listeners.inbound.fd.get());
+    if (!set.ok()) {
+      (void)pod->capture->remove();
+      return std::move(set).error().wrap("put listeners into the socket map");
+    }
+    return {};
+  });
+  if (!st.ok()) return std::move(st).error();
+  if (dp_) {
+    auto ctx = std::make_shared<relay::PodContext>();
+    ctx->uid = pod->spec.uid;
+    auto dup = pod->netns.dup();
+    if (!dup.ok()) {
+      teardown(*pod, true);
+      return std::move(dup).error();
+    }
+    ctx->netns = std::move(*dup);
+    ctx->pod_ips = pod->spec.ips;
+    // The relay only calls this while the pod is registered; remove_pod waits for the workers.
+    bpf::PodBpf* bpf = &pod->capture->bpf();
+    ctx->bypass = [bpf](const SockAddr& a, bool add) { return add ? bpf->add_bypass(a) : bpf->remove_bypass(a); };
+    auto added = dp_->relay->add_pod(ctx, pod->listeners.outbound.fd.get(), pod->listeners.inbound.fd.get(),
+                                     pod->listeners.tunnel.fd.get());
+    if (!added.ok()) {
+      teardown(*pod, true);
+      return std::move(added).error().wrap("register pod with the relay");
+    }
+    pod->relay_ctx = std::move(ctx);
+  }
+  pod->enrol_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   return pod;
 }
 
-void EnrolmentManager::teardown(Pod& pod) {
-  // Listeners close with the Pod object; the SOCKMAP entries vanish with them.
-  pod.listeners = {};
+void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
+  // New connections go direct first, then the relay lets go of the pod, then its sockets close.
+  if (pod.capture && remove_capture) {
+    auto st = exec_.run(pod.netns, [&] { return pod.capture->remove(); });
+    if (!st.ok()) spdlog::warn("pod {}: removing capture: {}", pod.spec.uid, st.error().message);
+  }
+  pod.capture.reset();
+  if (pod.relay_ctx) dp_->relay->remove_pod(pod.relay_ctx);
+  pod.relay_ctx.reset();
+  pod.listeners = {};  // the SOCKMAP entries vanish with the sockets
 }
 
 Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns::NetnsHandle ns) {
@@ -65,18 +135,23 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
     // The old sandbox is gone or being replaced: release it before binding the same ports anew.
     spdlog::info("pod {}: new netns (ino {}), replacing the enrolment of netns ino {}", spec.uid,
                  ns.id().ino, it->second->netns.id().ino);
-    teardown(*it->second);
+    teardown(*it->second, true);
     pods_.erase(it);
     ++stats_.replaced;
   }
-  auto pod = build(spec, std::move(ns));
+  // Recorded before anything is installed: a crash mid-enrol is found and finished on restart.
+  PodRecord pending{spec, ns.id(), true, json::object()};
+  persist(&pending);
+  auto pod = build(spec, std::move(ns), nullptr);
   if (!pod.ok()) {
     ++stats_.enrol_failed;
     spdlog::warn("pod {}: enrolment failed: {}", spec.uid, pod.error().message);
+    persist();
     return std::move(pod).error();
   }
-  spdlog::info("pod {} ({}/{}): enrolled, netns ino {}, listeners {}", spec.uid, spec.namespace_, spec.name,
-               (*pod)->netns.id().ino, (*pod)->listeners.family);
+  spdlog::info("pod {} ({}/{}): enrolled in {:.2f} ms, netns ino {}, listeners {}, capture {}", spec.uid,
+               spec.namespace_, spec.name, (*pod)->enrol_ms, (*pod)->netns.id().ino, (*pod)->listeners.family,
+               (*pod)->capture ? bpf::to_string(dp_->tc_mode) : "off");
   pods_[spec.uid] = std::move(*pod);
   ++stats_.enrol_ok;
   persist();
@@ -103,24 +178,80 @@ Status EnrolmentManager::unenrol(const std::string& uid, std::optional<netns::Ne
                       ENOENT);
   }
   spdlog::info("pod {}: unenrolled", it->first);
-  teardown(*it->second);
+  teardown(*it->second, true);
   pods_.erase(it);
   ++stats_.unenrolled;
   persist();
   return {};
 }
 
+void EnrolmentManager::restore(const std::vector<PodRecord>& records) {
+  std::lock_guard lk(mu_);
+  for (const auto& rec : records) {
+    const std::string& uid = rec.spec.uid;
+    std::string why;
+    if (rec.spec.netns_path.empty()) {
+      why = "no netns path was recorded";
+    } else {
+      auto ns = netns::NetnsHandle::open(rec.spec.netns_path);
+      if (!ns.ok()) {
+        why = "netns is gone (" + ns.error().message + ")";
+      } else if (!(ns->id() == rec.netns)) {
+        why = rec.spec.netns_path + " is now another netns";
+      } else {
+        auto prev = capture::CaptureState::from_json(rec.capture);
+        auto pod = build(rec.spec, std::move(*ns), &prev);
+        if (pod.ok()) {
+          spdlog::info("pod {}: taken over from the previous agent in {:.2f} ms ({})", uid, (*pod)->enrol_ms,
+                       (*pod)->capture && (*pod)->capture->adopted() ? "pins re-opened" : "capture re-installed");
+          pods_[uid] = std::move(*pod);
+          ++stats_.adopted;
+          continue;
+        }
+        why = "take-over failed: " + pod.error().message;
+      }
+    }
+    spdlog::warn("pod {}: not restored: {}; cleaning up its pins", uid, why);
+    ++stats_.stale_cleaned;
+  }
+  // Pin directories nobody owns now: pods cleaned above, or a crash between pinning and recording.
+  if (dp_) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dp_->pin_root, ec)) {
+      std::string uid = e.path().filename();
+      if (pods_.count(uid)) continue;
+      if (auto st = bpf::PodBpf::remove_pins(e.path()); !st.ok())
+        spdlog::warn("stale pins {}: {}", e.path().string(), st.error().message);
+    }
+  }
+  persist();
+}
+
 json EnrolmentManager::list() const {
   std::lock_guard lk(mu_);
   json a = json::array();
-  for (const auto& [uid, p] : pods_) a.push_back(p->to_json());
+  for (const auto& [uid, p] : pods_) a.push_back(p->to_json(false));
   return a;
 }
 
 json EnrolmentManager::pod_json(const std::string& uid) const {
   std::lock_guard lk(mu_);
   auto it = pods_.find(uid);
-  return it == pods_.end() ? json() : it->second->to_json();
+  return it == pods_.end() ? json() : it->second->to_json(true);
+}
+
+Status EnrolmentManager::check(const std::string& uid) const {
+  std::lock_guard lk(mu_);
+  auto it = pods_.find(uid);
+  if (it == pods_.end()) return Error::msg("unknown pod '" + uid + "'", ENOENT);
+  const Pod& p = *it->second;
+  for (const Listener* l : {&p.listeners.outbound, &p.listeners.inbound, &p.listeners.tunnel})
+    if (!l->fd.valid()) return Error::msg("pod " + uid + ": " + l->role + " listener is closed", EIO);
+  if (dp_) {
+    if (!p.capture) return Error::msg("pod " + uid + ": capture is not installed", EIO);
+    NS_TRY_STATUS(p.capture->bpf().verify());
+  }
+  return {};
 }
 
 size_t EnrolmentManager::size() const {
@@ -133,10 +264,11 @@ EnrolStats EnrolmentManager::stats() const {
   return stats_;
 }
 
-void EnrolmentManager::clear() {
+void EnrolmentManager::clear(bool remove_capture) {
   std::lock_guard lk(mu_);
-  for (auto& [uid, p] : pods_) teardown(*p);
+  for (auto& [uid, p] : pods_) teardown(*p, remove_capture);
   pods_.clear();
+  if (remove_capture) persist();
 }
 
 }  // namespace netsteer::agent

@@ -9,7 +9,8 @@
 
 #include "netsteer/agent/control.h"
 #include "netsteer/agent/enrolment.h"
-#include "netsteer/bpf/steer.h"
+#include "netsteer/bpf/features.h"
+#include "netsteer/relay/relay.h"
 #include "netsteer/client/client.h"
 #include "netsteer/common/log.h"
 #include "netsteer/netns/netns.h"
@@ -34,6 +35,20 @@ int main(int argc, char** argv) {
   app.add_option("--allow-uid", allow_uids, "peer uids allowed on the control socket")->capture_default_str();
   app.add_option("--state-dir", state_dir, "where the enrolment state file lives")->capture_default_str();
   app.add_option("--pin-root", pin_root, "bpffs directory for per-pod pins")->capture_default_str();
+  std::string tc_mode_opt = "auto";
+  app.add_option("--tc-mode", tc_mode_opt, "tc guard attachment: auto (tcx when the kernel has it), tcx, clsact")
+      ->capture_default_str();
+  relay::RelayOptions ropts;
+  app.add_option("--relay-workers", ropts.workers, "relay worker threads (fixed, whatever the pod count)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_option("--connect-timeout-ms", ropts.connect_timeout_ms, "upstream connect timeout")->capture_default_str();
+  app.add_option("--idle-timeout-s", ropts.idle_timeout_s, "close relayed connections idle this long (0: never)")
+      ->capture_default_str();
+  app.add_option("--pipe-size", ropts.pipe_size, "splice pipe size in bytes")->capture_default_str();
+  bool cleanup_on_exit = false;
+  app.add_flag("--cleanup-on-exit", cleanup_on_exit,
+               "on SIGTERM remove every pod's capture (uninstall); default keeps it for the next agent");
   CLI11_PARSE(app, argc, argv);
 
   auto fmt = log::parse_format(log_format);
@@ -58,13 +73,45 @@ int main(int argc, char** argv) {
   // A fresh node may not have bpffs mounted; per-pod pins live there.
   if (auto st = bpf::ensure_bpffs(); !st.ok()) spdlog::warn("bpffs: {}", st.error().message);
   auto features = bpf::probe_features();
-  spdlog::info("kernel {}: sk_lookup {}", features.kernel_release, features.sk_lookup ? "yes" : "NO");
-  if (auto st = bpf::require_capture_features(features); !st.ok()) spdlog::warn("{}", st.error().message);
+  spdlog::info("kernel {}: sk_lookup {}, tc bpf {}, tcx {}", features.kernel_release, features.sk_lookup ? "yes" : "NO",
+               features.sched_cls ? "yes" : "NO", features.tcx ? "yes" : "no (Linux < 6.6: clsact fallback)");
+  if (auto st = bpf::require_capture_features(features); !st.ok()) {
+    spdlog::critical("cannot run here: {}", st.error().message);
+    return 1;
+  }
+  bpf::TcMode tc_mode = features.tcx ? bpf::TcMode::tcx : bpf::TcMode::clsact;
+  if (tc_mode_opt != "auto") {
+    auto m = bpf::parse_tc_mode(tc_mode_opt);
+    if (!m.ok()) {
+      spdlog::critical("{}", m.error().message);
+      return 2;
+    }
+    if (*m == bpf::TcMode::tcx && !features.tcx) {
+      spdlog::critical("--tc-mode tcx: kernel {} has no tcx links (BPF_TCX_INGRESS/EGRESS, needs Linux >= 6.6)",
+                       features.kernel_release);
+      return 1;
+    }
+    tc_mode = *m;
+  }
+  spdlog::info("tc guard attach mode: {}", bpf::to_string(tc_mode));
 
   (void)netns::NetnsHandle::host();
   netns::NetnsExecutor executor(executor_threads);
+  ropts.mark = protocol::kAgentMark;
+  auto relay = relay::Relay::start(ropts);
+  if (!relay.ok()) {
+    spdlog::critical("cannot start the relay: {}", relay.error().message);
+    return 1;
+  }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store);
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode});
+  // Take over what the previous agent left (pins, links and rules stayed in place: fail closed).
+  if (auto recs = store.load(); recs.ok()) {
+    manager.restore(*recs);
+  } else {
+    spdlog::error("{}; starting without previous state", recs.error().message);
+    manager.restore({});
+  }
   auto started = std::chrono::steady_clock::now();
   agent::RequestHandler handler(manager, [&] {
     auto s = manager.stats();
@@ -79,6 +126,12 @@ int main(int argc, char** argv) {
         {"enrol_unchanged", s.enrol_noop},
         {"replaced", s.replaced},
         {"unenrolled", s.unenrolled},
+        {"adopted", s.adopted},
+        {"stale_cleaned", s.stale_cleaned},
+        {"relay_workers", (*relay)->workers()},
+        {"relay", (*relay)->stats()},
+        {"tc_mode", bpf::to_string(tc_mode)},
+        {"kernel", features.kernel_release},
         {"pid", ::getpid()},
     };
   });
@@ -92,7 +145,7 @@ int main(int argc, char** argv) {
   }
   spdlog::info("netsteerd {} ready (pid {})", NETSTEER_VERSION, ::getpid());
   auto st = server.run();
-  manager.clear();
+  manager.clear(cleanup_on_exit);
   if (!st.ok()) {
     spdlog::critical("control loop failed: {}", st.error().message);
     return 1;

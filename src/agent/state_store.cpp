@@ -31,6 +31,7 @@ Result<std::vector<PodRecord>> StateStore::load() const {
     rec.netns.dev = e.value("netns_dev", 0ULL);
     rec.netns.ino = e.value("netns_ino", 0ULL);
     rec.pending = e.value("pending", false);
+    if (e.contains("capture") && e["capture"].is_object()) rec.capture = e["capture"];
     out.push_back(std::move(rec));
   }
   return out;
@@ -46,7 +47,8 @@ Status StateStore::save(const std::vector<PodRecord>& pods) const {
     a.push_back({{"pod", protocol::pod_to_json(p.spec)},
                  {"netns_dev", p.netns.dev},
                  {"netns_ino", p.netns.ino},
-                 {"pending", p.pending}});
+                 {"pending", p.pending},
+                 {"capture", p.capture}});
   std::string data = json{{"version", 1}, {"pods", a}}.dump(1);
   std::string tmp = path() + ".tmp";
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));

@@ -81,9 +81,15 @@ Result<ScopedNetns> ScopedNetns::enter(const NetnsHandle& target) {
   return ScopedNetns(std::move(saved));
 }
 
+Result<ScopedNetns> ScopedNetns::enter(const NetnsHandle& target, const NetnsHandle& back) {
+  if (::setns(target.fd(), CLONE_NEWNET) < 0) return Error::from_errno(errno, "setns into pod netns");
+  return ScopedNetns(UniqueFd(), back.fd());
+}
+
 ScopedNetns::~ScopedNetns() {
-  if (!saved_) return;
-  if (::setns(saved_.get(), CLONE_NEWNET) < 0) {
+  int fd = saved_ ? saved_.get() : back_fd_;
+  if (fd < 0) return;
+  if (::setns(fd, CLONE_NEWNET) < 0) {
     // Never run on in the wrong netns: sockets created later would land in the pod.
     spdlog::critical("setns back to the previous netns failed (errno {}): aborting", errno);
     std::abort();

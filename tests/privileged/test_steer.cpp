@@ -11,7 +11,7 @@
 #include <filesystem>
 
 #include "netsteer/agent/listeners.h"
-#include "netsteer/bpf/steer.h"
+#include "netsteer/bpf/pod_bpf.h"
 #include "netsteer/netns/netns.h"
 
 using namespace netsteer;
@@ -97,12 +97,13 @@ TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
   });
   ASSERT_TRUE(app.ok());
 
-  bpf::SteerConfig cfg;
+  bpf::PodBpfConfig cfg;
   cfg.pod_ips = {*IpAddr::parse("10.77.0.1")};
-  auto sp = bpf::SteerProgram::create(pins + "/pod", pns, cfg);
+  auto sp = bpf::PodBpf::create(pins + "/pod", pns, cfg);
   ASSERT_TRUE(sp.ok()) << sp.error().message;
   ASSERT_TRUE((*sp)->set_listeners(listeners->outbound.fd.get(), listeners->inbound.fd.get()).ok());
-  for (const char* pin : {"prog_steer", "link_steer", "map_ns_sockets", "map_ns_stats", "map_ns_bypass"})
+  for (const char* pin : {"prog_steer", "link_steer", "map_ns_sockets", "map_ns_stats", "map_ns_bypass",
+                          "prog_guard_ingress", "prog_guard_egress", "map_ns_guard_stats", "map_ns_config"})
     EXPECT_TRUE(std::filesystem::exists(pins + "/pod/" + pin)) << pin;
 
   // 1. Inbound to the app's port lands on 15006, with the original destination kept.
@@ -134,7 +135,8 @@ TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
   EXPECT_GE((*sp)->stats()->drop_no_listener, 1u);
 
   // 4. destroy() detaches the link and removes every pin.
-  uint32_t link_id = (*sp)->link_id();
+  ASSERT_TRUE((*sp)->verify().ok());
+  uint32_t link_id = (*sp)->steer_link_id();
   ASSERT_NE(link_id, 0u);
   ASSERT_TRUE((*sp)->destroy().ok());
   EXPECT_FALSE(std::filesystem::exists(pins + "/pod"));
@@ -152,6 +154,7 @@ TEST(SteerFeatures, ProbeNamesTheMissingFeature) {
   bpf::Features f;
   f.kernel_release = "5.4.0-test";
   f.sk_lookup = false;
+  f.sched_cls = true;
   auto st = bpf::require_capture_features(f);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.error().message.find("sk_lookup"), std::string::npos);

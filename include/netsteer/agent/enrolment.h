@@ -1,5 +1,5 @@
 // Enrolment state manager: pods by uid, each owning its netns handle, listeners, capture and relay
-// registration. The control server calls it; it runs netns work on the NetnsExecutor.
+// registration. The control server calls it; netns work runs on the NetnsExecutor.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -8,33 +8,50 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "netsteer/agent/listeners.h"
 #include "netsteer/agent/state_store.h"
+#include "netsteer/bpf/features.h"
+#include "netsteer/capture/pod_capture.h"
 #include "netsteer/common/result.h"
 #include "netsteer/netns/netns.h"
 #include "netsteer/protocol/messages.h"
+#include "netsteer/relay/relay.h"
 
 namespace netsteer::agent {
+
+// The data path a pod is enrolled into. Without one (unit tests) pods get listeners only:
+// capture is never installed without a relay to carry what it captures.
+struct Dataplane {
+  relay::Relay* relay = nullptr;
+  std::string pin_root;
+  bpf::TcMode tc_mode = bpf::TcMode::tcx;
+};
 
 struct Pod {
   protocol::PodSpec spec;
   netns::NetnsHandle netns;
   PodListeners listeners;
+  std::unique_ptr<capture::PodCapture> capture;
+  std::shared_ptr<relay::PodContext> relay_ctx;
   std::chrono::system_clock::time_point enrolled_at;
+  double enrol_ms = 0;  // fd received → capture ready
 
-  nlohmann::json to_json() const;
+  nlohmann::json to_json(bool detail) const;
 };
 
 struct EnrolStats {
-  uint64_t enrol_ok = 0, enrol_failed = 0, enrol_noop = 0, replaced = 0, unenrolled = 0;
+  uint64_t enrol_ok = 0, enrol_failed = 0, enrol_noop = 0, replaced = 0, unenrolled = 0, adopted = 0,
+           stale_cleaned = 0;
 };
 
 class EnrolmentManager {
  public:
   // `store` (optional) receives the enrolled set after every change.
-  explicit EnrolmentManager(netns::NetnsExecutor& exec, const StateStore* store = nullptr);
+  explicit EnrolmentManager(netns::NetnsExecutor& exec, const StateStore* store = nullptr,
+                            std::optional<Dataplane> dp = std::nullopt);
   ~EnrolmentManager();
 
   // Idempotent by (uid, netns id): same pair → no-op; new netns for a known uid → replace.
@@ -42,20 +59,30 @@ class EnrolmentManager {
   Result<std::string> enrol(const protocol::PodSpec& spec, netns::NetnsHandle ns);
   // By uid, or by netns identity when uid is empty.
   Status unenrol(const std::string& uid, std::optional<netns::NetnsId> id = std::nullopt);
+  // Agent start: take over the pods of the state file whose netns still exists (pins, links,
+  // rules stay in place; new listeners replace the dead agent's), clean up the rest and any
+  // pin directory nobody owns.
+  void restore(const std::vector<PodRecord>& records);
   nlohmann::json list() const;
   nlohmann::json pod_json(const std::string& uid) const;  // null when unknown
+  // CHECK: the pod is enrolled and its capture is in place.
+  Status check(const std::string& uid) const;
   size_t size() const;
   EnrolStats stats() const;
-  // Closes every pod's sockets (shutdown).
-  void clear();
+  // Agent shutdown: stop relaying and close listeners. With remove_capture=false (the default) the
+  // capture stays installed and pinned, so the pod fails closed until the next agent takes over.
+  void clear(bool remove_capture = false);
 
  private:
-  Result<std::unique_ptr<Pod>> build(const protocol::PodSpec& spec, netns::NetnsHandle ns);
-  void teardown(Pod& pod);
-  void persist();  // with mu_ held
+  Result<std::unique_ptr<Pod>> build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
+                                     const capture::CaptureState* previous);
+  void teardown(Pod& pod, bool remove_capture);
+  void persist(const PodRecord* pending = nullptr);  // with mu_ held
+  std::string pin_dir(const std::string& uid) const { return dp_ ? dp_->pin_root + "/" + uid : ""; }
 
   netns::NetnsExecutor& exec_;
   const StateStore* store_;
+  std::optional<Dataplane> dp_;
   mutable std::mutex mu_;
   std::map<std::string, std::unique_ptr<Pod>> pods_;
   EnrolStats stats_;

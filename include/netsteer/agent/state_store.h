@@ -2,6 +2,8 @@
 // can re-attach to the pins of pods whose netns still exists and clean up the rest.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <string>
 #include <vector>
 
@@ -15,6 +17,7 @@ struct PodRecord {
   protocol::PodSpec spec;
   netns::NetnsId netns;
   bool pending = false;  // written before install, cleared after: a crash mid-enrol is detectable
+  nlohmann::json capture = nlohmann::json::object();  // capture::CaptureState (saved sysctls, tc)
 };
 
 class StateStore {

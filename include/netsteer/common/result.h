@@ -83,13 +83,13 @@ inline Status check_errno(long ret, std::string_view context) {
 // Propagate an error from a Result expression: NS_TRY(auto x, f()); or NS_TRY_STATUS(g());
 #define NS_CONCAT_INNER(a, b) a##b
 #define NS_CONCAT(a, b) NS_CONCAT_INNER(a, b)
-#define NS_TRY_STATUS(expr)                                  \
+#define NS_TRY_STATUS(...)                                   \
   do {                                                       \
-    auto&& ns_try_status_ = (expr);                          \
+    auto&& ns_try_status_ = (__VA_ARGS__);                          \
     if (!ns_try_status_.ok()) return std::move(ns_try_status_).error(); \
   } while (0)
 #define NS_TRY_IMPL(tmp, decl, expr)                 \
   auto tmp = (expr);                                 \
   if (!tmp.ok()) return std::move(tmp).error();      \
   decl = std::move(tmp).value()
-#define NS_TRY(decl, expr) NS_TRY_IMPL(NS_CONCAT(ns_try_tmp_, __LINE__), decl, expr)
+#define NS_TRY(decl, ...) NS_TRY_IMPL(NS_CONCAT(ns_try_tmp_, __LINE__), decl, (__VA_ARGS__))

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "netsteer/common/result.h"
@@ -59,14 +60,18 @@ Result<NetnsId> netns_id_of_path(const std::string& path);
 class ScopedNetns {
  public:
   static Result<ScopedNetns> enter(const NetnsHandle& target);
-  ScopedNetns(ScopedNetns&& o) noexcept : saved_(std::move(o.saved_)) {}
+  // Hot path (relay workers): enter target and return to `back` (which must be this thread's
+  // current netns and outlive the scope) without opening the current netns first.
+  static Result<ScopedNetns> enter(const NetnsHandle& target, const NetnsHandle& back);
+  ScopedNetns(ScopedNetns&& o) noexcept : saved_(std::move(o.saved_)), back_fd_(std::exchange(o.back_fd_, -1)) {}
   ScopedNetns& operator=(ScopedNetns&&) = delete;
   ScopedNetns(const ScopedNetns&) = delete;
   ~ScopedNetns();
 
  private:
-  explicit ScopedNetns(UniqueFd saved) : saved_(std::move(saved)) {}
+  explicit ScopedNetns(UniqueFd saved, int back_fd = -1) : saved_(std::move(saved)), back_fd_(back_fd) {}
   UniqueFd saved_;
+  int back_fd_ = -1;  // borrowed; used when saved_ is empty
 };
 
 // Fixed pool of threads that run tasks inside a given netns and return to the host netns.

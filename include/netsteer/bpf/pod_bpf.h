@@ -1,0 +1,84 @@
+// The BPF side of one pod's capture: the sk_lookup steering program (bpf/netsteer_steer.bpf.c)
+// linked to the pod netns, and the tc guard programs (bpf/netsteer_guard.bpf.c) on the pod's
+// interfaces. One instance per pod, with its own maps: a pod's program can only ever select that
+// pod's sockets (bpf_sk_assign does not check the netns). Everything is pinned under
+// <pin_root>/<pod uid>/ and can be re-opened from there by a restarted agent.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "netsteer/bpf/features.h"
+#include "netsteer/bpf/objects.h"
+#include "netsteer/common/inet.h"
+#include "netsteer/common/result.h"
+#include "netsteer/netns/netns.h"
+#include "netsteer/protocol/messages.h"
+
+namespace netsteer::bpf {
+
+struct PodBpfConfig {
+  std::vector<IpAddr> pod_ips;
+  protocol::Exclusions exclusions;
+  bool strict = false;
+  uint32_t mark = protocol::kAgentMark;
+  uint32_t mark_mask = protocol::kAgentMarkMask;
+};
+
+// Steering and guard counters, summed over CPUs.
+struct PodBpfStats {
+  uint64_t lookups = 0, inbound_assigned = 0, outbound_assigned = 0, passed_local = 0, passed_excluded = 0,
+           passed_bypass = 0, drop_no_listener = 0, drop_assign_failed = 0;
+  uint64_t egress_marked_pkts = 0, egress_marked_bytes = 0, egress_unmarked_pkts = 0, egress_unmarked_bytes = 0,
+           ingress_marked_pkts = 0, ingress_marked_bytes = 0, ingress_unmarked_pkts = 0,
+           ingress_unmarked_bytes = 0, passed_strict_excluded = 0, drop_strict = 0, drop_spoofed = 0;
+  nlohmann::json to_json() const;
+};
+
+class PodBpf {
+ public:
+  // Loads fresh program instances, fills the maps, links the sk_lookup program to `ns`
+  // (bpf_link, BPF_SK_LOOKUP; no setns needed) and pins everything under pin_dir.
+  // Any error leaves nothing behind.
+  static Result<std::unique_ptr<PodBpf>> create(const std::string& pin_dir, const netns::NetnsHandle& ns,
+                                                const PodBpfConfig& cfg);
+  // Re-opens the pins a previous agent left (restart takeover). The link stays attached throughout.
+  static Result<std::unique_ptr<PodBpf>> adopt(const std::string& pin_dir);
+
+  // Attaches the guard to ifindex on ingress and egress. Must run IN THE POD NETNS (ifindex is
+  // netns-relative). Idempotent: an attachment that already exists (pinned tcx link, or our
+  // clsact filter) is kept.
+  Status attach_guard(int ifindex, TcMode mode);
+  // Removes the guard from ifindex (in the pod netns for clsact; tcx links detach from anywhere).
+  Status detach_guard(int ifindex, TcMode mode);
+
+  // Slot 0: the 15001 listener, slot 1: the 15006 listener.
+  Status set_listeners(int outbound_fd, int inbound_fd);
+  // The relay's inbound upstream socket bound to the client's address: let its SYN reach the app.
+  Status add_bypass(const SockAddr& local);
+  Status remove_bypass(const SockAddr& local);
+
+  Result<PodBpfStats> stats() const;
+  // Program/link/map ids and pin paths.
+  nlohmann::json describe() const;
+  uint32_t steer_link_id() const;
+  const std::string& pin_dir() const { return objs_.dir(); }
+
+  // Detaches every link and removes every pin (tc clsact filters: call detach_guard first).
+  Status destroy();
+  // The pins are all still there and the sk_lookup link is still attached to a netns.
+  Status verify() const;
+  // Cleans up a pin directory nobody owns (stale pod, crash mid-enrol): detaches its links and
+  // removes its pins, whatever subset of them exists.
+  static Status remove_pins(const std::string& pin_dir);
+
+ private:
+  explicit PodBpf(BpfObjects objs) : objs_(std::move(objs)) {}
+  BpfObjects objs_;
+};
+
+}  // namespace netsteer::bpf

@@ -1,0 +1,96 @@
+// Everything that steers one pod's traffic, installed inside the pod netns and removed completely:
+//   - the BPF side (bpf::PodBpf): sk_lookup link + per-pod maps, tc guard on each interface;
+//   - policy routing (rtnetlink): marked → main (99), TCP → table 133 (100), exclusion rules
+//     ahead of them (90–93), and `local 0/0 dev lo [src podIP] table 133` per family;
+//   - sysctls the path needs on the pod's interfaces (accept_local=1, rp_filter=0), with the
+//     previous values kept so removal restores them.
+// install/adopt/remove run IN THE POD NETNS (on the NetnsExecutor).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "netsteer/bpf/features.h"
+#include "netsteer/bpf/pod_bpf.h"
+#include "netsteer/capture/rtnl.h"
+#include "netsteer/common/inet.h"
+#include "netsteer/common/result.h"
+#include "netsteer/netns/netns.h"
+#include "netsteer/protocol/messages.h"
+
+namespace netsteer::capture {
+
+inline constexpr uint32_t kCaptureTable = 133;
+inline constexpr uint32_t kCapturePriority = 100;
+inline constexpr uint32_t kMarkedPriority = 99;
+// Exclusion rules sit ahead of the capture rule (see DESIGN.md: replies to traffic that bypassed
+// inbound capture would otherwise be swallowed by it).
+inline constexpr uint32_t kExInboundPortPriority = 90;
+inline constexpr uint32_t kExInboundSourcePriority = 91;
+inline constexpr uint32_t kExOutboundPortPriority = 92;
+inline constexpr uint32_t kExOutboundCidrPriority = 93;
+
+struct CaptureConfig {
+  std::vector<IpAddr> pod_ips;
+  protocol::Exclusions exclusions;
+  bool strict = false;
+  bpf::TcMode tc_mode = bpf::TcMode::tcx;
+  std::string pin_dir;
+  uint32_t mark = protocol::kAgentMark;
+  uint32_t mark_mask = protocol::kAgentMarkMask;
+};
+
+struct SavedSysctl {
+  std::string key;    // e.g. "net/ipv4/conf/eth0/accept_local"
+  std::string value;  // the value before we changed it
+};
+
+// What a restarted agent needs to remove a capture it did not install itself.
+struct CaptureState {
+  std::vector<SavedSysctl> sysctls;
+  std::vector<int> guarded_ifindexes;
+  bpf::TcMode tc_mode = bpf::TcMode::tcx;
+  nlohmann::json to_json() const;
+  static CaptureState from_json(const nlohmann::json& j);
+};
+
+// The rules and routes a capture config needs (pure; unit tested).
+std::vector<RuleSpec> capture_rules(const CaptureConfig& cfg);
+std::vector<LocalDefaultRoute> capture_routes(const CaptureConfig& cfg);
+
+// Global addresses of the calling thread's netns (non-loopback, not link-local).
+Result<std::vector<IpAddr>> discover_addresses();
+
+class PodCapture {
+ public:
+  // Installs the capture. With `previous` (a restart), re-opens the pins under cfg.pin_dir and
+  // re-asserts rules, routes, tc attachments and sysctls (all idempotent) instead of loading anew;
+  // when those pins are gone it installs from scratch. On error nothing is left behind.
+  static Result<std::unique_ptr<PodCapture>> install(const netns::NetnsHandle& ns, const CaptureConfig& cfg,
+                                                     const CaptureState* previous = nullptr);
+  // Removes rules, routes, tc attachments, links and pins, and restores the sysctls.
+  Status remove();
+
+  bpf::PodBpf& bpf() { return *bpf_; }
+  const bpf::PodBpf& bpf() const { return *bpf_; }
+  const CaptureState& state() const { return state_; }
+  bool adopted() const { return adopted_; }
+  nlohmann::json to_json() const;
+
+ private:
+  PodCapture() = default;
+  Status install_routing();
+  Status remove_routing();
+
+  CaptureConfig cfg_;
+  CaptureState state_;
+  std::unique_ptr<bpf::PodBpf> bpf_;
+  std::vector<RuleSpec> rules_;
+  std::vector<LocalDefaultRoute> routes_;
+  bool adopted_ = false;
+};
+
+}  // namespace netsteer::capture

@@ -1,0 +1,62 @@
+// rtnetlink (libmnl) for the pod's policy rules and routes: never `ip` from the agent.
+// An Rtnl socket belongs to the netns it was opened in (open it on the NetnsExecutor inside the
+// pod netns); it can then be used from any thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "netsteer/common/inet.h"
+#include "netsteer/common/result.h"
+#include "netsteer/common/unique_fd.h"
+
+struct mnl_socket;
+
+namespace netsteer::capture {
+
+// One `ip rule`: family, priority, selectors, and the table it looks up.
+struct RuleSpec {
+  int family = 0;  // AF_INET / AF_INET6
+  uint32_t priority = 0;
+  uint32_t table = 0;
+  std::optional<uint32_t> fwmark;  // with fwmask
+  uint32_t fwmask = 0xffffffff;
+  uint8_t ipproto = 0;
+  uint16_t sport = 0, dport = 0;
+  std::optional<Prefix> dst;
+  std::string str() const;  // in `ip rule` syntax, for logs and inspect
+  bool operator==(const RuleSpec&) const = default;
+};
+
+// `local <0/0 or ::/0> dev <oif> [src <prefsrc>] table <table>`.
+struct LocalDefaultRoute {
+  int family = 0;
+  uint32_t table = 0;
+  int oif = 1;  // lo
+  std::optional<IpAddr> prefsrc;
+  std::string str() const;
+  bool operator==(const LocalDefaultRoute&) const = default;
+};
+
+class Rtnl {
+ public:
+  // A NETLINK_ROUTE socket in the calling thread's netns.
+  static Result<Rtnl> open();
+  Rtnl(Rtnl&&) noexcept;
+  Rtnl& operator=(Rtnl&&) noexcept;
+  ~Rtnl();
+
+  Status add_rule(const RuleSpec& r);  // an identical existing rule is not an error
+  Status del_rule(const RuleSpec& r);  // an absent rule is not an error
+  Status add_route(const LocalDefaultRoute& r);  // create or replace
+  Status del_route(const LocalDefaultRoute& r);  // an absent route is not an error
+
+ private:
+  explicit Rtnl(mnl_socket* s) : sock_(s) {}
+  Status request(void* nlh_buf, const std::string& what);
+  mnl_socket* sock_ = nullptr;
+  uint32_t seq_ = 0;
+};
+
+}  // namespace netsteer::capture

@@ -1,0 +1,86 @@
+// The relay: carries captured connections to their original destination.
+//
+// A fixed number of worker threads (whatever the pod count), each with its own epoll. Every
+// pod's listeners are registered in every worker's epoll with EPOLLEXCLUSIVE, so one worker wakes
+// per new connection. A connection stays on the worker that accepted it: bytes move with splice()
+// through a pipe taken from the worker's bounded pool while data is in flight and returned when
+// drained. Upstream sockets are created in the pod netns (the worker enters it only for socket()),
+// carry the agent's mark, and for inbound are bound transparently to the client's address after
+// registering a bypass entry, so the app sees the real client.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "netsteer/common/inet.h"
+#include "netsteer/common/result.h"
+#include "netsteer/netns/netns.h"
+
+namespace netsteer::relay {
+
+enum class Direction : uint8_t { outbound = 0, inbound = 1, tunnel = 2 };
+const char* to_string(Direction d);
+
+struct DirectionCounters {
+  std::atomic<uint64_t> opened{0};    // accepted
+  std::atomic<uint64_t> failed{0};    // upstream connect failed / refused tunnel request
+  std::atomic<uint64_t> active{0};
+  std::atomic<uint64_t> closed{0};
+  std::atomic<uint64_t> resets{0};    // ended by a reset on either side
+  std::atomic<uint64_t> timeouts{0};  // connect or idle timeout
+  std::atomic<uint64_t> bytes_up{0};  // client → upstream
+  std::atomic<uint64_t> bytes_down{0};
+  nlohmann::json to_json() const;
+};
+
+// One pod as the relay sees it. Shared by the enrolment manager and the relay workers.
+struct PodContext {
+  std::string uid;
+  netns::NetnsHandle netns;      // upstream sockets are born here
+  std::vector<IpAddr> pod_ips;   // tunnel targets must be one of these
+  // Registers (add=true) / removes the relay's inbound upstream local address in the pod's
+  // sk_lookup bypass map.
+  std::function<Status(const SockAddr&, bool add)> bypass;
+  DirectionCounters counters[3];
+
+  DirectionCounters& of(Direction d) { return counters[static_cast<int>(d)]; }
+  nlohmann::json counters_json() const;
+};
+
+struct RelayOptions {
+  size_t workers = 2;
+  uint32_t mark = 0x539;
+  int connect_timeout_ms = 10000;
+  int idle_timeout_s = 3600;
+  int pipe_size = 256 * 1024;
+  size_t max_idle_pipes = 64;  // per worker; pipes beyond that are closed when drained
+};
+
+class Worker;
+
+class Relay {
+ public:
+  static Result<std::unique_ptr<Relay>> start(const RelayOptions& opts);
+  ~Relay();  // stops the workers and closes every connection
+
+  // Starts accepting on a pod's listeners (borrowed: keep them open until remove_pod returns).
+  Status add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, int inbound_fd, int tunnel_fd);
+  // Stops accepting for the pod and closes its connections; returns when every worker is done.
+  void remove_pod(const std::shared_ptr<PodContext>& pod);
+
+  nlohmann::json stats() const;  // per worker: connections, pipes in use/idle
+  size_t workers() const { return workers_.size(); }
+
+ private:
+  Relay() = default;
+  void broadcast(const std::function<void(Worker&)>& fn);
+  std::vector<std::unique_ptr<Worker>> workers_;
+};
+
+}  // namespace netsteer::relay

@@ -1,0 +1,83 @@
+#include "netsteer/bpf/objects.h"
+
+#include <bpf/libbpf.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+namespace netsteer::bpf {
+
+namespace fs = std::filesystem;
+
+Result<BpfObjects> BpfObjects::open(const std::string& dir) {
+  BpfObjects o(dir);
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename();
+    UniqueFd fd(::bpf_obj_get(e.path().c_str()));
+    if (!fd) return Error::from_errno(errno, "open pin " + e.path().string());
+    o.fds_[name] = std::move(fd);
+  }
+  if (ec) return Error::msg("read pin dir " + dir + ": " + ec.message(), ec.value());
+  if (o.fds_.empty()) return Error::msg("no pins under " + dir, ENOENT);
+  return o;
+}
+
+Status BpfObjects::add(const std::string& name, UniqueFd fd) {
+  if (!fd) return Error::msg("no fd for " + name, EBADF);
+  std::error_code ec;
+  fs::create_directories(dir_, ec);
+  if (ec) return Error::msg("create pin dir " + dir_ + ": " + ec.message(), ec.value());
+  std::string path = dir_ + "/" + name;
+  if (::bpf_obj_pin(fd.get(), path.c_str()) < 0) return Error::from_errno(errno, "pin " + path);
+  fds_[name] = std::move(fd);
+  return {};
+}
+
+int BpfObjects::fd(const std::string& name) const {
+  auto it = fds_.find(name);
+  return it == fds_.end() ? -1 : it->second.get();
+}
+
+void BpfObjects::drop(const std::string& name) {
+  ::unlink((dir_ + "/" + name).c_str());
+  fds_.erase(name);
+}
+
+void BpfObjects::remove_all() {
+  for (const auto& [name, fd] : fds_) ::unlink((dir_ + "/" + name).c_str());
+  fds_.clear();
+  // Pins someone else left in our directory are ours too (a crash between pin and record).
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir_, ec)) ::unlink(e.path().c_str());
+  ::rmdir(dir_.c_str());
+}
+
+std::vector<std::string> BpfObjects::names() const {
+  std::vector<std::string> v;
+  for (const auto& [n, fd] : fds_) v.push_back(n);
+  return v;
+}
+
+uint32_t object_id(int fd) {
+  // The id is the second field of prog, map and link info alike; a union-sized buffer serves all.
+  union {
+    bpf_prog_info prog;
+    bpf_map_info map;
+    bpf_link_info link;
+  } info{};
+  uint32_t len = sizeof info;
+  if (::bpf_obj_get_info_by_fd(fd, &info, &len) < 0) return 0;
+  // type/id layouts differ: prog_info {type, id}, map_info {type, id}, link_info {type, id}.
+  return info.prog.id;
+}
+
+nlohmann::json BpfObjects::describe() const {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [name, fd] : fds_) j[name] = {{"id", object_id(fd.get())}, {"pin", dir_ + "/" + name}};
+  return j;
+}
+
+int possible_cpus() { return libbpf_num_possible_cpus(); }
+
+}  // namespace netsteer::bpf

@@ -1,0 +1,300 @@
+#include "netsteer/bpf/pod_bpf.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <net/if.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "../../bpf/netsteer_common.h"
+#include "netsteer/bpf/tcx.h"
+#include "netsteer/skel/netsteer_guard.skel.h"
+#include "netsteer/skel/netsteer_steer.skel.h"
+
+namespace netsteer::bpf {
+
+namespace {
+
+// Pin names (the pod's pin directory is the namespace: <pin_root>/<uid>/<name>).
+constexpr const char* kProgSteer = "prog_steer";
+constexpr const char* kLinkSteer = "link_steer";
+constexpr const char* kProgGuardIngress = "prog_guard_ingress";
+constexpr const char* kProgGuardEgress = "prog_guard_egress";
+std::string map_pin(const char* map_name) { return std::string("map_") + map_name; }
+std::string guard_link_pin(int ifindex, bool ingress) {
+  return "link_guard_if" + std::to_string(ifindex) + (ingress ? "_ingress" : "_egress");
+}
+
+// clsact fallback: our filter's identity on the hook.
+constexpr uint32_t kTcHandle = 0x539;
+constexpr uint32_t kTcPriority = 1;
+
+ns_addr to_key(const IpAddr& ip0) {
+  IpAddr ip = ip0.v6_mapped();
+  ns_addr a{};
+  std::memcpy(a.bytes, ip.bytes.data(), 16);
+  return a;
+}
+
+ns_lpm_key to_lpm(const Prefix& p) {
+  ns_lpm_key k{};
+  IpAddr a = p.addr.v6_mapped();
+  std::memcpy(k.bytes, a.bytes.data(), 16);
+  k.prefixlen = p.addr.is_v4() ? p.len + 96u : p.len;
+  return k;
+}
+
+template <typename Skel, void (*Destroy)(Skel*)>
+struct SkelPtr {
+  Skel* p = nullptr;
+  ~SkelPtr() {
+    if (p) Destroy(p);
+  }
+};
+
+Result<UniqueFd> dup_obj(int fd, const std::string& what) {
+  UniqueFd d = dup_fd(fd);
+  if (!d) return Error::from_errno(errno, "dup " + what);
+  return d;
+}
+
+}  // namespace
+
+nlohmann::json PodBpfStats::to_json() const {
+  return {{"lookups", lookups},
+          {"inbound_assigned", inbound_assigned},
+          {"outbound_assigned", outbound_assigned},
+          {"passed_local", passed_local},
+          {"passed_excluded", passed_excluded},
+          {"passed_bypass", passed_bypass},
+          {"drop_no_listener", drop_no_listener},
+          {"drop_assign_failed", drop_assign_failed},
+          {"egress_marked_pkts", egress_marked_pkts},
+          {"egress_marked_bytes", egress_marked_bytes},
+          {"egress_unmarked_pkts", egress_unmarked_pkts},
+          {"egress_unmarked_bytes", egress_unmarked_bytes},
+          {"ingress_marked_pkts", ingress_marked_pkts},
+          {"ingress_marked_bytes", ingress_marked_bytes},
+          {"ingress_unmarked_pkts", ingress_unmarked_pkts},
+          {"ingress_unmarked_bytes", ingress_unmarked_bytes},
+          {"passed_strict_excluded", passed_strict_excluded},
+          {"drop_strict", drop_strict},
+          {"drop_spoofed", drop_spoofed}};
+}
+
+Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
+                                               const PodBpfConfig& cfg) {
+  SkelPtr<netsteer_steer, netsteer_steer__destroy> steer{netsteer_steer__open_and_load()};
+  if (!steer.p) return Error::from_errno(errno ? errno : EINVAL, "load sk_lookup program netsteer_steer");
+  auto& sm = steer.p->maps;
+
+  // The guard shares the pod's address, exclusion and config maps with the steering program.
+  SkelPtr<netsteer_guard, netsteer_guard__destroy> guard{netsteer_guard__open()};
+  if (!guard.p) return Error::from_errno(errno ? errno : EINVAL, "open tc program netsteer_guard");
+  auto& gm = guard.p->maps;
+  std::pair<bpf_map*, bpf_map*> shared[] = {{gm.ns_pod_addrs, sm.ns_pod_addrs},   {gm.ns_ex_in_port, sm.ns_ex_in_port},
+                                            {gm.ns_ex_out_port, sm.ns_ex_out_port}, {gm.ns_ex_out_cidr, sm.ns_ex_out_cidr},
+                                            {gm.ns_ex_in_src, sm.ns_ex_in_src},   {gm.ns_config, sm.ns_config}};
+  for (auto [g, s] : shared) {
+    int r = bpf_map__reuse_fd(g, bpf_map__fd(s));
+    if (r < 0) return Error::from_libbpf(r, std::string("share map ") + bpf_map__name(g));
+  }
+  if (int r = netsteer_guard__load(guard.p); r < 0) return Error::from_libbpf(r, "load tc program netsteer_guard");
+
+  uint8_t one = 1;
+  for (const auto& ip : cfg.pod_ips)
+    NS_TRY_STATUS(BpfMap<ns_addr, uint8_t>(bpf_map__fd(sm.ns_pod_addrs)).put(to_key(ip), one));
+  for (uint16_t p : cfg.exclusions.inbound_ports)
+    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(bpf_map__fd(sm.ns_ex_in_port)).put(p, one));
+  for (uint16_t p : cfg.exclusions.outbound_ports)
+    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(bpf_map__fd(sm.ns_ex_out_port)).put(p, one));
+  for (const auto& p : cfg.exclusions.outbound_cidrs)
+    NS_TRY_STATUS(BpfMap<ns_lpm_key, uint8_t>(bpf_map__fd(sm.ns_ex_out_cidr)).put(to_lpm(p), one));
+  for (const auto& p : cfg.exclusions.inbound_sources)
+    NS_TRY_STATUS(BpfMap<ns_lpm_key, uint8_t>(bpf_map__fd(sm.ns_ex_in_src)).put(to_lpm(p), one));
+  ns_config c{};
+  c.flags = cfg.strict ? NS_CFG_STRICT : 0;
+  c.mark = cfg.mark;
+  c.mark_mask = cfg.mark_mask;
+  NS_TRY_STATUS(BpfMap<uint32_t, ns_config>(bpf_map__fd(sm.ns_config)).put(0, c));
+
+  // Pin everything; on failure whatever was pinned is removed (the link detaches with its fd).
+  std::unique_ptr<PodBpf> pb(new PodBpf(BpfObjects(pin_dir)));
+  struct Undo {
+    BpfObjects& o;
+    bool armed = true;
+    ~Undo() {
+      if (armed) o.remove_all();
+    }
+  } undo{pb->objs_};
+  auto pin_dup = [&](const std::string& name, int fd) -> Status {
+    NS_TRY(UniqueFd d, dup_obj(fd, name));
+    return pb->objs_.add(name, std::move(d));
+  };
+  NS_TRY_STATUS(pin_dup(kProgSteer, bpf_program__fd(steer.p->progs.netsteer_steer)));
+  NS_TRY_STATUS(pin_dup(kProgGuardIngress, bpf_program__fd(guard.p->progs.netsteer_guard_ingress)));
+  NS_TRY_STATUS(pin_dup(kProgGuardEgress, bpf_program__fd(guard.p->progs.netsteer_guard_egress)));
+  for (bpf_map* m : {sm.ns_sockets, sm.ns_pod_addrs, sm.ns_bypass, sm.ns_ex_in_port, sm.ns_ex_out_port,
+                     sm.ns_ex_out_cidr, sm.ns_ex_in_src, sm.ns_config, sm.ns_stats, gm.ns_guard_stats})
+    NS_TRY_STATUS(pin_dup(map_pin(bpf_map__name(m)), bpf_map__fd(m)));
+
+  UniqueFd link(bpf_link_create(bpf_program__fd(steer.p->progs.netsteer_steer), ns.fd(), BPF_SK_LOOKUP, nullptr));
+  if (!link) return Error::from_errno(errno, "attach sk_lookup link to pod netns");
+  NS_TRY_STATUS(pb->objs_.add(kLinkSteer, std::move(link)));
+  undo.armed = false;
+  return pb;
+}
+
+Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir) {
+  NS_TRY(BpfObjects objs, BpfObjects::open(pin_dir));
+  for (const char* need : {kProgSteer, kLinkSteer, "map_ns_sockets", "map_ns_bypass", "map_ns_stats"}) {
+    if (!objs.has(need)) return Error::msg("pin " + pin_dir + "/" + need + " is missing", ENOENT);
+  }
+  return std::unique_ptr<PodBpf>(new PodBpf(std::move(objs)));
+}
+
+Status PodBpf::attach_guard(int ifindex, TcMode mode) {
+  for (bool ingress : {true, false}) {
+    int prog = objs_.fd(ingress ? kProgGuardIngress : kProgGuardEgress);
+    if (prog < 0) return Error::msg("guard program not loaded", ENOENT);
+    const char* dir = ingress ? "ingress" : "egress";
+    if (mode == TcMode::tcx) {
+      std::string name = guard_link_pin(ifindex, ingress);
+      if (objs_.has(name)) continue;
+      UniqueFd link(bpf_link_create(prog, ifindex, ingress ? kBpfTcxIngress : kBpfTcxEgress, nullptr));
+      if (!link)
+        return Error::from_errno(errno, std::string("attach tcx ") + dir + " link to ifindex " + std::to_string(ifindex));
+      NS_TRY_STATUS(objs_.add(name, std::move(link)));
+    } else {
+      LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
+      int r = bpf_tc_hook_create(&hook);  // creates the clsact qdisc
+      if (r < 0 && r != -EEXIST) return Error::from_libbpf(r, "create clsact qdisc");
+      LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = prog, .flags = BPF_TC_F_REPLACE, .handle = kTcHandle,
+                  .priority = kTcPriority);
+      r = bpf_tc_attach(&hook, &opts);
+      if (r < 0) return Error::from_libbpf(r, std::string("attach clsact ") + dir + " filter");
+    }
+  }
+  return {};
+}
+
+Status PodBpf::detach_guard(int ifindex, TcMode mode) {
+  Status first;
+  for (bool ingress : {true, false}) {
+    if (mode == TcMode::tcx) {
+      std::string name = guard_link_pin(ifindex, ingress);
+      int fd = objs_.fd(name);
+      // ENOLINK/ENODEV: the interface already went away with its netns.
+      if (fd >= 0 && bpf_link_detach(fd) < 0 && errno != EINVAL && errno != ENOLINK && errno != ENODEV && first.ok())
+        first = Error::from_errno(errno, "detach tcx link " + name);
+      objs_.drop(name);
+    } else {
+      LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
+      LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);
+      int r = bpf_tc_detach(&hook, &opts);
+      if (r < 0 && r != -ENOENT && r != -ENODEV && r != -EINVAL && first.ok())
+        first = Error::from_libbpf(r, "detach clsact filter");
+    }
+  }
+  return first;
+}
+
+Status PodBpf::set_listeners(int outbound_fd, int inbound_fd) {
+  BpfMap<uint32_t, uint64_t> m(objs_.fd("map_ns_sockets"));
+  NS_TRY_STATUS(m.put(NS_SLOT_OUTBOUND, static_cast<uint64_t>(outbound_fd)));
+  NS_TRY_STATUS(m.put(NS_SLOT_INBOUND, static_cast<uint64_t>(inbound_fd)));
+  return {};
+}
+
+Status PodBpf::add_bypass(const SockAddr& local) {
+  return BpfMap<ns_sock_key, uint8_t>(objs_.fd("map_ns_bypass")).put(ns_sock_key{to_key(local.ip()), local.port(), 0}, 1);
+}
+
+Status PodBpf::remove_bypass(const SockAddr& local) {
+  return BpfMap<ns_sock_key, uint8_t>(objs_.fd("map_ns_bypass")).remove(ns_sock_key{to_key(local.ip()), local.port(), 0});
+}
+
+Result<PodBpfStats> PodBpf::stats() const {
+  PodBpfStats s;
+  BpfMap<uint32_t, uint64_t> steer(objs_.fd("map_ns_stats"));
+  uint64_t sum[NS_STAT_MAX] = {};
+  for (uint32_t i = 0; i < NS_STAT_MAX; ++i) {
+    NS_TRY(auto vals, steer.get_percpu(i));
+    for (uint64_t v : vals) sum[i] += v;
+  }
+  s.lookups = sum[NS_STAT_LOOKUPS];
+  s.inbound_assigned = sum[NS_STAT_INBOUND_ASSIGNED];
+  s.outbound_assigned = sum[NS_STAT_OUTBOUND_ASSIGNED];
+  s.passed_local = sum[NS_STAT_PASSED_LOCAL];
+  s.passed_excluded = sum[NS_STAT_PASSED_EXCLUDED];
+  s.passed_bypass = sum[NS_STAT_PASSED_BYPASS];
+  s.drop_no_listener = sum[NS_STAT_DROP_NO_LISTENER];
+  s.drop_assign_failed = sum[NS_STAT_DROP_ASSIGN_FAILED];
+  if (int gfd = objs_.fd("map_ns_guard_stats"); gfd >= 0) {
+    NS_TRY(auto vals, (BpfMap<uint32_t, ns_guard_counters>(gfd).get_percpu(0)));
+    for (const auto& c : vals) {
+      s.egress_marked_pkts += c.egress_marked_pkts;
+      s.egress_marked_bytes += c.egress_marked_bytes;
+      s.egress_unmarked_pkts += c.egress_unmarked_pkts;
+      s.egress_unmarked_bytes += c.egress_unmarked_bytes;
+      s.ingress_marked_pkts += c.ingress_marked_pkts;
+      s.ingress_marked_bytes += c.ingress_marked_bytes;
+      s.ingress_unmarked_pkts += c.ingress_unmarked_pkts;
+      s.ingress_unmarked_bytes += c.ingress_unmarked_bytes;
+      s.passed_strict_excluded += c.passed_strict_excluded;
+      s.drop_strict += c.drop_strict;
+      s.drop_spoofed += c.drop_spoofed;
+    }
+  }
+  return s;
+}
+
+nlohmann::json PodBpf::describe() const {
+  nlohmann::json j = objs_.describe();
+  j["steer_link_id"] = steer_link_id();
+  j["pin_dir"] = objs_.dir();
+  return j;
+}
+
+uint32_t PodBpf::steer_link_id() const {
+  int fd = objs_.fd(kLinkSteer);
+  return fd < 0 ? 0 : object_id(fd);
+}
+
+Status PodBpf::verify() const {
+  for (const auto& name : objs_.names()) {
+    std::string path = objs_.dir() + "/" + name;
+    if (::access(path.c_str(), F_OK) < 0) return Error::from_errno(errno, "pin " + path);
+  }
+  int fd = objs_.fd(kLinkSteer);
+  if (fd < 0) return Error::msg("no sk_lookup link", ENOENT);
+  bpf_link_info info{};
+  uint32_t len = sizeof info;
+  if (bpf_obj_get_info_by_fd(fd, &info, &len) < 0) return Error::from_errno(errno, "sk_lookup link info");
+  if (info.netns.netns_ino == 0) return Error::msg("sk_lookup link is detached from the pod netns", ENOLINK);
+  return {};
+}
+
+Status PodBpf::remove_pins(const std::string& pin_dir) {
+  auto objs = BpfObjects::open(pin_dir);
+  if (!objs.ok()) {
+    ::rmdir(pin_dir.c_str());
+    return objs.error().code == ENOENT ? Status{} : Status(std::move(objs).error());
+  }
+  return PodBpf(std::move(*objs)).destroy();
+}
+
+Status PodBpf::destroy() {
+  Status st;
+  for (const auto& name : objs_.names()) {
+    if (name.rfind("link_", 0) != 0) continue;
+    int fd = objs_.fd(name);
+    if (bpf_link_detach(fd) < 0 && errno != EINVAL && errno != ENOLINK && errno != ENODEV && st.ok())
+      st = Error::from_errno(errno, "detach " + name);
+  }
+  objs_.remove_all();
+  return st;
+}
+
+}  // namespace netsteer::bpf

@@ -1,0 +1,280 @@
+#include "netsteer/capture/pod_capture.h"
+
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace netsteer::capture {
+
+using nlohmann::json;
+
+namespace {
+
+// /proc/sys/net resolves against the calling thread's netns at open time.
+Result<std::string> read_sysctl(const std::string& key) {
+  std::string path = "/proc/sys/" + key;
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::from_errno(errno, "open " + path);
+  char buf[64];
+  ssize_t n = ::read(fd.get(), buf, sizeof buf - 1);
+  if (n < 0) return Error::from_errno(errno, "read " + path);
+  std::string v(buf, static_cast<size_t>(n));
+  while (!v.empty() && (v.back() == '\n' || v.back() == ' ')) v.pop_back();
+  return v;
+}
+
+Status write_sysctl(const std::string& key, const std::string& value) {
+  std::string path = "/proc/sys/" + key;
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return Error::from_errno(errno, "open " + path);
+  if (::write(fd.get(), value.data(), value.size()) < 0) return Error::from_errno(errno, "write " + path);
+  return {};
+}
+
+struct Iface {
+  int index;
+  std::string name;
+};
+
+// The pod's interfaces other than loopback, in the calling thread's netns.
+Result<std::vector<Iface>> pod_interfaces() {
+  struct if_nameindex* list = ::if_nameindex();
+  if (!list) return Error::from_errno(errno, "list interfaces in pod netns");
+  std::vector<Iface> out;
+  for (auto* p = list; p->if_index != 0; ++p)
+    if (std::string(p->if_name) != "lo") out.push_back({static_cast<int>(p->if_index), p->if_name});
+  ::if_freenameindex(list);
+  return out;
+}
+
+std::vector<Prefix> of_family(const std::vector<Prefix>& v, int family) {
+  std::vector<Prefix> out;
+  for (const auto& p : v)
+    if (p.addr.family == family) out.push_back(p);
+  return out;
+}
+
+std::optional<IpAddr> first_of(const std::vector<IpAddr>& ips, int family) {
+  for (const auto& ip : ips)
+    if (ip.family == family) return ip;
+  return std::nullopt;
+}
+
+}  // namespace
+
+json CaptureState::to_json() const {
+  json s = json::array();
+  for (const auto& x : sysctls) s.push_back({{"key", x.key}, {"value", x.value}});
+  return {{"sysctls", s}, {"guarded_ifindexes", guarded_ifindexes}, {"tc_mode", bpf::to_string(tc_mode)}};
+}
+
+CaptureState CaptureState::from_json(const json& j) {
+  CaptureState st;
+  if (!j.is_object()) return st;
+  if (j.contains("sysctls") && j["sysctls"].is_array())
+    for (const auto& x : j["sysctls"])
+      if (x.is_object() && x.value("key", "").rfind("net/", 0) == 0)
+        st.sysctls.push_back({x.value("key", ""), x.value("value", "")});
+  if (j.contains("guarded_ifindexes") && j["guarded_ifindexes"].is_array())
+    for (const auto& i : j["guarded_ifindexes"])
+      if (i.is_number_integer()) st.guarded_ifindexes.push_back(i.get<int>());
+  auto m = bpf::parse_tc_mode(j.value("tc_mode", "tcx"));
+  st.tc_mode = m.ok() ? *m : bpf::TcMode::tcx;
+  return st;
+}
+
+std::vector<RuleSpec> capture_rules(const CaptureConfig& cfg) {
+  std::vector<RuleSpec> rules;
+  for (int family : {AF_INET, AF_INET6}) {
+    if (!first_of(cfg.pod_ips, family)) continue;  // no address of this family: nothing to capture
+    auto rule = [&](uint32_t prio, uint32_t table) {
+      RuleSpec r;
+      r.family = family;
+      r.priority = prio;
+      r.table = table;
+      return r;
+    };
+    for (uint16_t p : cfg.exclusions.inbound_ports) {
+      auto r = rule(kExInboundPortPriority, RT_TABLE_MAIN);
+      r.ipproto = IPPROTO_TCP;
+      r.sport = p;
+      rules.push_back(r);
+    }
+    for (const auto& p : of_family(cfg.exclusions.inbound_sources, family)) {
+      auto r = rule(kExInboundSourcePriority, RT_TABLE_MAIN);
+      r.ipproto = IPPROTO_TCP;
+      r.dst = p;
+      rules.push_back(r);
+    }
+    for (uint16_t p : cfg.exclusions.outbound_ports) {
+      auto r = rule(kExOutboundPortPriority, RT_TABLE_MAIN);
+      r.ipproto = IPPROTO_TCP;
+      r.dport = p;
+      rules.push_back(r);
+    }
+    for (const auto& p : of_family(cfg.exclusions.outbound_cidrs, family)) {
+      auto r = rule(kExOutboundCidrPriority, RT_TABLE_MAIN);
+      r.ipproto = IPPROTO_TCP;
+      r.dst = p;
+      rules.push_back(r);
+    }
+    // Not one `not fwmark 0x539/0xfff ipproto tcp` rule: FIB_RULE_INVERT inverts the whole
+    // selector, so that rule would also send every UDP packet to table 133.
+    auto marked = rule(kMarkedPriority, RT_TABLE_MAIN);
+    marked.fwmark = cfg.mark;
+    marked.fwmask = cfg.mark_mask;
+    rules.push_back(marked);
+    auto capture = rule(kCapturePriority, kCaptureTable);
+    capture.ipproto = IPPROTO_TCP;
+    rules.push_back(capture);
+  }
+  return rules;
+}
+
+std::vector<LocalDefaultRoute> capture_routes(const CaptureConfig& cfg) {
+  std::vector<LocalDefaultRoute> routes;
+  if (auto v4 = first_of(cfg.pod_ips, AF_INET)) {
+    // The src is required: without it connect() fails with ENETUNREACH.
+    routes.push_back(LocalDefaultRoute{AF_INET, kCaptureTable, 1, *v4});
+  }
+  if (first_of(cfg.pod_ips, AF_INET6)) routes.push_back(LocalDefaultRoute{AF_INET6, kCaptureTable, 1, std::nullopt});
+  return routes;
+}
+
+Result<std::vector<IpAddr>> discover_addresses() {
+  ifaddrs* ifa = nullptr;
+  if (::getifaddrs(&ifa) < 0) return Error::from_errno(errno, "list addresses in pod netns");
+  std::vector<IpAddr> out;
+  for (auto* p = ifa; p; p = p->ifa_next) {
+    if (!p->ifa_addr || (p->ifa_flags & IFF_LOOPBACK)) continue;
+    int fam = p->ifa_addr->sa_family;
+    if (fam != AF_INET && fam != AF_INET6) continue;
+    sockaddr_storage ss{};
+    std::memcpy(&ss, p->ifa_addr, fam == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
+    IpAddr a = IpAddr::from_sockaddr(ss);
+    bool link_local = (fam == AF_INET6 && a.bytes[0] == 0xfe && (a.bytes[1] & 0xc0) == 0x80) ||
+                      (fam == AF_INET && a.bytes[0] == 169 && a.bytes[1] == 254);
+    if (!link_local && std::find(out.begin(), out.end(), a) == out.end() && out.size() < 16) out.push_back(a);
+  }
+  ::freeifaddrs(ifa);
+  return out;
+}
+
+Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle& ns, const CaptureConfig& cfg,
+                                                        const CaptureState* previous) {
+  std::unique_ptr<PodCapture> pc(new PodCapture());
+  pc->cfg_ = cfg;
+  pc->rules_ = capture_rules(cfg);
+  pc->routes_ = capture_routes(cfg);
+  pc->state_.tc_mode = cfg.tc_mode;
+  if (previous) {
+    // Keep the original sysctl values recorded by the agent that first changed them.
+    pc->state_.sysctls = previous->sysctls;
+    auto adopted = bpf::PodBpf::adopt(cfg.pin_dir);
+    if (adopted.ok()) {
+      pc->bpf_ = std::move(*adopted);
+      pc->adopted_ = true;
+    } else {
+      spdlog::warn("re-opening pins under {} failed ({}): installing anew", cfg.pin_dir, adopted.error().message);
+    }
+  }
+  bpf::PodBpfConfig bc{cfg.pod_ips, cfg.exclusions, cfg.strict, cfg.mark, cfg.mark_mask};
+  if (!pc->bpf_) {
+    NS_TRY(pc->bpf_, bpf::PodBpf::create(cfg.pin_dir, ns, bc));
+  }
+  // From here on a failure removes everything this call (or the previous agent) installed.
+  struct Undo {
+    PodCapture& pc;
+    bool armed = true;
+    ~Undo() {
+      if (armed) (void)pc.remove();
+    }
+  } undo{*pc};
+
+  NS_TRY(auto ifaces, pod_interfaces());
+  for (const auto& i : ifaces) {
+    for (const auto& [leaf, want] : {std::pair{"accept_local", "1"}, std::pair{"rp_filter", "0"}}) {
+      std::string key = "net/ipv4/conf/" + i.name + "/" + leaf;
+      NS_TRY(std::string cur, read_sysctl(key));
+      if (cur == want) continue;
+      bool known = std::any_of(pc->state_.sysctls.begin(), pc->state_.sysctls.end(),
+                               [&](const SavedSysctl& s) { return s.key == key; });
+      if (!known) pc->state_.sysctls.push_back({key, cur});
+      NS_TRY_STATUS(write_sysctl(key, want));
+    }
+    auto st = pc->bpf_->attach_guard(i.index, cfg.tc_mode);
+    if (!st.ok()) return std::move(st).error().wrap("tc guard on " + i.name);
+    pc->state_.guarded_ifindexes.push_back(i.index);
+  }
+  // rp_filter takes the maximum of conf/all and conf/<if>: the per-interface 0 needs all at 0.
+  if (!ifaces.empty()) {
+    NS_TRY(std::string all, read_sysctl("net/ipv4/conf/all/rp_filter"));
+    if (all != "0") {
+      pc->state_.sysctls.push_back({"net/ipv4/conf/all/rp_filter", all});
+      NS_TRY_STATUS(write_sysctl("net/ipv4/conf/all/rp_filter", "0"));
+    }
+  }
+  NS_TRY_STATUS(pc->install_routing());
+  // Listeners come from the caller; until set, captured SYNs are dropped (fail closed).
+  undo.armed = false;
+  return pc;
+}
+
+Status PodCapture::install_routing() {
+  NS_TRY(Rtnl nl, Rtnl::open());
+  // Routes first: a rule pointing at an empty table would fall through uncaptured.
+  for (const auto& r : routes_) NS_TRY_STATUS(nl.add_route(r));
+  for (const auto& r : rules_) NS_TRY_STATUS(nl.add_rule(r));
+  return {};
+}
+
+Status PodCapture::remove_routing() {
+  NS_TRY(Rtnl nl, Rtnl::open());
+  Status first;
+  // Capture rule first, so no TCP is routed into a table that is being emptied.
+  for (auto it = rules_.rbegin(); it != rules_.rend(); ++it)
+    if (auto st = nl.del_rule(*it); !st.ok() && first.ok()) first = st;
+  for (const auto& r : routes_)
+    if (auto st = nl.del_route(r); !st.ok() && first.ok()) first = st;
+  return first;
+}
+
+Status PodCapture::remove() {
+  Status first = remove_routing();
+  auto keep = [&](Status st) {
+    if (!st.ok() && first.ok()) first = std::move(st);
+  };
+  if (bpf_) {
+    for (int idx : state_.guarded_ifindexes) keep(bpf_->detach_guard(idx, state_.tc_mode));
+    keep(bpf_->destroy());
+  }
+  state_.guarded_ifindexes.clear();
+  for (auto it = state_.sysctls.rbegin(); it != state_.sysctls.rend(); ++it) keep(write_sysctl(it->key, it->value));
+  state_.sysctls.clear();
+  return first;
+}
+
+json PodCapture::to_json() const {
+  json rules = json::array(), routes = json::array();
+  for (const auto& r : rules_) rules.push_back(r.str());
+  for (const auto& r : routes_) routes.push_back(r.str());
+  json j{{"rules", rules}, {"routes", routes}, {"tc_mode", bpf::to_string(state_.tc_mode)},
+         {"guarded_ifindexes", state_.guarded_ifindexes}, {"adopted", adopted_}};
+  json sys = json::object();
+  for (const auto& s : state_.sysctls) sys[s.key] = {{"before", s.value}};
+  j["sysctls_changed"] = sys;
+  j["bpf"] = bpf_ ? bpf_->describe() : json();
+  if (bpf_) {
+    auto st = bpf_->stats();
+    j["bpf_stats"] = st.ok() ? st->to_json() : json{{"error", st.error().message}};
+  }
+  return j;
+}
+
+}  // namespace netsteer::capture

@@ -1,0 +1,604 @@
+#include "netsteer/relay/relay.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <latch>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "netsteer/relay/http_connect.h"
+
+namespace netsteer::relay {
+
+using nlohmann::json;
+
+const char* to_string(Direction d) {
+  switch (d) {
+    case Direction::outbound: return "outbound";
+    case Direction::inbound: return "inbound";
+    case Direction::tunnel: return "tunnel";
+  }
+  return "?";
+}
+
+json DirectionCounters::to_json() const {
+  return {{"opened", opened.load()},   {"failed", failed.load()},         {"active", active.load()},
+          {"closed", closed.load()},   {"resets", resets.load()},         {"timeouts", timeouts.load()},
+          {"bytes_up", bytes_up.load()}, {"bytes_down", bytes_down.load()}};
+}
+
+json PodContext::counters_json() const {
+  json j;
+  for (auto d : {Direction::outbound, Direction::inbound, Direction::tunnel})
+    j[to_string(d)] = counters[static_cast<int>(d)].to_json();
+  return j;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t now_ms() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void set_linger_zero(int fd) {
+  linger l{1, 0};  // close() sends RST
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+int sock_error(int fd) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
+  return err;
+}
+
+struct Pipe {
+  UniqueFd r, w;
+};
+
+// What epoll's data.ptr points at.
+struct Endpoint {
+  enum Kind : uint8_t { kListener, kDown, kUp, kWake, kTimer } kind;
+  void* obj;
+};
+
+}  // namespace
+
+struct Listener {
+  Endpoint ep;
+  std::shared_ptr<PodContext> pod;
+  Direction dir;
+  int fd;
+};
+
+// One direction of a connection: src → pipe → dst.
+struct Flow {
+  int src = -1, dst = -1;
+  std::unique_ptr<Pipe> pipe;
+  size_t in_pipe = 0;
+  std::string pending;  // bytes to write to dst before spliced data (tunnel reply/leftover)
+  bool src_eof = false, dst_shut = false;
+  bool done() const { return src_eof && in_pipe == 0 && pending.empty() && dst_shut; }
+};
+
+struct Conn {
+  enum State : uint8_t { kRequest, kConnecting, kEstablished, kDead } state = kConnecting;
+  Endpoint down_ep{Endpoint::kDown, this}, up_ep{Endpoint::kUp, this};
+  UniqueFd down, up;
+  std::shared_ptr<PodContext> pod;
+  Direction dir;
+  Flow to_up, to_down;  // client → upstream, upstream → client
+  std::string request;  // tunnel request head being read
+  SockAddr bypass;      // registered bypass entry (inbound/tunnel) until connected
+  bool bypass_set = false;
+  int64_t deadline_ms = 0;  // connect deadline, then idle deadline
+};
+
+class Worker {
+ public:
+  Worker(size_t id, const RelayOptions& opts) : id_(id), opts_(opts) {}
+  ~Worker() {
+    stop();
+    std::vector<Conn*> all;
+    for (auto& [p, c] : conns_) all.push_back(p);
+    for (Conn* c : all) finish(*c, false, false);
+    graveyard_.clear();
+  }
+
+  Status init() {
+    epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll_) return Error::from_errno(errno, "epoll_create1");
+    wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (!wake_) return Error::from_errno(errno, "eventfd");
+    timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!timer_) return Error::from_errno(errno, "timerfd_create");
+    itimerspec its{{1, 0}, {1, 0}};
+    if (::timerfd_settime(timer_.get(), 0, &its, nullptr) < 0) return Error::from_errno(errno, "timerfd_settime");
+    NS_TRY_STATUS(ctl(EPOLL_CTL_ADD, wake_.get(), EPOLLIN, &wake_ep_));
+    NS_TRY_STATUS(ctl(EPOLL_CTL_ADD, timer_.get(), EPOLLIN, &timer_ep_));
+    thread_ = std::thread([this] { loop(); });
+    return {};
+  }
+
+  void stop() {
+    if (!thread_.joinable()) return;
+    post([](Worker& w) { w.stopping_ = true; });
+    thread_.join();
+  }
+
+  // Runs fn on the worker thread.
+  void post(std::function<void(Worker&)> fn) {
+    {
+      std::lock_guard lk(mu_);
+      cmds_.push_back(std::move(fn));
+    }
+    uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof one);
+  }
+
+  void add_listener(const std::shared_ptr<PodContext>& pod, Direction dir, int fd) {
+    auto l = std::make_unique<Listener>(Listener{{Endpoint::kListener, nullptr}, pod, dir, fd});
+    l->ep.obj = l.get();
+    // EPOLLEXCLUSIVE: one of the workers waiting on this listener wakes per event.
+    if (auto st = ctl(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLEXCLUSIVE, &l->ep); !st.ok()) {
+      spdlog::error("relay worker {}: cannot watch {} listener of pod {}: {}", id_, to_string(dir), pod->uid,
+                    st.error().message);
+      return;
+    }
+    listeners_.push_back(std::move(l));
+  }
+
+  void remove_pod(const PodContext* pod) {
+    for (auto it = listeners_.begin(); it != listeners_.end();) {
+      if ((*it)->pod.get() == pod) {
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, (*it)->fd, nullptr);
+        it = listeners_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    std::vector<Conn*> victims;
+    for (auto& [p, c] : conns_)
+      if (c->pod.get() == pod) victims.push_back(p);
+    for (Conn* c : victims) finish(*c, true, false);
+  }
+
+  json stats() const {
+    return {{"worker", id_}, {"connections", nconns_.load()}, {"pipes_idle", idle_pipes_.load()},
+            {"pipes_in_use", pipes_in_use_.load()}};
+  }
+
+ private:
+  Status ctl(int op, int fd, uint32_t events, Endpoint* ep) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.ptr = ep;
+    if (::epoll_ctl(epoll_.get(), op, fd, &ev) < 0) return Error::from_errno(errno, "epoll_ctl");
+    return {};
+  }
+
+  void loop() {
+    epoll_event evs[256];
+    while (!stopping_) {
+      int n = ::epoll_wait(epoll_.get(), evs, 256, -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        spdlog::critical("relay worker {}: epoll_wait: {}", id_, std::strerror(errno));
+        return;
+      }
+      for (int i = 0; i < n; ++i) {
+        auto* ep = static_cast<Endpoint*>(evs[i].data.ptr);
+        switch (ep->kind) {
+          case Endpoint::kListener: on_accept(*static_cast<Listener*>(ep->obj)); break;
+          case Endpoint::kDown:
+          case Endpoint::kUp: on_conn(*static_cast<Conn*>(ep->obj), ep->kind == Endpoint::kUp, evs[i].events); break;
+          case Endpoint::kWake: run_commands(); break;
+          case Endpoint::kTimer: on_tick(); break;
+        }
+      }
+      graveyard_.clear();  // connections closed in this batch: no event can refer to them now
+    }
+  }
+
+  void run_commands() {
+    uint64_t v;
+    (void)!::read(wake_.get(), &v, sizeof v);
+    std::deque<std::function<void(Worker&)>> cmds;
+    {
+      std::lock_guard lk(mu_);
+      cmds.swap(cmds_);
+    }
+    for (auto& c : cmds) c(*this);
+  }
+
+  void on_tick() {
+    uint64_t v;
+    (void)!::read(timer_.get(), &v, sizeof v);
+    int64_t now = now_ms();
+    std::vector<Conn*> expired;
+    for (auto& [p, c] : conns_)
+      if (c->deadline_ms && now >= c->deadline_ms) expired.push_back(p);
+    for (Conn* c : expired) {
+      c->pod->of(c->dir).timeouts++;
+      if (c->state == Conn::kConnecting || c->state == Conn::kRequest) c->pod->of(c->dir).failed++;
+      finish(*c, true, true);
+    }
+  }
+
+  // ---- accept and upstream -------------------------------------------------------------------
+
+  void on_accept(Listener& l) {
+    for (int i = 0; i < 64; ++i) {
+      sockaddr_storage peer{};
+      socklen_t plen = sizeof peer;
+      int fd = ::accept4(l.fd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
+        spdlog::warn("relay: accept on {} listener of pod {}: {}", to_string(l.dir), l.pod->uid, std::strerror(errno));
+        return;
+      }
+      auto c = std::make_unique<Conn>();
+      c->down.reset(fd);
+      c->pod = l.pod;
+      c->dir = l.dir;
+      Conn* raw = c.get();
+      conns_[raw] = std::move(c);
+      nconns_++;
+      auto& ctr = l.pod->of(l.dir);
+      ctr.opened++;
+      ctr.active++;
+      int one = 1;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      if (l.dir == Direction::tunnel) {
+        raw->state = Conn::kRequest;
+        raw->deadline_ms = now_ms() + opts_.connect_timeout_ms;
+        if (!ctl(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLRDHUP | EPOLLET, &raw->down_ep).ok()) {
+          fail(*raw, "epoll");
+          continue;
+        }
+        on_conn(*raw, false, EPOLLIN);
+        continue;
+      }
+      // The original destination: sk_lookup assigned the SYN without rewriting it.
+      SockAddr local;
+      local.len = sizeof local.ss;
+      if (::getsockname(fd, local.sa(), &local.len) < 0) {
+        fail(*raw, "getsockname");
+        continue;
+      }
+      SockAddr client;
+      client.ss = peer;
+      client.len = plen;
+      start_upstream(*raw, SockAddr::make(local.ip().unmapped(), local.port()), client);
+    }
+  }
+
+  // Creates the upstream socket in the pod netns and starts a non-blocking connect to dst.
+  // Inbound (and tunnel) upstreams keep the client's address as source.
+  void start_upstream(Conn& c, const SockAddr& dst, const SockAddr& client) {
+    bool keep_source = c.dir != Direction::outbound;
+    int family = dst.ip().family;
+    UniqueFd up;
+    {
+      auto scope = netns::ScopedNetns::enter(c.pod->netns, netns::NetnsHandle::host());
+      if (!scope.ok()) return fail(c, scope.error().message);
+      up.reset(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    }
+    if (!up) return fail(c, std::string("upstream socket: ") + std::strerror(errno));
+    int mark = static_cast<int>(opts_.mark), one = 1;
+    ::setsockopt(up.get(), SOL_SOCKET, SO_MARK, &mark, sizeof mark);
+    ::setsockopt(up.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (keep_source) {
+      IpAddr cip = client.ip().unmapped();
+      if (cip.family != family) return fail(c, "client and destination address families differ");
+      if (family == AF_INET6) ::setsockopt(up.get(), IPPROTO_IPV6, IPV6_TRANSPARENT, &one, sizeof one);
+      else ::setsockopt(up.get(), IPPROTO_IP, IP_TRANSPARENT, &one, sizeof one);
+      SockAddr src = SockAddr::make(cip, 0);
+      if (::bind(up.get(), src.sa(), src.len) < 0) return fail(c, std::string("bind upstream to client address: ") + std::strerror(errno));
+      SockAddr bound;
+      bound.len = sizeof bound.ss;
+      ::getsockname(up.get(), bound.sa(), &bound.len);
+      if (bound.port() == client.port()) {
+        // The app's reply tuple would equal the relay's downstream tuple: pick another port.
+        UniqueFd retry;
+        std::swap(retry, up);
+        return start_upstream(c, dst, client);
+      }
+      if (auto st = c.pod->bypass(bound, true); !st.ok()) return fail(c, "register bypass: " + st.error().message);
+      c.bypass = bound;
+      c.bypass_set = true;
+    }
+    int r = ::connect(up.get(), dst.sa(), dst.len);
+    if (r < 0 && errno != EINPROGRESS) return fail(c, std::string("connect ") + dst.str() + ": " + std::strerror(errno));
+    c.up = std::move(up);
+    c.state = Conn::kConnecting;
+    c.deadline_ms = now_ms() + opts_.connect_timeout_ms;
+    if (!ctl(EPOLL_CTL_ADD, c.up.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, &c.up_ep).ok()) return fail(c, "epoll");
+    if (c.dir != Direction::tunnel &&
+        !ctl(EPOLL_CTL_ADD, c.down.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, &c.down_ep).ok())
+      return fail(c, "epoll");
+    if (c.dir == Direction::tunnel) {
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+      ev.data.ptr = &c.down_ep;
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.down.get(), &ev);
+    }
+  }
+
+  void clear_bypass(Conn& c) {
+    if (!c.bypass_set) return;
+    c.bypass_set = false;
+    if (auto st = c.pod->bypass(c.bypass, false); !st.ok())
+      spdlog::warn("pod {}: remove bypass {}: {}", c.pod->uid, c.bypass.str(), st.error().message);
+  }
+
+  // Setup failed before any byte moved: the client sees a reset, never a hang.
+  void fail(Conn& c, const std::string& why) {
+    spdlog::debug("pod {}: {} connection failed: {}", c.pod->uid, to_string(c.dir), why);
+    c.pod->of(c.dir).failed++;
+    finish(c, true, false);
+  }
+
+  // Tunnel: answer an HTTP error and close.
+  void refuse(Conn& c, int status, const std::string& why) {
+    spdlog::debug("pod {}: tunnel request refused ({}): {}", c.pod->uid, status, why);
+    std::string resp = http_response(status, why);
+    (void)!::send(c.down.get(), resp.data(), resp.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    c.pod->of(c.dir).failed++;
+    finish(c, false, false);
+  }
+
+  void on_tunnel_request(Conn& c) {
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::recv(c.down.get(), buf, sizeof buf, 0);
+      if (n > 0) {
+        c.request.append(buf, static_cast<size_t>(n));
+        if (c.request.size() > kMaxConnectHead + sizeof buf) break;
+        continue;
+      }
+      if (n == 0) return refuse(c, 400, "client closed before the request head ended");
+      if (errno == EAGAIN) break;
+      if (errno == EINTR) continue;
+      c.pod->of(c.dir).failed++;
+      return finish(c, true, false);
+    }
+    auto parsed = parse_connect(c.request);
+    if (!parsed) return;  // need more
+    if (!parsed->ok()) return refuse(c, connect_error_status(parsed->error()), parsed->error().message);
+    const ConnectRequest& req = parsed->value();
+    bool ours = false;
+    for (const auto& ip : c.pod->pod_ips) ours |= ip.unmapped() == req.host;
+    if (!ours) return refuse(c, 403, "Forbidden");
+    c.to_up.pending = c.request.substr(req.head_len);  // bytes the client sent after the head
+    c.request.clear();
+    c.to_down.pending = http_response(200, "Connection established");
+    SockAddr client;
+    client.len = sizeof client.ss;
+    ::getpeername(c.down.get(), client.sa(), &client.len);
+    start_upstream(c, SockAddr::make(req.host, req.port), client);
+  }
+
+  // ---- data path --------------------------------------------------------------------------
+
+  void on_conn(Conn& c, bool up_side, uint32_t events) {
+    if (c.state == Conn::kDead) return;
+    if (c.state == Conn::kRequest) {
+      if (!up_side) on_tunnel_request(c);
+      return;
+    }
+    if (c.state == Conn::kConnecting) {
+      if (!up_side) {
+        // The client gave up (or reset) before the upstream answered.
+        if (events & (EPOLLERR | EPOLLHUP)) {
+          c.pod->of(c.dir).failed++;
+          finish(c, true, true);
+        }
+        return;
+      }
+      if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+      if (int err = sock_error(c.up.get()); err != 0) return fail(c, std::string("connect: ") + std::strerror(err));
+      clear_bypass(c);
+      c.state = Conn::kEstablished;
+      c.to_up.src = c.down.get();
+      c.to_up.dst = c.up.get();
+      c.to_down.src = c.up.get();
+      c.to_down.dst = c.down.get();
+    }
+    if ((events & EPOLLERR) && sock_error(up_side ? c.up.get() : c.down.get()) != 0) {
+      c.pod->of(c.dir).resets++;
+      return finish(c, true, true);
+    }
+    c.deadline_ms = opts_.idle_timeout_s > 0 ? now_ms() + int64_t(opts_.idle_timeout_s) * 1000 : 0;
+    int a = pump(c, c.to_up, c.pod->of(c.dir).bytes_up);
+    if (a < 0) return reset_both(c);
+    int b = pump(c, c.to_down, c.pod->of(c.dir).bytes_down);
+    if (b < 0) return reset_both(c);
+    if (c.to_up.done() && c.to_down.done()) finish(c, false, false);
+  }
+
+  void reset_both(Conn& c) {
+    c.pod->of(c.dir).resets++;
+    finish(c, true, true);
+  }
+
+  // Moves what is available from f.src to f.dst. Returns 0 (wait for events) or -1 (reset).
+  int pump(Conn& c, Flow& f, std::atomic<uint64_t>& bytes) {
+    for (;;) {
+      if (!f.pending.empty()) {
+        ssize_t n = ::send(f.dst, f.pending.data(), f.pending.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) return (errno == EAGAIN || errno == EINTR) ? 0 : -1;
+        f.pending.erase(0, static_cast<size_t>(n));
+        continue;
+      }
+      if (f.in_pipe > 0) {
+        ssize_t n = ::splice(f.pipe->r.get(), nullptr, f.dst, nullptr, f.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n < 0) return (errno == EAGAIN || errno == EINTR) ? 0 : -1;
+        f.in_pipe -= static_cast<size_t>(n);
+        bytes.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+        continue;
+      }
+      if (f.src_eof) {
+        if (!f.dst_shut) {
+          ::shutdown(f.dst, SHUT_WR);  // half-close travels on
+          f.dst_shut = true;
+        }
+        release_pipe(f);
+        return 0;
+      }
+      if (!f.pipe && !acquire_pipe(f)) return -1;
+      ssize_t n = ::splice(f.src, nullptr, f.pipe->w.get(), nullptr, static_cast<size_t>(opts_.pipe_size),
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        f.in_pipe = static_cast<size_t>(n);
+        continue;
+      }
+      if (n == 0) {
+        f.src_eof = true;
+        continue;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        release_pipe(f);  // idle connections hold no pipe
+        return 0;
+      }
+      return -1;  // ECONNRESET and friends
+    }
+  }
+
+  bool acquire_pipe(Flow& f) {
+    if (!idle_.empty()) {
+      f.pipe = std::move(idle_.back());
+      idle_.pop_back();
+      idle_pipes_--;
+    } else {
+      int p[2];
+      if (::pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
+        spdlog::warn("relay worker {}: pipe2: {}", id_, std::strerror(errno));
+        return false;
+      }
+      f.pipe = std::make_unique<Pipe>(Pipe{UniqueFd(p[0]), UniqueFd(p[1])});
+      ::fcntl(p[1], F_SETPIPE_SZ, opts_.pipe_size);
+    }
+    pipes_in_use_++;
+    return true;
+  }
+
+  void release_pipe(Flow& f) {
+    if (!f.pipe) return;
+    pipes_in_use_--;
+    // A pipe still holding bytes (connection torn down mid-transfer) is closed, never reused.
+    if (f.in_pipe == 0 && idle_.size() < opts_.max_idle_pipes) {
+      idle_.push_back(std::move(f.pipe));
+      idle_pipes_++;
+    }
+    f.pipe.reset();
+    f.in_pipe = 0;
+  }
+
+  // Closes the connection (with RST on the requested sides) and retires it for this batch.
+  void finish(Conn& c, bool rst_down, bool rst_up) {
+    if (c.state == Conn::kDead) return;
+    c.state = Conn::kDead;
+    clear_bypass(c);
+    release_pipe(c.to_up);
+    release_pipe(c.to_down);
+    if (c.down) {
+      if (rst_down) set_linger_zero(c.down.get());
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.down.get(), nullptr);
+    }
+    if (c.up) {
+      if (rst_up) set_linger_zero(c.up.get());
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.up.get(), nullptr);
+    }
+    c.down.reset();
+    c.up.reset();
+    auto& ctr = c.pod->of(c.dir);
+    ctr.active--;
+    ctr.closed++;
+    auto it = conns_.find(&c);
+    if (it != conns_.end()) {
+      graveyard_.push_back(std::move(it->second));
+      conns_.erase(it);
+      nconns_--;
+    }
+  }
+
+  size_t id_;
+  RelayOptions opts_;
+  UniqueFd epoll_, wake_, timer_;
+  Endpoint wake_ep_{Endpoint::kWake, nullptr}, timer_ep_{Endpoint::kTimer, nullptr};
+  std::thread thread_;
+  bool stopping_ = false;
+  std::mutex mu_;
+  std::deque<std::function<void(Worker&)>> cmds_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
+  std::vector<std::unique_ptr<Conn>> graveyard_;
+  std::vector<std::unique_ptr<Pipe>> idle_;
+  std::atomic<size_t> nconns_{0}, idle_pipes_{0}, pipes_in_use_{0};
+};
+
+Result<std::unique_ptr<Relay>> Relay::start(const RelayOptions& opts) {
+  std::unique_ptr<Relay> r(new Relay());
+  (void)netns::NetnsHandle::host();  // workers return to it after creating upstream sockets
+  for (size_t i = 0; i < std::max<size_t>(1, opts.workers); ++i) {
+    auto w = std::make_unique<Worker>(i, opts);
+    NS_TRY_STATUS(w->init());
+    r->workers_.push_back(std::move(w));
+  }
+  return r;
+}
+
+Relay::~Relay() {
+  for (auto& w : workers_) w->stop();
+  workers_.clear();
+}
+
+void Relay::broadcast(const std::function<void(Worker&)>& fn) {
+  std::latch done(static_cast<ptrdiff_t>(workers_.size()));
+  for (auto& w : workers_)
+    w->post([&](Worker& wk) {
+      fn(wk);
+      done.count_down();
+    });
+  done.wait();
+}
+
+Status Relay::add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, int inbound_fd, int tunnel_fd) {
+  if (!pod->bypass) return Error::msg("pod context without a bypass hook", EINVAL);
+  broadcast([&](Worker& w) {
+    w.add_listener(pod, Direction::outbound, outbound_fd);
+    w.add_listener(pod, Direction::inbound, inbound_fd);
+    w.add_listener(pod, Direction::tunnel, tunnel_fd);
+  });
+  return {};
+}
+
+void Relay::remove_pod(const std::shared_ptr<PodContext>& pod) {
+  broadcast([&](Worker& w) { w.remove_pod(pod.get()); });
+}
+
+json Relay::stats() const {
+  json a = json::array();
+  for (const auto& w : workers_) a.push_back(w->stats());
+  return a;
+}
+
+}  // namespace netsteer::relay
