@@ -78,6 +78,7 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     return {};
   });
   if (!st.ok()) return std::move(st).error();
+  auto in_netns = std::chrono::steady_clock::now();
   if (dp_) {
     auto ctx = std::make_shared<relay::PodContext>();
     ctx->uid = pod->spec.uid;
@@ -99,7 +100,11 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     }
     pod->relay_ctx = std::move(ctx);
   }
-  pod->enrol_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  auto done = std::chrono::steady_clock::now();
+  pod->enrol_ms = std::chrono::duration<double, std::milli>(done - started).count();
+  spdlog::debug("pod {}: {:.2f} ms in the pod netns (listeners, capture), {:.2f} ms relay registration", spec.uid,
+                std::chrono::duration<double, std::milli>(in_netns - started).count(),
+                std::chrono::duration<double, std::milli>(done - in_netns).count());
   return pod;
 }
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 namespace netsteer::capture {
@@ -185,9 +186,11 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
     }
   }
   bpf::PodBpfConfig bc{cfg.pod_ips, cfg.exclusions, cfg.strict, cfg.mark, cfg.mark_mask};
+  auto t0 = std::chrono::steady_clock::now();
   if (!pc->bpf_) {
     NS_TRY(pc->bpf_, bpf::PodBpf::create(cfg.pin_dir, ns, bc));
   }
+  auto t1 = std::chrono::steady_clock::now();
   // From here on a failure removes everything this call (or the previous agent) installed.
   struct Undo {
     PodCapture& pc;
@@ -220,7 +223,11 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
       NS_TRY_STATUS(write_sysctl("net/ipv4/conf/all/rp_filter", "0"));
     }
   }
+  auto t2 = std::chrono::steady_clock::now();
   NS_TRY_STATUS(pc->install_routing());
+  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  spdlog::debug("capture {}: bpf {:.2f} ms, sysctls+tc {:.2f} ms, routing {:.2f} ms", cfg.pin_dir, ms(t0, t1),
+                ms(t1, t2), ms(t2, std::chrono::steady_clock::now()));
   // Listeners come from the caller; until set, captured SYNs are dropped (fail closed).
   undo.armed = false;
   return pc;

@@ -3,6 +3,7 @@
 Topology per test: a pod netns and a remote netns joined by a veth (see nstest.Topology).
 """
 import hashlib
+import json
 import os
 import re
 import signal
@@ -258,3 +259,107 @@ def test_tunnel_connect_with_curl():
         r = t.remote.exec(f"curl -sS --max-time 10 -p -x http://{t.pod_ip}:15008 http://{t.remote_ip}:8001/",
                           check=False)
         assert r.returncode != 0 and "403" in (r.stderr + r.stdout)
+
+
+def test_clsact_fallback_counts_and_is_removed():
+    # The attach path older kernels (< 6.6) take, forced here: clsact qdisc + cls_bpf filters.
+    with agent(["--tc-mode", "clsact"]) as a, topology() as t:
+        t.serve(t.remote, 9000)
+        uid = enrol(a, t, strict=True)
+        cap = a.inspect(uid)["capture"]
+        assert cap["tc_mode"] == "clsact"
+        assert not [k for k in cap["bpf"] if k.startswith("link_guard")]  # no tcx links in this mode
+        for d in ("ingress", "egress"):
+            tc = t.pod.exec(f"tc filter show dev eth0 {d}").stdout
+            assert "netsteer_guard" in tc, tc
+        assert t.client(t.pod, t.remote_ip, 9000, "bytes", 100000) == "ok 100000"
+        st = bpf(a, uid)
+        assert st["egress_marked_pkts"] > 0 and st["ingress_unmarked_pkts"] > 0
+        t.pod.ip("rule del priority 100")
+        assert t.client(t.pod, t.remote_ip, 9000, "probe", "1") == "timeout"
+        assert bpf(a, uid)["drop_strict"] >= 1
+        a.ctl("unenroll", "--uid", uid)
+        for d in ("ingress", "egress"):
+            assert "netsteer" not in t.pod.exec(f"tc filter show dev eth0 {d}").stdout
+
+
+def test_tcx_links_visible_in_bpftool():
+    with agent() as a, topology() as t:
+        uid = enrol(a, t)
+        cap = a.inspect(uid)["capture"]
+        assert cap["tc_mode"] == "tcx"
+        ids = {v["id"] for k, v in cap["bpf"].items() if k.startswith("link_")}
+        assert len(ids) == 3  # sk_lookup + tcx ingress + tcx egress
+        links = {l["id"]: l for l in nstest.bpftool_json("link", "show")}
+        assert ids <= set(links)
+        assert links[cap["bpf"]["steer_link_id"]]["type"] == "netns"
+
+
+def test_spoofed_pod_source_dropped_on_ingress():
+    # accept_local=1 (needed by the capture path) would accept packets claiming the pod's own
+    # address; the tc ingress guard drops them.
+    with agent() as a, topology() as t:
+        uid = enrol(a, t)
+        before = bpf(a, uid)["drop_spoofed"]
+        code = (
+            "import socket,struct\n"
+            f"src=socket.inet_aton('{t.pod_ip}'); dst=socket.inet_aton('{t.pod_ip}')\n"
+            "udp=struct.pack('!HHHH',1234,9,8,0)\n"
+            "ip=struct.pack('!BBHHHBBH4s4s',0x45,0,28,1,0,64,17,0,src,dst)\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_RAW)\n"
+            "s.setsockopt(socket.SOL_SOCKET,socket.SO_BINDTODEVICE,b'eth0')\n"
+            "for _ in range(3): s.sendto(ip+udp,(socket.inet_ntoa(dst),0))\n")
+        t.remote.exec([nstest.PY, "-c", code])
+        deadline = time.time() + 3
+        while bpf(a, uid)["drop_spoofed"] < before + 3 and time.time() < deadline:
+            time.sleep(0.05)
+        assert bpf(a, uid)["drop_spoofed"] >= before + 3
+
+
+def test_udp_is_never_captured():
+    # A single `not fwmark 0x539 ipproto tcp` rule would invert the whole selector and send UDP to
+    # table 133; the capture rules must leave UDP (DNS) alone.
+    with agent() as a, topology() as t:
+        enrol(a, t)
+        srv = t.remote.popen([nstest.PY, "-c",
+                              "import socket\n"
+                              "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',5353))\n"
+                              "print('ready',flush=True)\n"
+                              "d,a=s.recvfrom(100); s.sendto(d.upper(),a)\n"], stdout=subprocess.PIPE, text=True)
+        t.procs.append(srv)
+        assert srv.stdout.readline().strip() == "ready"
+        out = t.pod.exec([nstest.PY, "-c",
+                          "import socket\n"
+                          "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(3)\n"
+                          f"s.sendto(b'dns?',('{t.remote_ip}',5353)); print(s.recv(100).decode())\n"]).stdout
+        assert out.strip() == "DNS?"
+        assert "ipproto udp" not in t.pod.exec("ip rule").stdout
+
+
+def test_enrol_unenrol_cycles_leave_nothing():
+    with agent() as a, topology() as t:
+        t.serve(t.remote, 9000)
+        t.serve(t.pod, APP)
+        rules4, rules6 = _rules(t.pod), _rules(t.pod, True)
+        sysctl = t.pod.exec("sysctl -n net.ipv4.conf.eth0.accept_local").stdout
+        links0 = len(nstest.bpftool_json("link", "show") or [])
+        enrol(a, t)
+        a.ctl("unenroll", "--uid", t.pod.name)
+
+        def fds():
+            # Idle pipes kept by the relay's bounded pool (2 fds each) are not a leak.
+            st = json.loads(a.ctl("status", "--json").stdout)
+            return nstest.fd_count(a.pid) - 2 * sum(w["pipes_idle"] for w in st["relay"])
+
+        fds0, threads0 = fds(), nstest.thread_count(a.pid)
+        for i in range(30):
+            uid = enrol(a, t)
+            assert t.client(t.pod, t.remote_ip, 9000, "peer").startswith(t.pod_ip)
+            assert t.client(t.remote, t.pod_ip, APP, "peer").startswith(t.remote_ip)
+            a.ctl("unenroll", "--uid", uid)
+        assert fds() == fds0
+        assert nstest.thread_count(a.pid) == threads0
+        assert _rules(t.pod) == rules4 and _rules(t.pod, True) == rules6
+        assert t.pod.exec("sysctl -n net.ipv4.conf.eth0.accept_local").stdout == sysctl
+        assert len(nstest.bpftool_json("link", "show") or []) == links0
+        assert not os.path.exists(a.pin_root) or os.listdir(a.pin_root) == []
