@@ -20,17 +20,38 @@ enum ns_slot {
 	NS_SLOT_MAX = 2,
 };
 
-/* Indexes of the per-CPU counters in ns_stats. */
-enum ns_stat {
-	NS_STAT_LOOKUPS = 0,           /* sk_lookup runs for TCP */
-	NS_STAT_INBOUND_ASSIGNED,      /* assigned to the 15006 listener */
-	NS_STAT_OUTBOUND_ASSIGNED,     /* assigned to the 15001 listener */
-	NS_STAT_PASSED_LOCAL,          /* pod-local or loopback source: not captured */
-	NS_STAT_PASSED_EXCLUDED,       /* an exclusion matched */
-	NS_STAT_PASSED_BYPASS,         /* the relay's own inbound upstream */
-	NS_STAT_DROP_NO_LISTENER,      /* fail closed: listener gone */
-	NS_STAT_DROP_ASSIGN_FAILED,    /* bpf_sk_assign refused the socket */
-	NS_STAT_MAX,
+/* Counter fields, listed once (X-macros) so the BPF structs, the agent's summing and its JSON
+ * all use the same names that bpftool prints from BTF. */
+#define NS_STEER_COUNTER_FIELDS(X)                                                              \
+	X(lookups)            /* sk_lookup runs for TCP */                                        \
+	X(inbound_assigned)   /* assigned to the 15006 listener */                                \
+	X(outbound_assigned)  /* assigned to the 15001 listener */                                \
+	X(passed_local)       /* pod-local or loopback: not captured */                           \
+	X(passed_excluded)    /* an exclusion matched */                                          \
+	X(passed_bypass)      /* the relay's own inbound upstream */                              \
+	X(drop_no_listener)   /* NS_DROP_NO_LISTENER: fail closed, the listener is gone */        \
+	X(drop_assign_failed) /* NS_DROP_ASSIGN_FAILED */
+
+/* "marked" = skb->mark & mark_mask == mark (the agent's own sockets). */
+#define NS_GUARD_COUNTER_FIELDS(X)                                                              \
+	X(egress_marked_pkts)                                                                     \
+	X(egress_marked_bytes)                                                                    \
+	X(egress_unmarked_pkts)                                                                   \
+	X(egress_unmarked_bytes)                                                                  \
+	X(ingress_marked_pkts)                                                                    \
+	X(ingress_marked_bytes)                                                                   \
+	X(ingress_unmarked_pkts)                                                                  \
+	X(ingress_unmarked_bytes)                                                                 \
+	X(passed_strict_excluded) /* unmarked but excluded (or a bare RST): allowed when strict */ \
+	X(drop_strict)            /* NS_DROP_STRICT */                                            \
+	X(drop_spoofed)           /* NS_DROP_SPOOFED */
+
+#define NS_U64_FIELD(name) __u64 name;
+
+/* Per-pod counters of the sk_lookup program: one per-CPU struct at index 0 of ns_stats, so
+ * `bpftool map dump pinned .../map_ns_stats` prints the field names. */
+struct ns_steer_counters {
+	NS_STEER_COUNTER_FIELDS(NS_U64_FIELD)
 };
 
 /* Why a connection or packet was dropped (logged/inspected by name). */
@@ -42,20 +63,9 @@ enum ns_drop_reason {
 	NS_DROP_SPOOFED = 4,       /* ingress packet claiming a pod address as source */
 };
 
-/* Per-pod counters of the tc guard (one per-CPU struct, so bpftool prints the field names).
- * "marked" = skb->mark & mark_mask == mark (the agent's own sockets). */
+/* Per-pod counters of the tc guard (one per-CPU struct at index 0 of ns_guard_stats). */
 struct ns_guard_counters {
-	__u64 egress_marked_pkts;
-	__u64 egress_marked_bytes;
-	__u64 egress_unmarked_pkts;
-	__u64 egress_unmarked_bytes;
-	__u64 ingress_marked_pkts;
-	__u64 ingress_marked_bytes;
-	__u64 ingress_unmarked_pkts;
-	__u64 ingress_unmarked_bytes;
-	__u64 passed_strict_excluded; /* unmarked but excluded (or a bare RST): allowed in strict mode */
-	__u64 drop_strict;            /* NS_DROP_STRICT */
-	__u64 drop_spoofed;           /* NS_DROP_SPOOFED */
+	NS_GUARD_COUNTER_FIELDS(NS_U64_FIELD)
 };
 
 /* An IPv4 or IPv6 address; IPv4 is stored v4-mapped (::ffff:a.b.c.d). */

@@ -40,17 +40,18 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NS_STAT_MAX);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct ns_steer_counters);
 } ns_stats SEC(".maps");
 
-static __always_inline void stat_inc(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&ns_stats, &idx);
-	if (v)
-		*v += 1;
-}
+#define stat_inc(field)                                                   \
+	do {                                                              \
+		__u32 zero = 0;                                           \
+		struct ns_steer_counters *c = bpf_map_lookup_elem(&ns_stats, &zero); \
+		if (c)                                                    \
+			c->field += 1;                                    \
+	} while (0)
 
 static __always_inline void addr_v6(struct ns_addr *a, const __u32 ip6[4])
 {
@@ -91,7 +92,7 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
-	stat_inc(NS_STAT_LOOKUPS);
+	stat_inc(lookups);
 
 	if (ctx->family == AF_INET) {
 		ns_addr_v4(&local, ctx->local_ip4);
@@ -111,25 +112,25 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 	bk.addr = remote;
 	bk.port = rport;
 	if (bpf_map_lookup_elem(&ns_bypass, &bk)) {
-		stat_inc(NS_STAT_PASSED_BYPASS);
+		stat_inc(passed_bypass);
 		return SK_PASS;
 	}
 	/* Nothing to a loopback destination is captured. */
 	if (is_loopback(&local)) {
-		stat_inc(NS_STAT_PASSED_LOCAL);
+		stat_inc(passed_local);
 		return SK_PASS;
 	}
 
 	if (bpf_map_lookup_elem(&ns_pod_addrs, &local)) {
 		/* To the pod's own address from loopback or from the pod itself: pod-local, not captured. */
 		if (is_loopback(&remote) || bpf_map_lookup_elem(&ns_pod_addrs, &remote)) {
-			stat_inc(NS_STAT_PASSED_LOCAL);
+			stat_inc(passed_local);
 			return SK_PASS;
 		}
 		/* Inbound: the proxy ports themselves and exclusions pass untouched. */
 		if (lport == NS_PORT_OUTBOUND || lport == NS_PORT_INBOUND || lport == NS_PORT_TUNNEL ||
 		    bpf_map_lookup_elem(&ns_ex_in_port, &lport) || ns_in_prefixes(&ns_ex_in_src, &remote)) {
-			stat_inc(NS_STAT_PASSED_EXCLUDED);
+			stat_inc(passed_excluded);
 			return SK_PASS;
 		}
 		slot = NS_SLOT_INBOUND;
@@ -137,11 +138,11 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 		/* Outbound: delivered locally only through the capture route (the source is the pod's
 		 * address). Link-local destinations are the pod's own interface addresses: not captured. */
 		if (is_link_local(&local)) {
-			stat_inc(NS_STAT_PASSED_LOCAL);
+			stat_inc(passed_local);
 			return SK_PASS;
 		}
 		if (bpf_map_lookup_elem(&ns_ex_out_port, &lport) || ns_in_prefixes(&ns_ex_out_cidr, &local)) {
-			stat_inc(NS_STAT_PASSED_EXCLUDED);
+			stat_inc(passed_excluded);
 			return SK_PASS;
 		}
 		slot = NS_SLOT_OUTBOUND;
@@ -150,16 +151,19 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 	struct bpf_sock *sk = bpf_map_lookup_elem(&ns_sockets, &slot);
 	if (!sk) {
 		/* Fail closed: the agent's listener is gone. The SYN is dropped (clients time out). */
-		stat_inc(NS_STAT_DROP_NO_LISTENER);
+		stat_inc(drop_no_listener);
 		return SK_DROP;
 	}
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	if (err) {
-		stat_inc(NS_STAT_DROP_ASSIGN_FAILED);
+		stat_inc(drop_assign_failed);
 		return SK_DROP;
 	}
-	stat_inc(slot == NS_SLOT_INBOUND ? NS_STAT_INBOUND_ASSIGNED : NS_STAT_OUTBOUND_ASSIGNED);
+	if (slot == NS_SLOT_INBOUND)
+		stat_inc(inbound_assigned);
+	else
+		stat_inc(outbound_assigned);
 	return SK_PASS;
 }
 

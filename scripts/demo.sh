@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # netsteer demo on one machine: sets up, builds, then
 #   1. creates a "pod" netns and a "remote" netns joined by a veth (addresses only inside them),
+#      with an HTTP server in each,
 #   2. starts netsteerd and enrols the pod netns over the SCM_RIGHTS hand-off (netsteerctl enroll),
-#   3. shows the proxy listeners owned by netsteerd inside the pod netns (ss),
-#   4. connects to 15006 from inside the pod, shows the state file, unenrols.
-# (Steering the pod's traffic onto those listeners — capture and relay — is issue 2/6, in progress.)
+#   3. curls from the pod to the remote and from the remote to the pod, showing the BPF and relay
+#      counters move and the app seeing the real client address,
+#   4. SIGKILLs the agent (inbound fails closed), restarts it (pod steered again, no re-enrol),
+#   5. unenrols and shows nothing is left (rules, routes, pins).
 # Everything it creates is removed on exit. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,32 +44,71 @@ for spec in "$POD 10.250.0.1 fd00:250::1" "$REM 10.250.0.2 fd00:250::2"; do
   ip -n "$1" addr add "$3/64" dev eth0 nodad
   ip -n "$1" link set eth0 up
 done
-mkdir -p "$RUN/www"; echo "hello from the pod's app" >"$RUN/www/pod.txt"
-inpod /usr/bin/python3 -m http.server --bind :: --directory "$RUN/www" 8080 >/dev/null 2>&1 & SERVERS+=($!)
+mkdir -p "$RUN/www" "$RUN/rwww"
+echo "hello from the pod's app" >"$RUN/www/pod.txt"; echo "hello from the remote" >"$RUN/rwww/remote.txt"
+inpod /usr/bin/python3 -m http.server --bind :: --directory "$RUN/www" 8080 >"$RUN/pod-app.log" 2>&1 & SERVERS+=($!)
+inrem /usr/bin/python3 -m http.server --bind :: --directory "$RUN/rwww" 8000 >/dev/null 2>&1 & SERVERS+=($!)
 
+start_agent() {
+  "$B/netsteerd" --socket "$SOCK" --pin-root "$PINS" --state-dir "$RUN/state" >>"$RUN/agent.log" 2>&1 &
+  AGENT_PID=$!
+  for _ in $(seq 200); do "$B/netsteerctl" --socket "$SOCK" status >/dev/null 2>&1 && return; sleep 0.05; done
+  echo "netsteerd did not start"; cat "$RUN/agent.log"; exit 1
+}
 say "start netsteerd (control socket $SOCK)"
-"$B/netsteerd" --socket "$SOCK" --pin-root "$PINS" --state-dir "$RUN/state" >"$RUN/agent.log" 2>&1 &
-AGENT_PID=$!
-for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.05; done
-"$B/netsteerctl" --socket "$SOCK" status
+start_agent
+"$B/netsteerctl" --socket "$SOCK" status | grep -E "kernel|tc_mode|relay_workers"
+for _ in $(seq 100); do inpod ss -Htln | grep -q :8080 && inrem ss -Htln | grep -q :8000 && break; sleep 0.05; done
 
 say "enrol the pod: netsteerctl opens /var/run/netns/$POD and sends the fd over SCM_RIGHTS"
 "$B/netsteerctl" --socket "$SOCK" enroll --netns /var/run/netns/$POD --uid demo-web --name web \
   --namespace demo --ip 10.250.0.1 --ip fd00:250::1
 "$B/netsteerctl" --socket "$SOCK" list
 
-say "listeners inside the pod netns, owned by netsteerd (ss -tlnp in $POD)"
-inpod ss -tlnp
+counters() {
+  "$B/netsteerctl" --socket "$SOCK" inspect --uid demo-web --json | /usr/bin/python3 -c '
+import json,sys; p=json.load(sys.stdin); b=p["capture"]["bpf_stats"]; r=p["relay"]
+print("  bpf: outbound_assigned=%d inbound_assigned=%d passed_bypass=%d drop_no_listener=%d egress_marked_pkts=%d" % (
+  b["outbound_assigned"], b["inbound_assigned"], b["passed_bypass"], b["drop_no_listener"], b["egress_marked_pkts"]))
+print("  relay: outbound opened=%d bytes_down=%d | inbound opened=%d bytes_down=%d" % (
+  r["outbound"]["opened"], r["outbound"]["bytes_down"], r["inbound"]["opened"], r["inbound"]["bytes_down"]))'
+}
 
-say "inside the pod, 127.0.0.1:15006 reaches netsteerd; the host netns has no such listener"
-inpod /usr/bin/python3 -c 'import socket; socket.create_connection(("127.0.0.1",15006),2); print("pod netns: connected to 15006 (netsteerd)")'
-ss -Htlnp | grep -q "pid=$AGENT_PID," && echo "host netns: netsteerd listens here too?!" || echo "host netns: no netsteerd listener"
-say "the pod's iptables and nft rulesets stay empty"
-echo "iptables rules: $(inpod iptables-save 2>/dev/null | grep -c '^-A' || true)   nft: '$(inpod nft list ruleset)'"
-say "state file kept for restarts ($RUN/state/state.json)"
-cat "$RUN/state/state.json"; echo
-say "unenrol: the listeners close"
-"$B/netsteerctl" --socket "$SOCK" unenroll --uid demo-web
+say "capture installed in the pod: policy rules, table 133, listeners (and no iptables/nft rules)"
+inpod ip rule; inpod ip route show table 133; inpod ip -6 route show table 133
 inpod ss -tlnp
+echo "iptables rules: $(inpod iptables-save 2>/dev/null | grep -c '^-A' || true)   nft: '$(inpod nft list ruleset)'"
+counters
+
+say "outbound: curl from the pod to the remote (http://10.250.0.2:8000 and [fd00:250::2]) goes through 15001"
+inpod curl -sS --max-time 5 http://10.250.0.2:8000/remote.txt
+inpod curl -sS --max-time 5 "http://[fd00:250::2]:8000/remote.txt"
+counters
+
+say "inbound: curl from the remote to the pod's app (:8080) goes through 15006; the app logs the real client"
+inrem curl -sS --max-time 5 http://10.250.0.1:8080/pod.txt
+inrem curl -sS --max-time 5 "http://[fd00:250::1]:8080/pod.txt"
+echo "pod app access log:"; tail -n 2 "$RUN/pod-app.log"
+counters
+
+say "tunnel: curl -p -x http://10.250.0.1:15008 (HTTP CONNECT to the pod's app)"
+inrem curl -sS --max-time 5 -p -x http://10.250.0.1:15008 http://10.250.0.1:8080/pod.txt
+
+say "fail closed: SIGKILL netsteerd; inbound to the pod is dropped in BPF, not delivered around the relay"
+kill -9 "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""
+inrem curl -sS --max-time 2 http://10.250.0.1:8080/pod.txt && echo "DELIVERED?!" || echo "(timed out, as it should)"
+echo "bpftool on the pinned stats map (the agent is down), per-CPU values with BTF field names:"
+bpftool -j map dump pinned "$PINS/demo-web/map_ns_stats" | /usr/bin/python3 -c 'import json,sys
+vals = json.load(sys.stdin)[0]["formatted"]["values"]
+print("  drop_no_listener =", sum(v["value"]["drop_no_listener"] for v in vals))'
+
+say "restart netsteerd with the same state dir: it takes the pod over (no re-enrolment)"
+start_agent
+inrem curl -sS --max-time 5 http://10.250.0.1:8080/pod.txt
+counters
+
+say "unenrol: rules, routes, links and pins are gone"
+"$B/netsteerctl" --socket "$SOCK" unenroll --uid demo-web
+inpod ip rule; echo "table 133: '$(inpod ip route show table 133)'"; echo "pins left under $PINS: $(find "$PINS" -mindepth 1 2>/dev/null | wc -l)"
 say "agent log"
-tail -n 8 "$RUN/agent.log"
+tail -n 6 "$RUN/agent.log"

@@ -1,4 +1,5 @@
 #include "netsteer/agent/control.h"
+#include "netsteer/common/accept.h"
 
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -117,6 +118,7 @@ void ControlServer::stop() {
 }
 
 Status ControlServer::run() {
+  prepare_accept_reserve();
   epoll_event evs[64];
   for (;;) {
     int n = ::epoll_wait(epoll_fd_.get(), evs, 64, 1000);
@@ -149,12 +151,16 @@ Status ControlServer::run() {
 
 void ControlServer::accept_clients() {
   for (;;) {
-    UniqueFd c(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-    if (!c) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-        spdlog::warn("control accept: {}", std::strerror(errno));
+    Accepted a = accept_or_shed(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (a.result == AcceptResult::again) return;
+    if (a.result != AcceptResult::accepted) {
+      ++rejected_peers_;
+      spdlog::warn("control accept: {}{}", std::strerror(a.err),
+                   a.result == AcceptResult::shed ? " (out of file descriptors: connection refused)" : "");
+      if (a.result == AcceptResult::shed) continue;
       return;
     }
+    UniqueFd c = std::move(a.fd);
     protocol::SeqpacketChannel ch(std::move(c));
     auto cred = ch.peer_cred();
     if (!cred.ok() || !opts_.allowed_uids.count(cred->uid)) {

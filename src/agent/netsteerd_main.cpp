@@ -7,6 +7,7 @@
 #include <chrono>
 #include <thread>
 
+#include "netsteer/common/accept.h"
 #include "netsteer/agent/control.h"
 #include "netsteer/agent/enrolment.h"
 #include "netsteer/bpf/features.h"
@@ -69,6 +70,10 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Each pod holds ~20 fds (netns, listeners, pinned BPF objects) plus two per relayed connection
+  // and pipes: the default soft limit of 1024 runs out at ~50 pods.
+  unsigned long nofile = raise_nofile_limit();
+  spdlog::info("file descriptor limit: {}", nofile);
 
   // A fresh node may not have bpffs mounted; per-pod pins live there.
   if (auto st = bpf::ensure_bpffs(); !st.ok()) spdlog::warn("bpffs: {}", st.error().message);

@@ -7,7 +7,6 @@
 
 #include <cstring>
 
-#include "../../bpf/netsteer_common.h"
 #include "netsteer/bpf/tcx.h"
 #include "netsteer/skel/netsteer_guard.skel.h"
 #include "netsteer/skel/netsteer_steer.skel.h"
@@ -62,25 +61,12 @@ Result<UniqueFd> dup_obj(int fd, const std::string& what) {
 }  // namespace
 
 nlohmann::json PodBpfStats::to_json() const {
-  return {{"lookups", lookups},
-          {"inbound_assigned", inbound_assigned},
-          {"outbound_assigned", outbound_assigned},
-          {"passed_local", passed_local},
-          {"passed_excluded", passed_excluded},
-          {"passed_bypass", passed_bypass},
-          {"drop_no_listener", drop_no_listener},
-          {"drop_assign_failed", drop_assign_failed},
-          {"egress_marked_pkts", egress_marked_pkts},
-          {"egress_marked_bytes", egress_marked_bytes},
-          {"egress_unmarked_pkts", egress_unmarked_pkts},
-          {"egress_unmarked_bytes", egress_unmarked_bytes},
-          {"ingress_marked_pkts", ingress_marked_pkts},
-          {"ingress_marked_bytes", ingress_marked_bytes},
-          {"ingress_unmarked_pkts", ingress_unmarked_pkts},
-          {"ingress_unmarked_bytes", ingress_unmarked_bytes},
-          {"passed_strict_excluded", passed_strict_excluded},
-          {"drop_strict", drop_strict},
-          {"drop_spoofed", drop_spoofed}};
+  nlohmann::json j;
+#define NS_JSON_FIELD(name) j[#name] = name;
+  NS_STEER_COUNTER_FIELDS(NS_JSON_FIELD)
+  NS_GUARD_COUNTER_FIELDS(NS_JSON_FIELD)
+#undef NS_JSON_FIELD
+  return j;
 }
 
 Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
@@ -217,36 +203,18 @@ Status PodBpf::remove_bypass(const SockAddr& local) {
 
 Result<PodBpfStats> PodBpf::stats() const {
   PodBpfStats s;
-  BpfMap<uint32_t, uint64_t> steer(objs_.fd("map_ns_stats"));
-  uint64_t sum[NS_STAT_MAX] = {};
-  for (uint32_t i = 0; i < NS_STAT_MAX; ++i) {
-    NS_TRY(auto vals, steer.get_percpu(i));
-    for (uint64_t v : vals) sum[i] += v;
+  NS_TRY(auto steer, (BpfMap<uint32_t, ns_steer_counters>(objs_.fd("map_ns_stats")).get_percpu(0)));
+  for (const auto& c : steer) {
+#define NS_SUM_FIELD(name) s.name += c.name;
+    NS_STEER_COUNTER_FIELDS(NS_SUM_FIELD)
   }
-  s.lookups = sum[NS_STAT_LOOKUPS];
-  s.inbound_assigned = sum[NS_STAT_INBOUND_ASSIGNED];
-  s.outbound_assigned = sum[NS_STAT_OUTBOUND_ASSIGNED];
-  s.passed_local = sum[NS_STAT_PASSED_LOCAL];
-  s.passed_excluded = sum[NS_STAT_PASSED_EXCLUDED];
-  s.passed_bypass = sum[NS_STAT_PASSED_BYPASS];
-  s.drop_no_listener = sum[NS_STAT_DROP_NO_LISTENER];
-  s.drop_assign_failed = sum[NS_STAT_DROP_ASSIGN_FAILED];
   if (int gfd = objs_.fd("map_ns_guard_stats"); gfd >= 0) {
-    NS_TRY(auto vals, (BpfMap<uint32_t, ns_guard_counters>(gfd).get_percpu(0)));
-    for (const auto& c : vals) {
-      s.egress_marked_pkts += c.egress_marked_pkts;
-      s.egress_marked_bytes += c.egress_marked_bytes;
-      s.egress_unmarked_pkts += c.egress_unmarked_pkts;
-      s.egress_unmarked_bytes += c.egress_unmarked_bytes;
-      s.ingress_marked_pkts += c.ingress_marked_pkts;
-      s.ingress_marked_bytes += c.ingress_marked_bytes;
-      s.ingress_unmarked_pkts += c.ingress_unmarked_pkts;
-      s.ingress_unmarked_bytes += c.ingress_unmarked_bytes;
-      s.passed_strict_excluded += c.passed_strict_excluded;
-      s.drop_strict += c.drop_strict;
-      s.drop_spoofed += c.drop_spoofed;
+    NS_TRY(auto guard, (BpfMap<uint32_t, ns_guard_counters>(gfd).get_percpu(0)));
+    for (const auto& c : guard) {
+      NS_GUARD_COUNTER_FIELDS(NS_SUM_FIELD)
     }
   }
+#undef NS_SUM_FIELD
   return s;
 }
 

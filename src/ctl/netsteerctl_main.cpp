@@ -45,6 +45,39 @@ void print_pods_table(const json& pods) {
   }
 }
 
+std::string kv_line(const json& obj) {
+  std::string out;
+  for (const auto& [k, v] : obj.items()) out += (out.empty() ? "" : " ") + k + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
+  return out;
+}
+
+void print_inspect(const json& p) {
+  std::printf("pod %s (%s/%s)\n", p.value("uid", "").c_str(), p.value("namespace", "").c_str(),
+              p.value("name", "").c_str());
+  std::printf("  netns:      ino %llu, %s\n", static_cast<unsigned long long>(p.value("netns_ino", 0ULL)),
+              p.value("netns_path", "").c_str());
+  std::printf("  ips:        %s\n", join(p["ips"]).c_str());
+  std::printf("  listeners:  %s (%s)\n", join(p["listeners"], "port").c_str(),
+              p["listeners"].empty() ? "-" : p["listeners"][0].value("family", "").c_str());
+  std::printf("  exclusions: %s\n", kv_line(p.value("exclusions", json::object())).c_str());
+  std::printf("  strict:     %s, enrolled in %.2f ms\n", p.value("strict", false) ? "yes" : "no", p.value("enrol_ms", 0.0));
+  const json& c = p.contains("capture") ? p["capture"] : json();
+  if (c.is_object()) {
+    std::printf("capture: tc %s%s\n", c.value("tc_mode", "").c_str(), c.value("adopted", false) ? " (taken over)" : "");
+    for (const auto& r : c["rules"]) std::printf("  ip %s\n", r.get<std::string>().c_str());
+    for (const auto& r : c["routes"]) std::printf("  ip %s\n", r.get<std::string>().c_str());
+    for (const auto& [k, v] : c["sysctls_changed"].items())
+      std::printf("  sysctl %s (was %s)\n", k.c_str(), v.value("before", "").c_str());
+    for (const auto& [k, v] : c["bpf"].items())
+      if (v.is_object()) std::printf("  %-26s id %-6llu %s\n", k.c_str(), static_cast<unsigned long long>(v.value("id", 0ULL)), v.value("pin", "").c_str());
+    if (c.contains("bpf_stats")) std::printf("  counters: %s\n", kv_line(c["bpf_stats"]).c_str());
+  } else {
+    std::printf("capture: not installed\n");
+  }
+  if (p.contains("relay") && p["relay"].is_object())
+    for (const auto& [dir, v] : p["relay"].items()) std::printf("relay %-9s %s\n", dir.c_str(), kv_line(v).c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -160,7 +193,8 @@ int main(int argc, char** argv) {
       for (const auto& [k, v] : d["status"].items()) std::cout << k << ": " << v.dump() << "\n";
     }
   } else if (*inspect) {
-    std::cout << d["pod"].dump(2) << "\n";
+    if (as_json) std::cout << d["pod"].dump(2) << "\n";
+    else print_inspect(d["pod"]);
   }
   return 0;
 }

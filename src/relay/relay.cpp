@@ -18,6 +18,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "netsteer/common/accept.h"
 #include "netsteer/relay/http_connect.h"
 
 namespace netsteer::relay {
@@ -180,7 +181,7 @@ class Worker {
   }
 
   json stats() const {
-    return {{"worker", id_}, {"connections", nconns_.load()}, {"pipes_idle", idle_pipes_.load()},
+    return {{"worker", id_}, {"connections", nconns_.load()}, {"pipes_idle", idle_pipes_.load()}, {"accept_shed", shed_.load()},
             {"pipes_in_use", pipes_in_use_.load()}};
   }
 
@@ -194,6 +195,7 @@ class Worker {
   }
 
   void loop() {
+    prepare_accept_reserve();
     epoll_event evs[256];
     while (!stopping_) {
       int n = ::epoll_wait(epoll_.get(), evs, 256, -1);
@@ -247,12 +249,22 @@ class Worker {
     for (int i = 0; i < 64; ++i) {
       sockaddr_storage peer{};
       socklen_t plen = sizeof peer;
-      int fd = ::accept4(l.fd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0) {
-        if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
-        spdlog::warn("relay: accept on {} listener of pod {}: {}", to_string(l.dir), l.pod->uid, std::strerror(errno));
+      Accepted a = accept_or_shed(l.fd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (a.result == AcceptResult::again) return;
+      if (a.result != AcceptResult::accepted) {
+        if (a.result == AcceptResult::shed) {
+          l.pod->of(l.dir).failed++;
+          shed_++;
+        }
+        if (uint64_t now = now_ms(); now - last_accept_warn_ms_ >= 1000) {  // at most one line a second
+          last_accept_warn_ms_ = now;
+          spdlog::warn("relay: accept on {} listener of pod {}: {}{}", to_string(l.dir), l.pod->uid,
+                       std::strerror(a.err), a.result == AcceptResult::shed ? " (connection reset)" : "");
+        }
+        if (a.result == AcceptResult::shed) continue;
         return;
       }
+      int fd = a.fd.release();
       auto c = std::make_unique<Conn>();
       c->down.reset(fd);
       c->pod = l.pod;
@@ -553,6 +565,8 @@ class Worker {
   std::vector<std::unique_ptr<Conn>> graveyard_;
   std::vector<std::unique_ptr<Pipe>> idle_;
   std::atomic<size_t> nconns_{0}, idle_pipes_{0}, pipes_in_use_{0};
+  std::atomic<uint64_t> shed_{0};  // connections reset because the process was out of fds
+  uint64_t last_accept_warn_ms_ = 0;
 };
 
 Result<std::unique_ptr<Relay>> Relay::start(const RelayOptions& opts) {

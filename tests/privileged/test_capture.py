@@ -363,3 +363,36 @@ def test_enrol_unenrol_cycles_leave_nothing():
         assert t.pod.exec("sysctl -n net.ipv4.conf.eth0.accept_local").stdout == sysctl
         assert len(nstest.bpftool_json("link", "show") or []) == links0
         assert not os.path.exists(a.pin_root) or os.listdir(a.pin_root) == []
+
+
+def test_out_of_fds_resets_clients_and_keeps_serving():
+    """With the agent's fd limit exhausted, a captured client is reset at once (not left hanging,
+    never delivered around the relay), the agent does not spin, and it serves again afterwards."""
+    with agent() as a, topology() as t:
+        t.serve(t.pod, APP)
+        uid = enrol(a, t)
+        hard = int(run(["prlimit", f"--pid={a.pid}", "--nofile", "--raw", "--noheadings", "--output=HARD"]).stdout)
+        # The limit bounds fd numbers: at the lowest free number, no new fd can be allocated.
+        used = {int(x) for x in os.listdir(f"/proc/{a.pid}/fd")}
+        lowest_free = next(i for i in range(len(used) + 1) if i not in used)
+        run(["prlimit", f"--pid={a.pid}", f"--nofile={lowest_free}:{hard}"])
+        try:
+            probe = ("import socket\n"
+                     f"s=socket.create_connection(('{t.pod_ip}',{APP}),timeout=3)\n"
+                     "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+                     "try:\n  print('data' if s.recv(100) else 'eof')\n"
+                     "except ConnectionResetError: print('reset')\n"
+                     "except TimeoutError: print('timeout')\n")
+            assert t.remote.exec([nstest.PY, "-c", probe]).stdout.strip() == "reset"
+            # Not spinning: the agent's CPU time stays small while a refused client waits.
+            cpu0 = sum(int(x) for x in open(f"/proc/{a.pid}/stat").read().split(")")[1].split()[11:13])
+            time.sleep(1)
+            cpu1 = sum(int(x) for x in open(f"/proc/{a.pid}/stat").read().split(")")[1].split()[11:13])
+            assert cpu1 - cpu0 < 30, "agent is busy-looping"
+        finally:
+            run(["prlimit", f"--pid={a.pid}", f"--nofile={hard}:{hard}"])
+        assert a.alive()
+        shed = sum(w["accept_shed"] for w in json.loads(a.ctl("status", "--json").stdout)["relay"])
+        assert shed >= 1
+        assert relay(a, uid, "inbound")["failed"] >= 1
+        assert t.client(t.remote, t.pod_ip, APP, "peer").startswith(t.remote_ip)

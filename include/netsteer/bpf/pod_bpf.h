@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "netsteer_common.h"
+
 #include "netsteer/bpf/features.h"
 #include "netsteer/bpf/objects.h"
 #include "netsteer/common/inet.h"
@@ -29,13 +31,9 @@ struct PodBpfConfig {
   uint32_t mark_mask = protocol::kAgentMarkMask;
 };
 
-// Steering and guard counters, summed over CPUs.
-struct PodBpfStats {
-  uint64_t lookups = 0, inbound_assigned = 0, outbound_assigned = 0, passed_local = 0, passed_excluded = 0,
-           passed_bypass = 0, drop_no_listener = 0, drop_assign_failed = 0;
-  uint64_t egress_marked_pkts = 0, egress_marked_bytes = 0, egress_unmarked_pkts = 0, egress_unmarked_bytes = 0,
-           ingress_marked_pkts = 0, ingress_marked_bytes = 0, ingress_unmarked_pkts = 0,
-           ingress_unmarked_bytes = 0, passed_strict_excluded = 0, drop_strict = 0, drop_spoofed = 0;
+// Steering and guard counters, summed over CPUs (field names as in bpf/netsteer_common.h).
+struct PodBpfStats : ns_steer_counters, ns_guard_counters {
+  PodBpfStats() : ns_steer_counters{}, ns_guard_counters{} {}
   nlohmann::json to_json() const;
 };
 

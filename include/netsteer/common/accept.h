@@ -1,0 +1,32 @@
+// Accepting without spinning when the process is out of file descriptors.
+//
+// With level-triggered (or EPOLLEXCLUSIVE) listeners, EMFILE/ENFILE leaves the connection in the
+// accept queue and epoll reports it again at once: a busy loop that also floods the log. Each
+// thread keeps one reserve descriptor; when accept fails for lack of fds it frees the reserve,
+// accepts the connection, resets it (the peer sees a refusal, not a hang) and re-takes the reserve.
+#pragma once
+
+#include <sys/socket.h>
+
+#include "netsteer/common/unique_fd.h"
+
+namespace netsteer {
+
+enum class AcceptResult { accepted, again, shed, error };
+
+struct Accepted {
+  AcceptResult result;
+  UniqueFd fd;  // valid when result == accepted
+  int err = 0;  // errno for shed/error
+};
+
+// Takes this thread's reserve descriptor now (call at thread start, while fds are available).
+void prepare_accept_reserve();
+
+// accept4(listen_fd, peer, plen, flags); sheds the connection on EMFILE/ENFILE/ENOBUFS/ENOMEM.
+Accepted accept_or_shed(int listen_fd, sockaddr* peer, socklen_t* plen, int flags);
+
+// Raises the soft RLIMIT_NOFILE to the hard limit. Returns the new soft limit.
+unsigned long raise_nofile_limit();
+
+}  // namespace netsteer

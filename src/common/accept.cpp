@@ -1,0 +1,52 @@
+#include "netsteer/common/accept.h"
+
+#include <fcntl.h>
+#include <sys/resource.h>
+
+#include <cerrno>
+
+namespace netsteer {
+
+namespace {
+
+UniqueFd open_reserve() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+
+thread_local UniqueFd t_reserve = open_reserve();
+
+}  // namespace
+
+void prepare_accept_reserve() {
+  if (!t_reserve) t_reserve = open_reserve();
+}
+
+Accepted accept_or_shed(int listen_fd, sockaddr* peer, socklen_t* plen, int flags) {
+  int fd = ::accept4(listen_fd, peer, plen, flags);
+  if (fd >= 0) return {AcceptResult::accepted, UniqueFd(fd), 0};
+  int err = errno;
+  if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED)
+    return {AcceptResult::again, {}, err};
+  if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) return {AcceptResult::error, {}, err};
+  t_reserve.reset();
+  UniqueFd victim(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
+  if (victim) {
+    linger lg{1, 0};  // reset, so the client is refused at once
+    ::setsockopt(victim.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  }
+  bool shed = victim.valid();
+  victim.reset();
+  t_reserve = open_reserve();
+  return {shed ? AcceptResult::shed : AcceptResult::error, {}, err};
+}
+
+unsigned long raise_nofile_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &rl);
+    (void)::getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  return rl.rlim_cur;
+}
+
+}  // namespace netsteer
