@@ -101,30 +101,17 @@ std::vector<RuleSpec> capture_rules(const CaptureConfig& cfg) {
       r.table = table;
       return r;
     };
-    for (uint16_t p : cfg.exclusions.inbound_ports) {
-      auto r = rule(kExInboundPortPriority, RT_TABLE_MAIN);
+    auto excluded = [&](uint32_t prio) {  // TCP that matches goes by the main table: not captured
+      auto r = rule(prio, RT_TABLE_MAIN);
       r.ipproto = IPPROTO_TCP;
-      r.sport = p;
-      rules.push_back(r);
-    }
-    for (const auto& p : of_family(cfg.exclusions.inbound_sources, family)) {
-      auto r = rule(kExInboundSourcePriority, RT_TABLE_MAIN);
-      r.ipproto = IPPROTO_TCP;
-      r.dst = p;
-      rules.push_back(r);
-    }
-    for (uint16_t p : cfg.exclusions.outbound_ports) {
-      auto r = rule(kExOutboundPortPriority, RT_TABLE_MAIN);
-      r.ipproto = IPPROTO_TCP;
-      r.dport = p;
-      rules.push_back(r);
-    }
-    for (const auto& p : of_family(cfg.exclusions.outbound_cidrs, family)) {
-      auto r = rule(kExOutboundCidrPriority, RT_TABLE_MAIN);
-      r.ipproto = IPPROTO_TCP;
-      r.dst = p;
-      rules.push_back(r);
-    }
+      return r;
+    };
+    for (uint16_t p : cfg.exclusions.inbound_ports) rules.emplace_back(excluded(kExInboundPortPriority)).sport = p;
+    for (const auto& p : of_family(cfg.exclusions.inbound_sources, family))
+      rules.emplace_back(excluded(kExInboundSourcePriority)).dst = p;
+    for (uint16_t p : cfg.exclusions.outbound_ports) rules.emplace_back(excluded(kExOutboundPortPriority)).dport = p;
+    for (const auto& p : of_family(cfg.exclusions.outbound_cidrs, family))
+      rules.emplace_back(excluded(kExOutboundCidrPriority)).dst = p;
     // Not one `not fwmark 0x539/0xfff ipproto tcp` rule: FIB_RULE_INVERT inverts the whole
     // selector, so that rule would also send every UDP packet to table 133.
     auto marked = rule(kMarkedPriority, RT_TABLE_MAIN);

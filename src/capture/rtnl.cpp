@@ -91,14 +91,22 @@ namespace {
 
 void put_addr(nlmsghdr* nlh, uint16_t type, const IpAddr& a) { mnl_attr_put(nlh, type, a.len(), a.bytes.data()); }
 
-nlmsghdr* rule_msg(char* buf, uint16_t type, uint16_t flags, const RuleSpec& r) {
+nlmsghdr* put_header(char* buf, uint16_t type, uint16_t flags) {
   nlmsghdr* nlh = mnl_nlmsg_put_header(buf);
   nlh->nlmsg_type = type;
   nlh->nlmsg_flags = flags;
+  return nlh;
+}
+
+// Tables >= 256 exist only in the 32-bit attribute; the header byte then says RT_TABLE_UNSPEC.
+uint8_t table_byte(uint32_t table) { return table < 256 ? static_cast<uint8_t>(table) : uint8_t{RT_TABLE_UNSPEC}; }
+
+nlmsghdr* rule_msg(char* buf, uint16_t type, uint16_t flags, const RuleSpec& r) {
+  nlmsghdr* nlh = put_header(buf, type, flags);
   auto* frh = static_cast<fib_rule_hdr*>(mnl_nlmsg_put_extra_header(nlh, sizeof(fib_rule_hdr)));
   frh->family = static_cast<uint8_t>(r.family);
   frh->action = FR_ACT_TO_TBL;
-  frh->table = r.table < 256 ? static_cast<uint8_t>(r.table) : RT_TABLE_UNSPEC;
+  frh->table = table_byte(r.table);
   mnl_attr_put_u32(nlh, FRA_TABLE, r.table);
   mnl_attr_put_u32(nlh, FRA_PRIORITY, r.priority);
   if (r.fwmark) {
@@ -122,13 +130,11 @@ nlmsghdr* rule_msg(char* buf, uint16_t type, uint16_t flags, const RuleSpec& r) 
 }
 
 nlmsghdr* route_msg(char* buf, uint16_t type, uint16_t flags, const LocalDefaultRoute& r) {
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buf);
-  nlh->nlmsg_type = type;
-  nlh->nlmsg_flags = flags;
+  nlmsghdr* nlh = put_header(buf, type, flags);
   auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
   rtm->rtm_family = static_cast<uint8_t>(r.family);
   rtm->rtm_dst_len = 0;
-  rtm->rtm_table = r.table < 256 ? static_cast<uint8_t>(r.table) : RT_TABLE_UNSPEC;
+  rtm->rtm_table = table_byte(r.table);
   rtm->rtm_protocol = RTPROT_STATIC;
   rtm->rtm_scope = RT_SCOPE_HOST;
   rtm->rtm_type = RTN_LOCAL;

@@ -67,8 +67,8 @@ TEST(CaptureRules, ExclusionsGetRulesAheadOfCapture) {
   EXPECT_TRUE(has("rule priority 93 to 192.0.2.0/24 ipproto tcp lookup main"));
   EXPECT_TRUE(has("-6 rule priority 91 to fd00:99::/64 ipproto tcp lookup main"));
   EXPECT_FALSE(has("-6 rule priority 93 to 192.0.2.0/24 ipproto tcp lookup main"));  // family-matched
-  for (const auto& r : rules)
-    if (r.table == RT_TABLE_MAIN && !r.fwmark) EXPECT_LT(r.priority, kCapturePriority);
+  for (const auto& r : rules)  // every exclusion to main comes before the capture rule
+    EXPECT_TRUE(r.table != RT_TABLE_MAIN || r.fwmark || r.priority < kCapturePriority) << r.str();
 }
 
 TEST(CaptureState, RoundTripsAndIgnoresForeignSysctlKeys) {
