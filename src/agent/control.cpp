@@ -2,6 +2,8 @@
 #include "netsteer/common/accept.h"
 
 #include <signal.h>
+
+#include <set>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -16,12 +18,14 @@ using protocol::MsgType;
 using protocol::Reply;
 
 namespace {
-Reply error_reply(std::string msg) {
+Reply error_reply(std::string msg, int err_no = 0) {
   Reply r;
   r.ok = false;
   r.error = std::move(msg);
+  r.err_no = err_no;
   return r;
 }
+Reply error_reply(const Error& e) { return error_reply(e.message, e.code); }
 }  // namespace
 
 Reply RequestHandler::handle(protocol::Packet& packet) {
@@ -45,7 +49,7 @@ Reply RequestHandler::handle(protocol::Packet& packet) {
       std::optional<netns::NetnsId> id;
       if (req->netns_ino) id = netns::NetnsId{req->netns_dev.value_or(0), *req->netns_ino};
       auto st = mgr_.unenrol(req->uid, id);
-      if (!st.ok()) return error_reply(st.error().message);
+      if (!st.ok()) return error_reply(st.error());
       return r;
     }
     case MsgType::kList:
@@ -55,16 +59,20 @@ Reply RequestHandler::handle(protocol::Packet& packet) {
       r.data = {{"status", status_ ? status_() : nlohmann::json::object()}};
       return r;
     case MsgType::kCheck:
-      if (auto st = mgr_.check(req->uid); !st.ok()) return error_reply(st.error().message);
+      if (auto st = mgr_.check(req->uid); !st.ok()) return error_reply(st.error());
       [[fallthrough]];
     case MsgType::kInspect: {
       auto p = mgr_.pod_json(req->uid);
-      if (p.is_null()) return error_reply("unknown pod '" + req->uid + "'");
+      if (p.is_null()) return error_reply("unknown pod '" + req->uid + "'", ENOENT);
       r.data = {{"pod", p}};
       return r;
     }
-    case MsgType::kSnapshot:
-      return error_reply("'snapshot' is not supported by this agent yet");
+    case MsgType::kSnapshot: {
+      // The sender lists the pods that exist on the node; every other enrolment is stale.
+      auto removed = mgr_.retain_only(std::set<std::string>(req->uids.begin(), req->uids.end()));
+      r.data = {{"removed", removed}};
+      return r;
+    }
   }
   return error_reply("unhandled message type");
 }

@@ -259,6 +259,24 @@ Status EnrolmentManager::check(const std::string& uid) const {
   return {};
 }
 
+std::vector<std::string> EnrolmentManager::retain_only(const std::set<std::string>& existing) {
+  std::lock_guard lk(mu_);
+  std::vector<std::string> removed;
+  for (auto it = pods_.begin(); it != pods_.end();) {
+    if (existing.count(it->first)) {
+      ++it;
+      continue;
+    }
+    spdlog::info("pod {}: unenrolled (not in the sender's snapshot of existing pods)", it->first);
+    teardown(*it->second, true);
+    removed.push_back(it->first);
+    it = pods_.erase(it);
+    ++stats_.unenrolled;
+  }
+  if (!removed.empty()) persist();
+  return removed;
+}
+
 size_t EnrolmentManager::size() const {
   std::lock_guard lk(mu_);
   return pods_.size();

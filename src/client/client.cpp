@@ -1,5 +1,7 @@
 #include "netsteer/client/client.h"
 
+#include "netsteer/netns/netns.h"
+
 namespace netsteer::client {
 
 Result<Client> Client::connect(const std::string& socket_path, std::chrono::milliseconds timeout) {
@@ -15,8 +17,17 @@ Result<protocol::Reply> Client::call(const protocol::Request& req, int fd) {
   NS_TRY(protocol::Packet p, ch_.recv(protocol::kMaxMessageSize * 16));
   if (p.data.empty() && p.fds.empty()) return Error::msg("agent closed the connection", ECONNRESET);
   NS_TRY(protocol::Reply r, protocol::decode_reply(p.data));
-  if (!r.ok) return Error::msg(r.error.empty() ? "agent refused the request" : r.error, EREMOTEIO);
+  if (!r.ok) return Error::msg(r.error.empty() ? "agent refused the request" : r.error, r.err_no ? r.err_no : EREMOTEIO);
   return r;
+}
+
+Result<protocol::Reply> Client::add(const protocol::PodSpec& pod) {
+  NS_TRY(auto ns, netns::NetnsHandle::open(pod.netns_path));
+  protocol::Request req;
+  req.type = protocol::MsgType::kAdd;
+  req.pod = pod;
+  // The agent gets its own copy over SCM_RIGHTS; ours closes with `ns`.
+  return call(req, ns.fd());
 }
 
 }  // namespace netsteer::client

@@ -121,13 +121,18 @@ int main(int argc, char** argv) {
   inspect->add_option("--uid", in_uid, "pod uid")->required();
   inspect->add_flag("--json", as_json, "print JSON");
 
+  std::vector<std::string> snap_uids;
+  bool all_gone = false;
+  auto* snapshot = app.add_subcommand("snapshot", "tell the agent which pods exist; it unenrols every other pod");
+  auto* su = snapshot->add_option("--uid", snap_uids, "uid of a pod that exists (repeat)");
+  auto* sg = snapshot->add_flag("--none-exist", all_gone, "no pod exists: unenrol all");
+  su->excludes(sg);
+  snapshot->require_option(1);
+
   CLI11_PARSE(app, argc, argv);
 
   protocol::Request req;
-  UniqueFd fd;
   if (*enroll) {
-    auto ns = netns::NetnsHandle::open(netns_path);
-    if (!ns.ok()) return fail(ns.error().message);
     if (pod.uid.empty()) pod.uid = basename_of(netns_path);
     if (pod.name.empty()) pod.name = basename_of(netns_path);
     for (const auto& s : ips) {
@@ -135,25 +140,17 @@ int main(int argc, char** argv) {
       if (!a.ok()) return fail(a.error().message);
       pod.ips.push_back(*a);
     }
-    for (const auto& s : ex_out_cidrs) {
-      auto p = Prefix::parse(s);
-      if (!p.ok()) return fail(p.error().message);
-      pod.exclusions.outbound_cidrs.push_back(*p);
-    }
-    for (const auto& s : ex_in_sources) {
-      auto p = Prefix::parse(s);
-      if (!p.ok()) return fail(p.error().message);
-      pod.exclusions.inbound_sources.push_back(*p);
+    for (auto [from, to] : {std::pair{&ex_out_cidrs, &pod.exclusions.outbound_cidrs},
+                            std::pair{&ex_in_sources, &pod.exclusions.inbound_sources}}) {
+      for (const auto& s : *from) {
+        auto p = Prefix::parse(s);
+        if (!p.ok()) return fail(p.error().message);
+        to->push_back(*p);
+      }
     }
     pod.exclusions.inbound_ports = ex_in_ports;
     pod.exclusions.outbound_ports = ex_out_ports;
     pod.netns_path = netns_path;
-    req.type = protocol::MsgType::kAdd;
-    req.pod = pod;
-    // The agent receives this fd over SCM_RIGHTS; ours closes when we exit.
-    auto d = ns->dup();
-    if (!d.ok()) return fail(d.error().message);
-    fd = UniqueFd(::fcntl(d->fd(), F_DUPFD_CLOEXEC, 3));
   } else if (*unenroll) {
     req.type = protocol::MsgType::kDel;
     if (!un_netns.empty()) {
@@ -171,11 +168,14 @@ int main(int argc, char** argv) {
   } else if (*inspect) {
     req.type = protocol::MsgType::kInspect;
     req.uid = in_uid;
+  } else if (*snapshot) {
+    req.type = protocol::MsgType::kSnapshot;
+    req.uids = snap_uids;
   }
 
   auto c = client::Client::connect(socket_path, std::chrono::milliseconds(timeout_ms));
   if (!c.ok()) return fail(c.error().message);
-  auto r = c->call(req, fd.get());
+  auto r = *enroll ? c->add(pod) : c->call(req);
   if (!r.ok()) return fail(r.error().message);
   const json& d = r->data;
 
@@ -195,6 +195,8 @@ int main(int argc, char** argv) {
   } else if (*inspect) {
     if (as_json) std::cout << d["pod"].dump(2) << "\n";
     else print_inspect(d["pod"]);
+  } else if (*snapshot) {
+    for (const auto& u : d.value("removed", json::array())) std::printf("unenrolled %s\n", u.get<std::string>().c_str());
   }
   return 0;
 }

@@ -245,8 +245,11 @@ Result<Reply> decode_reply(std::string_view bytes) {
   r.ok = okit->get<bool>();
   auto e = j.find("error");
   if (e != j.end() && e->is_string()) r.error = e->get<std::string>();
+  auto en = j.find("errno");
+  if (en != j.end() && en->is_number_integer()) r.err_no = en->get<int>();
   j.erase("ok");
   j.erase("error");
+  j.erase("errno");
   r.data = std::move(j);
   return r;
 }
@@ -255,6 +258,7 @@ std::string encode_reply(const Reply& r) {
   json j = r.data.is_object() ? r.data : json::object();
   j["ok"] = r.ok;
   j["error"] = r.error;
+  if (r.err_no) j["errno"] = r.err_no;
   return j.dump();
 }
 

@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "netsteer/agent/listeners.h"
@@ -67,6 +68,8 @@ class EnrolmentManager {
   nlohmann::json pod_json(const std::string& uid) const;  // null when unknown
   // CHECK: the pod is enrolled and its capture is in place.
   Status check(const std::string& uid) const;
+  // `snapshot`: unenrols every pod whose uid is not in `existing`; returns the uids removed.
+  std::vector<std::string> retain_only(const std::set<std::string>& existing);
   size_t size() const;
   EnrolStats stats() const;
   // Agent shutdown: stop relaying and close listeners. With remove_capture=false (the default) the

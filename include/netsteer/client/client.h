@@ -21,6 +21,9 @@ class Client {
   // A reply with ok=false is returned as an Error carrying the agent's text.
   Result<protocol::Reply> call(const protocol::Request& req, int fd = -1);
 
+  // `add`: opens pod.netns_path (it must be a network namespace) and sends it with the pod.
+  Result<protocol::Reply> add(const protocol::PodSpec& pod);
+
  private:
   Client(protocol::SeqpacketChannel ch, std::chrono::milliseconds t) : ch_(std::move(ch)), timeout_(t) {}
   protocol::SeqpacketChannel ch_;

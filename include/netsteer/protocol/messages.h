@@ -60,6 +60,7 @@ struct Request {
 struct Reply {
   bool ok = true;
   std::string error;
+  int err_no = 0;  // "errno" on the wire: the errno of a failure when it has one (ENOENT: unknown pod)
   nlohmann::json data = nlohmann::json::object();  // extra fields merged into the reply object
 };
 
