@@ -79,8 +79,8 @@ class Command {
       spdlog::info("netsteer-cni ADD {}: excluded by netconf, not captured", who_);
       return prev_result();
     }
-    if (auto id = netns::netns_id_of_path(env_.netns); !id.ok())
-      return fail(Error::msg("cannot open CNI_NETNS " + env_.netns + ": " + id.error().message, kUnknownContainer));
+    if (auto ns = netns::NetnsHandle::open(env_.netns); !ns.ok())
+      return fail(Error::msg("CNI_NETNS " + env_.netns + ": " + ns.error().message, kUnknownContainer));
     protocol::PodSpec pod;
     pod.uid = pod_key(env_);
     pod.name = env_.pod_name().empty() ? env_.container_id.substr(0, 12) : env_.pod_name();

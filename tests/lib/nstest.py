@@ -18,6 +18,7 @@ import pytest
 BUILD = os.environ.get("NETSTEER_BUILD") or os.path.join(os.path.dirname(__file__), "..", "..", "build")
 NETSTEERD = os.path.join(BUILD, "netsteerd")
 NETSTEERCTL = os.path.join(BUILD, "netsteerctl")
+NETSTEER_CNI = os.path.join(BUILD, "netsteer-cni")
 
 
 def require_root():
