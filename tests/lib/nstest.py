@@ -28,9 +28,18 @@ def require_root():
         if os.environ.get("CI") == "true":
             pytest.fail(msg + " and CI=true: refusing to skip")
         pytest.skip(msg)
-    for b in (NETSTEERD, NETSTEERCTL):
+    for b in (NETSTEERD, NETSTEERCTL, NETSTEER_CNI):
         if not os.access(b, os.X_OK):
             pytest.fail(f"{b} not built")
+
+
+def require_tool(tool):
+    """Fail under CI, skip elsewhere, when a tool the test needs is not installed."""
+    if shutil.which(tool) is None and not os.access(tool, os.X_OK):
+        msg = f"{tool} is not installed (scripts/setup.sh installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg + " and CI=true: refusing to skip")
+        pytest.skip(msg)
 
 
 def run(cmd, check=True, **kw):
