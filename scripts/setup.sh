@@ -11,6 +11,9 @@ PKGS=(
   libgtest-dev libgmock-dev libcli11-dev libmnl-dev
   # runtime / test tools
   iproute2 iptables nftables python3 python3-pytest curl socat iperf3 procps kmod util-linux
+  # e2e: a real container runtime driven over CRI (tests/e2e), and deploy/ validation
+  containerd runc containernetworking-plugins python3-grpcio python3-grpc-tools busybox-static
+  yamllint
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -33,6 +36,13 @@ if ((${#missing[@]})); then
 else
   echo "setup.sh: all ${#PKGS[@]} packages present"
 fi
+
+# deploy/ validation uses node + the npm package kubernetes-models (offline JSON schemas).
+# Debian's nodejs/npm unless a node with npm is already installed.
+if ! command -v npm >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+bash "$(dirname "$0")/setup-npm.sh"
 
 # bpffs: the agent mounts it too, but tools like bpftool want it early.
 if ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
