@@ -13,7 +13,7 @@ PKGS=(
   iproute2 iptables nftables python3 python3-pytest curl socat iperf3 procps kmod util-linux
   # e2e: a real container runtime driven over CRI (tests/e2e), and deploy/ validation
   containerd runc containernetworking-plugins python3-grpcio python3-grpc-tools busybox-static
-  yamllint
+  yamllint python3-prometheus-client
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstring>
 #include <filesystem>
 #include <set>
 
@@ -108,7 +109,30 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
   return pod;
 }
 
+namespace {
+// Counters of one pod (relay + BPF) added into `t`.
+void add_pod_totals(NodeTotals& t, const Pod& pod) {
+  if (pod.relay_ctx)
+    for (int d = 0; d < 3; ++d) t.relay[d] += pod.relay_ctx->counters[d].snapshot();
+  if (pod.capture)
+    if (auto st = pod.capture->bpf().stats(); st.ok()) t.bpf += *st;
+}
+
+std::string failure_reason(const Error& e) {
+  const char* n = e.code > 0 && e.code < 4096 ? ::strerrorname_np(e.code) : nullptr;
+  return n ? n : "other";
+}
+}  // namespace
+
+NodeTotals EnrolmentManager::totals() const {
+  std::lock_guard lk(mu_);
+  NodeTotals t = retired_;
+  for (const auto& [uid, p] : pods_) add_pod_totals(t, *p);
+  return t;
+}
+
 void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
+  add_pod_totals(retired_, pod);  // read before the pins and the relay context go
   // New connections go direct first, then the relay lets go of the pod, then its sockets close.
   if (pod.capture && remove_capture) {
     auto st = exec_.run(pod.netns, [&] { return pod.capture->remove(); });
@@ -131,6 +155,7 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
   for (const auto& [uid, p] : pods_) {
     if (uid != spec.uid && p->netns.id() == ns.id()) {
       ++stats_.enrol_failed;
+      ++stats_.failed_by_reason["EEXIST"];
       return Error::msg("netns (ino " + std::to_string(ns.id().ino) + ") is already enrolled as pod " + uid,
                         EEXIST);
     }
@@ -150,6 +175,7 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
   auto pod = build(spec, std::move(ns), nullptr);
   if (!pod.ok()) {
     ++stats_.enrol_failed;
+    ++stats_.failed_by_reason[failure_reason(pod.error())];
     spdlog::warn("pod {}: enrolment failed: {}", spec.uid, pod.error().message);
     persist();
     return std::move(pod).error();
@@ -157,6 +183,7 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
   spdlog::info("pod {} ({}/{}): enrolled in {:.2f} ms, netns ino {}, listeners {}, capture {}", spec.uid,
                spec.namespace_, spec.name, (*pod)->enrol_ms, (*pod)->netns.id().ino, (*pod)->listeners.family,
                (*pod)->capture ? bpf::to_string(dp_->tc_mode) : "off");
+  enrol_seconds_.observe((*pod)->enrol_ms / 1000.0);
   pods_[spec.uid] = std::move(*pod);
   ++stats_.enrol_ok;
   persist();

@@ -8,6 +8,8 @@
 #include <thread>
 
 #include "netsteer/common/accept.h"
+#include "netsteer/agent/node_metrics.h"
+#include "netsteer/metrics/metrics.h"
 #include "netsteer/agent/control.h"
 #include "netsteer/agent/enrolment.h"
 #include "netsteer/bpf/features.h"
@@ -48,6 +50,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--pipe-size", ropts.pipe_size, "splice pipe size in bytes")->capture_default_str();
   bool cleanup_on_exit = false;
+  std::string metrics_addr = "127.0.0.1:15020";
+  app.add_option("--metrics", metrics_addr, "Prometheus /metrics, /healthz, /readyz on HOST:PORT ('off' disables)")
+      ->capture_default_str();
   app.add_flag("--cleanup-on-exit", cleanup_on_exit,
                "on SIGTERM remove every pod's capture (uninstall); default keeps it for the next agent");
   CLI11_PARSE(app, argc, argv);
@@ -118,6 +123,7 @@ int main(int argc, char** argv) {
     manager.restore({});
   }
   auto started = std::chrono::steady_clock::now();
+  std::string metrics_bound;
   agent::RequestHandler handler(manager, [&] {
     auto s = manager.stats();
     return nlohmann::json{
@@ -138,6 +144,7 @@ int main(int argc, char** argv) {
         {"tc_mode", bpf::to_string(tc_mode)},
         {"kernel", features.kernel_release},
         {"pid", ::getpid()},
+        {"metrics", metrics_bound},
     };
   });
   agent::ControlOptions copts;
@@ -148,8 +155,30 @@ int main(int argc, char** argv) {
     spdlog::critical("cannot listen on the control socket: {}", st.error().message);
     return 1;
   }
+  // Metrics and health on TCP (host netns). Not fatal when the address is taken: the data path
+  // does not depend on it, and the error says why scrapes fail.
+  std::atomic<bool> ready{true};  // the control socket listens and the previous pods are taken over
+  std::unique_ptr<metrics::HttpServer> http;
+  if (!metrics_addr.empty() && metrics_addr != "off") {
+    auto h = metrics::HttpServer::start(
+        metrics_addr,
+        [&] {
+          return agent::render_node_metrics({&manager, server.clients(), server.rejected_peers(), NETSTEER_VERSION,
+                                             features.kernel_release, bpf::to_string(tc_mode)});
+        },
+        [&] { return ready.load(); });
+    if (h.ok()) {
+      http = std::move(*h);
+      metrics_bound = http->bound_address();
+      spdlog::info("metrics on http://{}/metrics (/healthz, /readyz)", metrics_bound);
+    } else {
+      spdlog::error("metrics endpoint disabled: {}", h.error().message);
+    }
+  }
   spdlog::info("netsteerd {} ready (pid {})", NETSTEER_VERSION, ::getpid());
   auto st = server.run();
+  ready = false;
+  http.reset();
   manager.clear(cleanup_on_exit);
   if (!st.ok()) {
     spdlog::critical("control loop failed: {}", st.error().message);

@@ -1,4 +1,5 @@
 #include "netsteer/agent/state_store.h"
+#include "netsteer/common/file.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -50,22 +51,7 @@ Status StateStore::save(const std::vector<PodRecord>& pods) const {
                  {"pending", p.pending},
                  {"capture", p.capture}});
   std::string data = json{{"version", 1}, {"pods", a}}.dump(1);
-  std::string tmp = path() + ".tmp";
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!fd) return Error::from_errno(errno, "open " + tmp);
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::write(fd.get(), data.data() + off, data.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Error::from_errno(errno, "write " + tmp);
-    }
-    off += static_cast<size_t>(n);
-  }
-  if (::fsync(fd.get()) < 0) return Error::from_errno(errno, "fsync " + tmp);
-  fd.reset();
-  if (::rename(tmp.c_str(), path().c_str()) < 0) return Error::from_errno(errno, "rename " + tmp);
-  return {};
+  return write_file_atomic(path(), data, 0600);
 }
 
 }  // namespace netsteer::agent

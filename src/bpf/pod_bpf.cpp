@@ -60,6 +60,14 @@ Result<UniqueFd> dup_obj(int fd, const std::string& what) {
 
 }  // namespace
 
+PodBpfStats& PodBpfStats::operator+=(const PodBpfStats& o) {
+#define NS_ADD_FIELD(name) name += o.name;
+  NS_STEER_COUNTER_FIELDS(NS_ADD_FIELD)
+  NS_GUARD_COUNTER_FIELDS(NS_ADD_FIELD)
+#undef NS_ADD_FIELD
+  return *this;
+}
+
 nlohmann::json PodBpfStats::to_json() const {
   nlohmann::json j;
 #define NS_JSON_FIELD(name) j[#name] = name;

@@ -10,7 +10,7 @@
 #include <sstream>
 #include <vector>
 
-#include "netsteer/common/unique_fd.h"
+#include "netsteer/common/file.h"
 
 namespace netsteer::cni {
 
@@ -33,36 +33,6 @@ Result<json> read_json(const std::string& path) {
   json j = json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return Error::msg(path + " is not a JSON object", EINVAL);
   return j;
-}
-
-// Write `data` to `path` atomically (temp file in the same dir, fsync, rename), with `mode`.
-Status write_atomic(const std::string& path, const std::string& data, mode_t mode) {
-  std::string tmp = fs::path(path).parent_path() / ("." + fs::path(path).filename().string() + ".netsteer-tmp");
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
-  if (!fd) return Error::from_errno(errno, "create " + tmp);
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::write(fd.get(), data.data() + off, data.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      ::unlink(tmp.c_str());
-      return Error::from_errno(e, "write " + tmp);
-    }
-    off += static_cast<size_t>(n);
-  }
-  if (::fchmod(fd.get(), mode) != 0 || ::fsync(fd.get()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    return Error::from_errno(e, "sync " + tmp);
-  }
-  fd.reset();
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    return Error::from_errno(e, "rename to " + path);
-  }
-  return {};
 }
 
 bool is_type(const json& p, const std::string& type) {
@@ -127,14 +97,14 @@ Result<std::string> install(const InstallOptions& o) {
     if (!in) return Error::from_errno(errno, "read " + o.self_path);
     std::stringstream ss;
     ss << in.rdbuf();
-    NS_TRY_STATUS(write_atomic((fs::path(o.bin_dir) / kPluginType).string(), ss.str(), 0755));
+    NS_TRY_STATUS(write_file_atomic((fs::path(o.bin_dir) / kPluginType).string(), ss.str(), 0755));
   }
   NS_TRY(std::string path, active_conf_file(o.conf_dir));
   NS_TRY(json conf, read_json(path));
   NS_TRY(json out, with_plugin(conf, o.plugin));
   std::string target = path;
   if (fs::path(path).extension() != ".conflist") target = (fs::path(path).replace_extension(".conflist")).string();
-  if (out != conf || target != path) NS_TRY_STATUS(write_atomic(target, out.dump(2) + "\n", 0644));
+  if (out != conf || target != path) NS_TRY_STATUS(write_file_atomic(target, out.dump(2) + "\n", 0644));
   if (target != path && ::unlink(path.c_str()) != 0) return Error::from_errno(errno, "remove " + path);
   return target;
 }
@@ -146,7 +116,7 @@ Status uninstall(const std::string& bin_dir, const std::string& conf_dir) {
     auto conf = read_json(e.path());
     if (!conf.ok()) continue;
     json out = without_plugin(*conf, kPluginType);
-    if (out != *conf) NS_TRY_STATUS(write_atomic(e.path().string(), out.dump(2) + "\n", 0644));
+    if (out != *conf) NS_TRY_STATUS(write_file_atomic(e.path().string(), out.dump(2) + "\n", 0644));
   }
   if (ec) return Error::msg("read CNI conf dir " + conf_dir + ": " + ec.message(), ec.value());
   std::string bin = (fs::path(bin_dir) / kPluginType).string();

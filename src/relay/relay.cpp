@@ -34,10 +34,27 @@ const char* to_string(Direction d) {
   return "?";
 }
 
-json DirectionCounters::to_json() const {
-  return {{"opened", opened.load()},   {"failed", failed.load()},         {"active", active.load()},
-          {"closed", closed.load()},   {"resets", resets.load()},         {"timeouts", timeouts.load()},
-          {"bytes_up", bytes_up.load()}, {"bytes_down", bytes_down.load()}};
+DirectionTotals& DirectionTotals::operator+=(const DirectionTotals& o) {
+#define NS_ADD(n) n += o.n;
+  NS_RELAY_COUNTER_FIELDS(NS_ADD)
+#undef NS_ADD
+  return *this;
+}
+
+json DirectionTotals::to_json() const {
+  json j;
+#define NS_JSON(n) j[#n] = n;
+  NS_RELAY_COUNTER_FIELDS(NS_JSON)
+#undef NS_JSON
+  return j;
+}
+
+DirectionTotals DirectionCounters::snapshot() const {
+  DirectionTotals t;
+#define NS_LOAD(n) t.n = n.load(std::memory_order_relaxed);
+  NS_RELAY_COUNTER_FIELDS(NS_LOAD)
+#undef NS_LOAD
+  return t;
 }
 
 json PodContext::counters_json() const {

@@ -135,6 +135,8 @@ class Agent:
         self.log = open(self.log_path, "a")
         cmd = [NETSTEERD, "--socket", self.socket, "--log-level", "debug", "--state-dir", self.state_dir,
                "--pin-root", self.pin_root] + self.extra
+        if "--metrics" not in self.extra:
+            cmd += ["--metrics", "127.0.0.1:0"]  # a free port: agents of parallel runs never collide
         self.proc = subprocess.Popen(cmd,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10

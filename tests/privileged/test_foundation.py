@@ -59,8 +59,10 @@ def test_enrol_one_listeners_and_loopback_connect():
         # Inside the pod netns 127.0.0.1:15006 reaches the agent; the host netns has no such listener
         # owned by this agent.
         assert tcp_connect(ns, "127.0.0.1", 15006) == "ok"
-        host_ports = nstest.run(["ss", "-Htlnp"]).stdout
-        assert f"pid={a.pid}," not in host_ports, host_ports
+        # (the only host-netns listener is the metrics endpoint).
+        metrics = json.loads(a.ctl("status", "--json").stdout)["metrics"]
+        host = [l for l in nstest.run(["ss", "-Htlnp"]).stdout.splitlines() if f"pid={a.pid}," in l]
+        assert len(host) == 1 and f" {metrics} " in host[0], host
         pods = a.pods()
         assert len(pods) == 1
         p = pods[0]

@@ -17,6 +17,7 @@
 #include "netsteer/bpf/features.h"
 #include "netsteer/capture/pod_capture.h"
 #include "netsteer/common/result.h"
+#include "netsteer/metrics/metrics.h"
 #include "netsteer/netns/netns.h"
 #include "netsteer/protocol/messages.h"
 #include "netsteer/relay/relay.h"
@@ -46,6 +47,13 @@ struct Pod {
 struct EnrolStats {
   uint64_t enrol_ok = 0, enrol_failed = 0, enrol_noop = 0, replaced = 0, unenrolled = 0, adopted = 0,
            stale_cleaned = 0;
+  std::map<std::string, uint64_t> failed_by_reason;  // errno name (bounded set), e.g. EEXIST
+};
+
+// Node totals: pods still enrolled plus every pod that has left (counters never go down).
+struct NodeTotals {
+  relay::DirectionTotals relay[3];  // by relay::Direction
+  bpf::PodBpfStats bpf;
 };
 
 class EnrolmentManager {
@@ -72,6 +80,9 @@ class EnrolmentManager {
   std::vector<std::string> retain_only(const std::set<std::string>& existing);
   size_t size() const;
   EnrolStats stats() const;
+  NodeTotals totals() const;
+  // fd received → capture ready, in seconds, for every successful enrolment.
+  metrics::Histogram::Snapshot enrol_latency() const { return enrol_seconds_.snapshot(); }
   // Agent shutdown: stop relaying and close listeners. With remove_capture=false (the default) the
   // capture stays installed and pinned, so the pod fails closed until the next agent takes over.
   void clear(bool remove_capture = false);
@@ -89,6 +100,8 @@ class EnrolmentManager {
   mutable std::mutex mu_;
   std::map<std::string, std::unique_ptr<Pod>> pods_;
   EnrolStats stats_;
+  NodeTotals retired_;  // counters of pods that have left
+  metrics::Histogram enrol_seconds_{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};
 };
 
 }  // namespace netsteer::agent

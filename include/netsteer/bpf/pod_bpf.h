@@ -34,6 +34,7 @@ struct PodBpfConfig {
 // Steering and guard counters, summed over CPUs (field names as in bpf/netsteer_common.h).
 struct PodBpfStats : ns_steer_counters, ns_guard_counters {
   PodBpfStats() : ns_steer_counters{}, ns_guard_counters{} {}
+  PodBpfStats& operator+=(const PodBpfStats& o);
   nlohmann::json to_json() const;
 };
 

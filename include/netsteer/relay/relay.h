@@ -27,16 +27,25 @@ namespace netsteer::relay {
 enum class Direction : uint8_t { outbound = 0, inbound = 1, tunnel = 2 };
 const char* to_string(Direction d);
 
-struct DirectionCounters {
-  std::atomic<uint64_t> opened{0};    // accepted
-  std::atomic<uint64_t> failed{0};    // upstream connect failed / refused tunnel request
-  std::atomic<uint64_t> active{0};
-  std::atomic<uint64_t> closed{0};
-  std::atomic<uint64_t> resets{0};    // ended by a reset on either side
-  std::atomic<uint64_t> timeouts{0};  // connect or idle timeout
-  std::atomic<uint64_t> bytes_up{0};  // client → upstream
-  std::atomic<uint64_t> bytes_down{0};
+// opened: accepted; failed: upstream connect failed / refused tunnel request; resets: ended by a
+// reset on either side; timeouts: connect or idle timeout; bytes_up: client → upstream.
+#define NS_RELAY_COUNTER_FIELDS(X) X(opened) X(failed) X(active) X(closed) X(resets) X(timeouts) X(bytes_up) X(bytes_down)
+
+// A plain copy of one direction's counters (summable; what metrics and inspect read).
+struct DirectionTotals {
+#define NS_RELAY_TOTAL_FIELD(n) uint64_t n = 0;
+  NS_RELAY_COUNTER_FIELDS(NS_RELAY_TOTAL_FIELD)
+#undef NS_RELAY_TOTAL_FIELD
+  DirectionTotals& operator+=(const DirectionTotals& o);
   nlohmann::json to_json() const;
+};
+
+struct DirectionCounters {
+#define NS_RELAY_ATOMIC_FIELD(n) std::atomic<uint64_t> n{0};
+  NS_RELAY_COUNTER_FIELDS(NS_RELAY_ATOMIC_FIELD)
+#undef NS_RELAY_ATOMIC_FIELD
+  DirectionTotals snapshot() const;
+  nlohmann::json to_json() const { return snapshot().to_json(); }
 };
 
 // One pod as the relay sees it. Shared by the enrolment manager and the relay workers.
