@@ -14,6 +14,8 @@ PKGS=(
   # e2e: a real container runtime driven over CRI (tests/e2e), and deploy/ validation
   containerd runc containernetworking-plugins python3-grpcio python3-grpc-tools busybox-static
   yamllint python3-prometheus-client
+  # vm: Debian kernels under qemu (scripts/vm)
+  qemu-system-x86 cpio xz-utils
 )
 
 if [[ $(id -u) -ne 0 ]]; then
