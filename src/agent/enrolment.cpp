@@ -48,12 +48,14 @@ void EnrolmentManager::persist(const PodRecord* pending) {
 Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
                                                      const capture::CaptureState* previous) {
   auto started = std::chrono::steady_clock::now();
+  log::PodScope scope(spec.uid, spec.namespace_, spec.name);
   auto pod = std::make_unique<Pod>();
   pod->spec = spec;
   pod->netns = std::move(ns);
   pod->enrolled_at = std::chrono::system_clock::now();
   // Everything that must happen inside the pod netns, in one visit.
   auto st = exec_.run(pod->netns, [&]() -> Status {
+    log::PodScope in_netns(spec.uid, spec.namespace_, spec.name);  // the executor's thread
     if (pod->spec.ips.empty()) {
       // No addresses given (netsteerctl without --ip): take the pod's global addresses.
       NS_TRY(pod->spec.ips, capture::discover_addresses());
@@ -132,6 +134,7 @@ NodeTotals EnrolmentManager::totals() const {
 }
 
 void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
+  log::PodScope scope(pod.spec.uid, pod.spec.namespace_, pod.spec.name);
   add_pod_totals(retired_, pod);  // read before the pins and the relay context go
   // New connections go direct first, then the relay lets go of the pod, then its sockets close.
   if (pod.capture && remove_capture) {
@@ -146,6 +149,7 @@ void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
 
 Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns::NetnsHandle ns) {
   std::lock_guard lk(mu_);
+  log::PodScope scope(spec.uid, spec.namespace_, spec.name);
   auto it = pods_.find(spec.uid);
   if (it != pods_.end() && it->second->netns.id() == ns.id()) {
     ++stats_.enrol_noop;
@@ -209,6 +213,7 @@ Status EnrolmentManager::unenrol(const std::string& uid, std::optional<netns::Ne
                                   : "unknown pod '" + uid + "'",
                       ENOENT);
   }
+  log::PodScope scope(it->first, it->second->spec.namespace_, it->second->spec.name);
   spdlog::info("pod {}: unenrolled", it->first);
   teardown(*it->second, true);
   pods_.erase(it);
@@ -221,6 +226,7 @@ void EnrolmentManager::restore(const std::vector<PodRecord>& records) {
   std::lock_guard lk(mu_);
   for (const auto& rec : records) {
     const std::string& uid = rec.spec.uid;
+    log::PodScope scope(uid, rec.spec.namespace_, rec.spec.name);
     std::string why;
     if (rec.spec.netns_path.empty()) {
       why = "no netns path was recorded";
@@ -294,6 +300,7 @@ std::vector<std::string> EnrolmentManager::retain_only(const std::set<std::strin
       ++it;
       continue;
     }
+    log::PodScope scope(it->first, it->second->spec.namespace_, it->second->spec.name);
     spdlog::info("pod {}: unenrolled (not in the sender's snapshot of existing pods)", it->first);
     teardown(*it->second, true);
     removed.push_back(it->first);

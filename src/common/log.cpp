@@ -22,6 +22,33 @@ class JsonPayloadFlag final : public spdlog::custom_flag_formatter {
     return std::make_unique<JsonPayloadFlag>();
   }
 };
+thread_local const PodScope* t_pod = nullptr;
+
+}  // namespace
+
+struct PodScopeAccess {
+  static const std::string& uid(const PodScope& p) { return p.uid_; }
+  static const std::string& pod(const PodScope& p) { return p.pod_; }
+};
+
+PodScope::PodScope(std::string uid, std::string ns, std::string name)
+    : prev_(t_pod), uid_(std::move(uid)), pod_(name.empty() ? "" : ns + "/" + name) {
+  t_pod = this;
+}
+PodScope::~PodScope() { t_pod = prev_; }
+
+namespace {
+// %& : ,"pod_uid":"…","pod":"ns/name" when the logging thread is inside a PodScope.
+class JsonPodFlag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg&, const std::tm&, spdlog::memory_buf_t& dest) override {
+    if (!t_pod) return;
+    std::string f = ",\"pod_uid\":\"" + json_escape(PodScopeAccess::uid(*t_pod)) + "\"";
+    if (!PodScopeAccess::pod(*t_pod).empty()) f += ",\"pod\":\"" + json_escape(PodScopeAccess::pod(*t_pod)) + "\"";
+    dest.append(f.data(), f.data() + f.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<JsonPodFlag>(); }
+};
 }  // namespace
 
 Result<Format> parse_format(const std::string& s) {
@@ -69,8 +96,8 @@ Status setup(Format format, const std::string& level, const std::string& file, b
   auto logger = std::make_shared<spdlog::logger>("netsteer", sinks.begin(), sinks.end());
   if (format == Format::kJson) {
     auto f = std::make_unique<spdlog::pattern_formatter>();
-    f->add_flag<JsonPayloadFlag>('*').set_pattern(
-        R"({"ts":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":"%*"})");
+    f->add_flag<JsonPayloadFlag>('*').add_flag<JsonPodFlag>('&').set_pattern(
+        R"({"ts":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":"%*"%&})");
     logger->set_formatter(std::move(f));
   } else {
     logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");

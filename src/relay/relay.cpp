@@ -19,6 +19,7 @@
 #include <unordered_map>
 
 #include "netsteer/common/accept.h"
+#include "netsteer/common/log.h"
 #include "netsteer/relay/http_connect.h"
 
 namespace netsteer::relay {
@@ -175,6 +176,7 @@ class Worker {
     l->ep.obj = l.get();
     // EPOLLEXCLUSIVE: one of the workers waiting on this listener wakes per event.
     if (auto st = ctl(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLEXCLUSIVE, &l->ep); !st.ok()) {
+      log::PodScope scope(pod->uid);
       spdlog::error("relay worker {}: cannot watch {} listener of pod {}: {}", id_, to_string(dir), pod->uid,
                     st.error().message);
       return;
@@ -275,6 +277,7 @@ class Worker {
         }
         if (uint64_t now = now_ms(); now - last_accept_warn_ms_ >= 1000) {  // at most one line a second
           last_accept_warn_ms_ = now;
+          log::PodScope scope(l.pod->uid);
           spdlog::warn("relay: accept on {} listener of pod {}: {}{}", to_string(l.dir), l.pod->uid,
                        std::strerror(a.err), a.result == AcceptResult::shed ? " (connection reset)" : "");
         }
@@ -373,19 +376,25 @@ class Worker {
   void clear_bypass(Conn& c) {
     if (!c.bypass_set) return;
     c.bypass_set = false;
-    if (auto st = c.pod->bypass(c.bypass, false); !st.ok())
+    if (auto st = c.pod->bypass(c.bypass, false); !st.ok()) {
+      log::PodScope scope(c.pod->uid);
       spdlog::warn("pod {}: remove bypass {}: {}", c.pod->uid, c.bypass.str(), st.error().message);
+    }
   }
 
   // Setup failed before any byte moved: the client sees a reset, never a hang.
   void fail(Conn& c, const std::string& why) {
-    spdlog::debug("pod {}: {} connection failed: {}", c.pod->uid, to_string(c.dir), why);
+    if (spdlog::should_log(spdlog::level::debug)) {
+      log::PodScope scope(c.pod->uid);
+      spdlog::debug("pod {}: {} connection failed: {}", c.pod->uid, to_string(c.dir), why);
+    }
     c.pod->of(c.dir).failed++;
     finish(c, true, false);
   }
 
   // Tunnel: answer an HTTP error and close.
   void refuse(Conn& c, int status, const std::string& why) {
+    log::PodScope scope(c.pod->uid);
     spdlog::debug("pod {}: tunnel request refused ({}): {}", c.pod->uid, status, why);
     std::string resp = http_response(status, why);
     (void)!::send(c.down.get(), resp.data(), resp.size(), MSG_NOSIGNAL | MSG_DONTWAIT);

@@ -114,6 +114,17 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def settled_fd_count(pid, expected, timeout=3.0):
+    """The agent closes a control connection when it sees the peer's EOF, a moment after the
+    reply: poll until the count reaches `expected` or the deadline passes; return the last count."""
+    deadline = time.time() + timeout
+    n = fd_count(pid)
+    while n != expected and time.time() < deadline:
+        time.sleep(0.02)
+        n = fd_count(pid)
+    return n
+
+
 def thread_count(pid):
     return len(os.listdir(f"/proc/{pid}/task"))
 

@@ -143,7 +143,7 @@ def test_bad_input_is_a_spec_error_and_changes_nothing():
         rc, out, _ = cni("ADD", good, t.pod.path, args="garbage-without-equals")
         assert rc != 0 and error_object(out)["code"] == 4
         assert a.pods() == []
-        assert a.alive() and nstest.fd_count(a.pid) == fds
+        assert a.alive() and nstest.settled_fd_count(a.pid, fds) == fds
         assert "lookup 133" not in t.pod.exec(["ip", "rule"]).stdout
 
 

@@ -17,6 +17,22 @@ Status setup(Format format, const std::string& level, const std::string& file = 
 
 Result<Format> parse_format(const std::string& s);
 
+// The pod a thread is working for: while a PodScope lives, every JSON log line this thread emits
+// carries "pod_uid" (and "pod" = namespace/name when known) as separate fields. Scopes nest; the
+// innermost wins.
+class PodScope {
+ public:
+  PodScope(std::string uid, std::string ns = "", std::string name = "");
+  ~PodScope();
+  PodScope(const PodScope&) = delete;
+  PodScope& operator=(const PodScope&) = delete;
+
+ private:
+  const PodScope* prev_;
+  std::string uid_, pod_;
+  friend struct PodScopeAccess;
+};
+
 // JSON-escape a string for use inside a hand-built JSON log line.
 std::string json_escape(std::string_view s);
 
