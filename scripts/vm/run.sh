@@ -30,7 +30,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host /host || echo 
 mount --rbind /proc /host/proc
 mount --rbind /sys /host/sys
 mount --rbind /dev /host/dev
-mount -t tmpfs tmpfs /host/tmp
+# Writable scratch lives on /run (tmpfs): /tmp stays the host's, read-only, because the checkout
+# itself may be under /tmp.
 mount -t tmpfs tmpfs /host/run
 mount -t bpf bpf /host/sys/fs/bpf
 for a in $(cat /proc/cmdline); do case $a in netsteer.*=*) k=${a%%=*}; export "NETSTEER_${k#netsteer.}=${a#*=}";; esac; done
@@ -48,7 +49,7 @@ timeout "${NETSTEER_VM_TIMEOUT:-420}" qemu-system-x86_64 -accel "$accel" -cpu ma
   -nographic -no-reboot -nic none \
   -kernel "$K/vmlinuz" -initrd "$WORK/initrd.gz" \
   -append "console=ttyS0 quiet panic=-1 netsteer.root=$ROOT netsteer.build=$BUILD netsteer.ci=${CI:-false}" \
-  -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on </dev/null >"$LOG" 2>&1 || true
+  -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap </dev/null >"$LOG" 2>&1 || true
 result=$(grep -a "NETSTEER_VM_RESULT" "$LOG" | tail -n1 | tr -d '\r' || true)
 if [[ $result == *"rc=0"* ]]; then
   echo "kernel $NAME $(cat "$K/version"): ${result#*NETSTEER_VM_RESULT }"

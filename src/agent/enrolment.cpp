@@ -63,7 +63,7 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     auto listeners = create_listeners(protocol::kAgentMark);
     if (!listeners.ok()) return std::move(listeners).error().wrap("create listeners in pod netns");
     pod->listeners = std::move(*listeners);
-    if (!dp_) return {};
+    if (!dp_ || !dp_->capture) return {};
     capture::CaptureConfig cfg;
     cfg.pod_ips = pod->spec.ips;
     cfg.exclusions = pod->spec.exclusions;
@@ -93,8 +93,12 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     ctx->netns = std::move(*dup);
     ctx->pod_ips = pod->spec.ips;
     // The relay only calls this while the pod is registered; remove_pod waits for the workers.
-    bpf::PodBpf* bpf = &pod->capture->bpf();
-    ctx->bypass = [bpf](const SockAddr& a, bool add) { return add ? bpf->add_bypass(a) : bpf->remove_bypass(a); };
+    if (pod->capture) {
+      bpf::PodBpf* bpf = &pod->capture->bpf();
+      ctx->bypass = [bpf](const SockAddr& a, bool add) { return add ? bpf->add_bypass(a) : bpf->remove_bypass(a); };
+    } else {
+      ctx->bypass = [](const SockAddr&, bool) { return Status{}; };
+    }
     auto added = dp_->relay->add_pod(ctx, pod->listeners.outbound.fd.get(), pod->listeners.inbound.fd.get(),
                                      pod->listeners.tunnel.fd.get());
     if (!added.ok()) {
@@ -285,7 +289,7 @@ Status EnrolmentManager::check(const std::string& uid) const {
   const Pod& p = *it->second;
   for (const Listener* l : {&p.listeners.outbound, &p.listeners.inbound, &p.listeners.tunnel})
     if (!l->fd.valid()) return Error::msg("pod " + uid + ": " + l->role + " listener is closed", EIO);
-  if (dp_) {
+  if (dp_ && dp_->capture) {
     if (!p.capture) return Error::msg("pod " + uid + ": capture is not installed", EIO);
     NS_TRY_STATUS(p.capture->bpf().verify());
   }

@@ -51,6 +51,12 @@ int main(int argc, char** argv) {
   app.add_option("--pipe-size", ropts.pipe_size, "splice pipe size in bytes")->capture_default_str();
   bool cleanup_on_exit = false;
   std::string metrics_addr = "127.0.0.1:15020";
+  std::string capture_mode = "bpf";
+  app.add_option("--capture", capture_mode,
+                 "bpf: install sk_lookup/tc/routing capture per pod; none: listeners + relay only (capture by "
+                 "iptables/nft REDIRECT, e.g. for side-by-side benchmarks)")
+      ->check(CLI::IsMember({"bpf", "none"}))
+      ->capture_default_str();
   app.add_option("--metrics", metrics_addr, "Prometheus /metrics, /healthz, /readyz on HOST:PORT ('off' disables)")
       ->capture_default_str();
   app.add_flag("--cleanup-on-exit", cleanup_on_exit,
@@ -114,7 +120,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf"});
   // Take over what the previous agent left (pins, links and rules stayed in place: fail closed).
   if (auto recs = store.load(); recs.ok()) {
     manager.restore(*recs);

@@ -1,6 +1,8 @@
 #include "netsteer/relay/relay.h"
 
 #include <fcntl.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
@@ -15,6 +17,7 @@
 #include <deque>
 #include <latch>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 
@@ -104,6 +107,7 @@ struct Listener {
   std::shared_ptr<PodContext> pod;
   Direction dir;
   int fd;
+  uint16_t port = 0;  // the listener's own port (15001/15006/15008)
 };
 
 // One direction of a connection: src → pipe → dst.
@@ -126,6 +130,7 @@ struct Conn {
   std::string request;  // tunnel request head being read
   SockAddr bypass;      // registered bypass entry (inbound/tunnel) until connected
   bool bypass_set = false;
+  bool redirected = false;  // arrived through a NAT redirect (SO_ORIGINAL_DST)
   int64_t deadline_ms = 0;  // connect deadline, then idle deadline
 };
 
@@ -173,6 +178,9 @@ class Worker {
 
   void add_listener(const std::shared_ptr<PodContext>& pod, Direction dir, int fd) {
     auto l = std::make_unique<Listener>(Listener{{Endpoint::kListener, nullptr}, pod, dir, fd});
+    SockAddr own;
+    own.len = sizeof own.ss;
+    if (::getsockname(fd, own.sa(), &own.len) == 0) l->port = own.port();
     l->ep.obj = l.get();
     // EPOLLEXCLUSIVE: one of the workers waiting on this listener wakes per event.
     if (auto st = ctl(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLEXCLUSIVE, &l->ep); !st.ok()) {
@@ -317,14 +325,36 @@ class Worker {
       SockAddr client;
       client.ss = peer;
       client.len = plen;
-      start_upstream(*raw, SockAddr::make(local.ip().unmapped(), local.port()), client);
+      SockAddr dst = SockAddr::make(local.ip().unmapped(), local.port());
+      if (local.port() == l.port) {
+        // Addressed to the listener itself: the connection was NAT-redirected (iptables/nft
+        // REDIRECT) rather than steered by sk_lookup; conntrack has the original destination.
+        if (auto orig = original_dst(fd); orig && !(orig->ip().unmapped() == dst.ip() && orig->port() == dst.port())) {
+          dst = SockAddr::make(orig->ip().unmapped(), orig->port());
+          raw->redirected = true;
+        }
+      }
+      start_upstream(*raw, dst, client);
     }
   }
 
+  // SO_ORIGINAL_DST of a NAT-redirected connection (IPv4 conntrack first: a dual-stack listener
+  // carries IPv4 as v4-mapped), or nothing.
+  static std::optional<SockAddr> original_dst(int fd) {
+    SockAddr a;
+    a.len = sizeof(sockaddr_in);
+    if (::getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, a.sa(), &a.len) == 0) return a;
+    a = SockAddr{};
+    a.len = sizeof(sockaddr_in6);
+    if (::getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, a.sa(), &a.len) == 0) return a;
+    return std::nullopt;
+  }
+
   // Creates the upstream socket in the pod netns and starts a non-blocking connect to dst.
-  // Inbound (and tunnel) upstreams keep the client's address as source.
+  // Inbound (and tunnel) upstreams keep the client's address as source — except after a NAT
+  // redirect, where the pod has no route steering the app's replies back to the relay.
   void start_upstream(Conn& c, const SockAddr& dst, const SockAddr& client) {
-    bool keep_source = c.dir != Direction::outbound;
+    bool keep_source = c.dir != Direction::outbound && !c.redirected;
     int family = dst.ip().family;
     UniqueFd up;
     {

@@ -30,6 +30,9 @@ struct Dataplane {
   relay::Relay* relay = nullptr;
   std::string pin_root;
   bpf::TcMode tc_mode = bpf::TcMode::tcx;
+  // false (`netsteerd --capture none`): listeners + relay only, no BPF, rules or routes in the
+  // pod — for capture done by something else (iptables REDIRECT/TPROXY), e.g. side-by-side benchmarks.
+  bool capture = true;
 };
 
 struct Pod {

@@ -1,0 +1,340 @@
+#!/usr/bin/python3
+"""netsteer benchmarks, side by side on one machine in one run (see bench/README in RESULTS.md).
+
+Data path, each arm on the same pod<->remote veth topology, outbound (load generator in the pod,
+server in the remote netns) and inbound (load generator in the remote, server in the pod):
+  direct      no capture
+  netsteer    sk_lookup + routing capture, netsteer relay
+  redirect    iptables nat REDIRECT to the same netsteer relay (netsteerd --capture none)
+  haproxy     iptables nat REDIRECT to HAProxy (original destination via SO_ORIGINAL_DST,
+              `server 0.0.0.0:0`, option splice-auto, nbthread 2)
+Measured: new connections/s and latency p50/p99 (wrk, `Connection: close`, small nginx file),
+bulk throughput with iperf3 (1 and 8 streams) and CPU seconds per GB moved (/proc/stat).
+Control plane: enrol N pods (own netns + veth each), latency p50/p99 (agent's fd → capture ready),
+total time, agent RSS/threads; unenrol all and compare fds/RSS/pins/rules with the baseline.
+BPF: sk_lookup and tc guard ns per run (kernel.bpf_stats_enabled).
+Traffic goes only to addresses inside the namespaces this script creates.
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "lib"))
+import nstest  # noqa: E402
+from nstest import run  # noqa: E402
+
+APP = 8080
+IPERF = 5201
+
+
+def cpu_busy():
+    f = open("/proc/stat").readline().split()[1:]
+    v = [int(x) for x in f]
+    idle = v[3] + v[4]
+    return (sum(v) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Servers:
+    def __init__(self, ns, tmp):
+        self.procs = []
+        root = os.path.join(tmp, f"www-{ns.name}")
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, "index.html"), "w") as f:
+            f.write("x" * 64)
+        conf = os.path.join(tmp, f"nginx-{ns.name}.conf")
+        with open(conf, "w") as f:
+            f.write(f"""worker_processes 1; daemon off; pid {tmp}/nginx-{ns.name}.pid; error_log stderr crit;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  server {{ listen {APP} reuseport backlog=4096; listen [::]:{APP} reuseport backlog=4096; root {root}; }} }}
+""")
+        self.procs.append(ns.popen(["nginx", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs.append(ns.popen(["iperf3", "-s", "-p", str(IPERF)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL))
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            out = ns.exec(["ss", "-Htln"]).stdout
+            if f":{APP} " in out and f":{IPERF} " in out:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("servers did not start")
+
+    def close(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def wrk(ns, ip, secs):
+    out = ns.exec(["wrk", "-t2", "-c32", f"-d{secs}s", "--latency", "-H", "Connection: close",
+                   f"http://{ip}:{APP}/"], timeout=secs + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def ms(q):
+        m = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"conn_per_s": rps, "p50_ms": ms(50), "p99_ms": ms(99), "socket_errors": errors.group(1) if errors else ""}
+
+
+def iperf(ns, ip, streams, secs):
+    c0 = cpu_busy()
+    out = ns.exec(["iperf3", "-c", ip, "-p", str(IPERF), "-P", str(streams), "-t", str(secs), "-J"],
+                  timeout=secs + 30).stdout
+    cpu = cpu_busy() - c0
+    j = json.loads(out)
+    bps = j["end"]["sum_received"]["bits_per_second"]
+    gb = j["end"]["sum_received"]["bytes"] / 1e9
+    return {"gbit_s": bps / 1e9, "cpu_s_per_gb": cpu / gb if gb else None}
+
+
+def haproxy(ns, tmp):
+    conf = os.path.join(tmp, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""global
+  nbthread 2
+  maxconn 20000
+  user nobody
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option splice-auto
+frontend out
+  bind :::15001 v4v6
+  default_backend orig
+frontend in
+  bind :::15006 v4v6
+  default_backend orig
+backend orig
+  server orig 0.0.0.0:0
+""")
+    p = ns.popen(["haproxy", "-W", "-db", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while ":15006 " not in ns.exec(["ss", "-Htln"]).stdout:
+        if time.time() > deadline:
+            raise RuntimeError("haproxy did not start")
+        time.sleep(0.05)
+    return p
+
+
+def redirect_rules(t, skip_owner=None):
+    """nat REDIRECT in the pod: outbound to the remote → 15001, inbound to the app → 15006."""
+    rules = []
+    if skip_owner is not None:
+        rules.append(f"-t nat -A OUTPUT -p tcp -m owner --uid-owner {skip_owner} -j RETURN")
+    rules += [f"-t nat -A OUTPUT -p tcp -d {t.remote_ip} -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001",
+              f"-t nat -A PREROUTING -p tcp -d {t.pod_ip} --dport {APP} -j REDIRECT --to-ports 15006",
+              f"-t nat -A PREROUTING -p tcp -d {t.pod_ip} --dport {IPERF} -j REDIRECT --to-ports 15006"]
+    for r in rules:
+        t.pod.exec(["iptables"] + r.split())
+
+
+def data_path(args, tmp):
+    results = {}
+    t = nstest.Topology()
+    remote_srv = pod_srv = None
+    try:
+        remote_srv, pod_srv = Servers(t.remote, tmp), Servers(t.pod, tmp)
+        for arm in args.arms:
+            a = hp = None
+            try:
+                if arm == "netsteer":
+                    a = nstest.Agent(["--log-level", "warn"])
+                    a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+                elif arm == "redirect":
+                    a = nstest.Agent(["--capture", "none", "--log-level", "warn"])
+                    a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+                    redirect_rules(t)
+                elif arm == "haproxy":
+                    hp = haproxy(t.pod, tmp)
+                    redirect_rules(t, skip_owner=65534)
+                r = {}
+                for direction, (ns, ip) in (("outbound", (t.pod, t.remote_ip)), ("inbound", (t.remote, t.pod_ip))):
+                    r[direction] = {"http": wrk(ns, ip, args.secs),
+                                    "bulk1": iperf(ns, ip, 1, args.secs), "bulk8": iperf(ns, ip, 8, args.secs)}
+                if a is not None and arm != "direct":
+                    st = a.inspect(t.pod.name)["relay"]
+                    r["relay_opened"] = {d: st[d]["opened"] for d in ("outbound", "inbound")}
+                results[arm] = r
+                print(f"  {arm}: done", flush=True)
+            finally:
+                if a is not None:
+                    a.ctl("unenroll", "--uid", t.pod.name, check=False)
+                    a.stop()
+                    a.cleanup_pins()
+                if hp is not None:
+                    hp.kill()
+                    hp.wait()
+                t.pod.exec(["iptables", "-t", "nat", "-F"], check=False)
+    finally:
+        for s in (remote_srv, pod_srv):
+            if s:
+                s.close()
+        t.close()
+    return results
+
+
+def bpf_runtime(tmp):
+    """ns per run of the sk_lookup and tc guard programs while traffic flows (bpf_stats_enabled)."""
+    old = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
+    t = nstest.Topology()
+    srv = None
+    a = nstest.Agent(["--log-level", "warn"])
+    try:
+        run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"])
+        srv = Servers(t.remote, tmp)
+        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+        wrk(t.pod, t.remote_ip, 2)
+        pins = os.path.join(a.pin_root, t.pod.name)
+        out = {}
+        for name in ("prog_steer", "prog_guard_egress", "prog_guard_ingress"):
+            p = nstest.bpftool_json("prog", "show", "pinned", os.path.join(pins, name))
+            if p.get("run_cnt"):
+                out[name] = {"runs": p["run_cnt"], "ns_per_run": p["run_time_ns"] / p["run_cnt"]}
+        return out
+    finally:
+        run(["sysctl", "-qw", f"kernel.bpf_stats_enabled={old}"])
+        a.ctl("unenroll", "--uid", t.pod.name, check=False)
+        a.stop()
+        a.cleanup_pins()
+        if srv:
+            srv.close()
+        t.close()
+
+
+def proc_status(pid):
+    s = open(f"/proc/{pid}/status").read()
+    return {"rss_mb": int(re.search(r"VmRSS:\s+(\d+)", s).group(1)) / 1024,
+            "threads": int(re.search(r"Threads:\s+(\d+)", s).group(1)),
+            "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def control_plane(sizes):
+    out = {}
+    a = nstest.Agent(["--log-level", "warn"])
+    try:
+        base = proc_status(a.pid)
+        for n in sizes:
+            pods = []
+            try:
+                for i in range(n):
+                    ns = nstest.Netns(nstest.unique("bp"))
+                    pods.append(ns)
+                    ns.ip(f"link add eth0 type veth peer name p{i % 1000}")
+                    ns.ip(f"addr add 10.{200 + i // 60000}.{(i // 250) % 240}.{i % 250 + 1}/32 dev eth0")
+                    ns.ip("link set eth0 up")
+                t0 = time.time()
+                for ns in pods:
+                    a.enrol(ns)
+                total = time.time() - t0
+                lst = json.loads(a.ctl("list", "--json").stdout)
+                lat = sorted(p.get("enrol_ms", 0) for p in lst)
+                st = proc_status(a.pid)
+                row = {"pods": n, "enrol_p50_ms": statistics.median(lat),
+                       "enrol_p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+                       "total_s": total, "rss_mb": st["rss_mb"], "threads": st["threads"]}
+                for ns in pods:
+                    a.ctl("unenroll", "--uid", ns.name)
+                after = proc_status(a.pid)
+                row["after_unenrol"] = {"fds_delta": after["fds"] - base["fds"],
+                                        "rss_mb_delta": after["rss_mb"] - base["rss_mb"],
+                                        "pins_left": len(os.listdir(a.pin_root)) if os.path.exists(a.pin_root) else 0}
+                out[str(n)] = row
+                print(f"  control plane {n} pods: done", flush=True)
+            finally:
+                for ns in pods:
+                    ns.close()
+    finally:
+        a.stop()
+        a.cleanup_pins()
+    return out
+
+
+def table(res):
+    dp = res["data_path"]
+    lines = ["| arm | dir | conn/s | p50 ms | p99 ms | Gbit/s 1 | Gbit/s 8 | CPU s/GB (8) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for arm, r in dp.items():
+        for d in ("outbound", "inbound"):
+            x = r[d]
+            lines.append(f"| {arm} | {d} | {x['http']['conn_per_s']:.0f} | {x['http']['p50_ms']:.2f} | "
+                         f"{x['http']['p99_ms']:.2f} | {x['bulk1']['gbit_s']:.2f} | {x['bulk8']['gbit_s']:.2f} | "
+                         f"{(x['bulk8']['cpu_s_per_gb'] or 0):.2f} |")
+    ratios = {}
+
+    def ratio(a, b, d, key, sub):
+        if a in dp and b in dp:
+            return dp[a][d][sub][key] / dp[b][d][sub][key]
+    for d in ("outbound", "inbound"):
+        ratios[d] = {
+            "netsteer/redirect conn/s (target >= 1.1)": ratio("netsteer", "redirect", d, "conn_per_s", "http"),
+            "netsteer/redirect p99 (target <= 0.9 of TPROXY; REDIRECT here)": ratio("netsteer", "redirect", d, "p99_ms", "http"),
+            "netsteer/haproxy conn/s (target >= 1.2)": ratio("netsteer", "haproxy", d, "conn_per_s", "http"),
+            "netsteer/haproxy bulk8 (target >= 1.5)": ratio("netsteer", "haproxy", d, "gbit_s", "bulk8"),
+            "netsteer/direct bulk8 (target >= 0.45)": ratio("netsteer", "direct", d, "gbit_s", "bulk8"),
+            "netsteer/direct conn/s": ratio("netsteer", "direct", d, "conn_per_s", "http"),
+        }
+    res["ratios"] = ratios
+    lines.append("")
+    for d, rs in ratios.items():
+        for k, v in rs.items():
+            lines.append(f"- {d}: {k}: {v:.2f}" if v is not None else f"- {d}: {k}: n/a")
+    if res.get("bpf"):
+        lines.append("")
+        for k, v in res["bpf"].items():
+            lines.append(f"- BPF {k}: {v['ns_per_run']:.0f} ns per run over {v['runs']} runs (target sk_lookup < 100 ns)")
+    if res.get("control_plane"):
+        lines += ["", "| pods | enrol p50 ms | enrol p99 ms | total s | RSS MB | threads | fds Δ after | RSS Δ MB after | pins left |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for n, r in res["control_plane"].items():
+            aft = r["after_unenrol"]
+            lines.append(f"| {n} | {r['enrol_p50_ms']:.1f} | {r['enrol_p99_ms']:.1f} | {r['total_s']:.2f} | "
+                         f"{r['rss_mb']:.1f} | {r['threads']} | {aft['fds_delta']} | {aft['rss_mb_delta']:.1f} | {aft['pins_left']} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="10 s per measurement, 1/100/1000 pods")
+    ap.add_argument("--secs", type=int, default=None)
+    ap.add_argument("--arms", default="direct,netsteer,redirect,haproxy")
+    ap.add_argument("--pods", default=None, help="comma list of control-plane sizes")
+    ap.add_argument("--json", default="bench/result.json")
+    args = ap.parse_args()
+    args.secs = args.secs or (10 if args.full else 3)
+    args.arms = args.arms.split(",")
+    sizes = [int(x) for x in (args.pods or ("1,100,1000" if args.full else "1,100")).split(",") if x]
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (network namespaces)")
+    for tool in ("wrk", "iperf3", "nginx", "haproxy", "iptables", "bpftool"):
+        if subprocess.run(["which", tool], capture_output=True).returncode:
+            sys.exit(f"bench: {tool} missing (scripts/setup.sh installs it)")
+    res = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kernel": os.uname().release,
+           "cpus": os.cpu_count(), "secs_per_measurement": args.secs}
+    with tempfile.TemporaryDirectory(prefix="netsteer-bench-") as tmp:
+        print("data path ...", flush=True)
+        res["data_path"] = data_path(args, tmp)
+        print("bpf run time ...", flush=True)
+        res["bpf"] = bpf_runtime(tmp)
+    print("control plane ...", flush=True)
+    res["control_plane"] = control_plane(sizes)
+    text = table(res)
+    print(text)
+    with open(args.json, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"\nJSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
