@@ -83,6 +83,10 @@ def wrk(ns, ip, secs):
         v, unit = float(m.group(1)), m.group(2)
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
     errors = re.search(r"Socket errors: (.*)", out)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    if total == 0 or (bad and int(bad.group(1)) > total // 100):
+        raise RuntimeError(f"wrk to {ip}: the path does not work:\n{out}")
     return {"conn_per_s": rps, "p50_ms": ms(50), "p99_ms": ms(99), "socket_errors": errors.group(1) if errors else ""}
 
 
@@ -102,7 +106,7 @@ def haproxy(ns, tmp):
     with open(conf, "w") as f:
         f.write(f"""global
   nbthread 2
-  maxconn 20000
+  maxconn 4000
   user nobody
 defaults
   mode tcp
@@ -110,18 +114,20 @@ defaults
   timeout client 60s
   timeout server 60s
   option splice-auto
+# IPv4 sockets: HAProxy reads SO_ORIGINAL_DST only on them (on a dual-stack socket it would take
+# the REDIRECT target, 127.0.0.1:15001, and loop). The bench topology is IPv4.
 frontend out
-  bind :::15001 v4v6
+  bind 0.0.0.0:15001
   default_backend orig
 frontend in
-  bind :::15006 v4v6
+  bind 0.0.0.0:15006
   default_backend orig
 backend orig
   server orig 0.0.0.0:0
 """)
     p = ns.popen(["haproxy", "-W", "-db", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 10
-    while ":15006 " not in ns.exec(["ss", "-Htln"]).stdout:
+    while ":15006 " not in ns.exec(["ss", "-Htln"]).stdout or ":15001 " not in ns.exec(["ss", "-Htln"]).stdout:
         if time.time() > deadline:
             raise RuntimeError("haproxy did not start")
         time.sleep(0.05)
@@ -150,10 +156,10 @@ def data_path(args, tmp):
             a = hp = None
             try:
                 if arm == "netsteer":
-                    a = nstest.Agent(["--log-level", "warn"])
+                    a = nstest.Agent()
                     a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
                 elif arm == "redirect":
-                    a = nstest.Agent(["--capture", "none", "--log-level", "warn"])
+                    a = nstest.Agent(["--capture", "none"])
                     a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
                     redirect_rules(t)
                 elif arm == "haproxy":
@@ -190,7 +196,7 @@ def bpf_runtime(tmp):
     old = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
     t = nstest.Topology()
     srv = None
-    a = nstest.Agent(["--log-level", "warn"])
+    a = nstest.Agent()
     try:
         run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"])
         srv = Servers(t.remote, tmp)
@@ -222,7 +228,7 @@ def proc_status(pid):
 
 def control_plane(sizes):
     out = {}
-    a = nstest.Agent(["--log-level", "warn"])
+    a = nstest.Agent()
     try:
         base = proc_status(a.pid)
         for n in sizes:
