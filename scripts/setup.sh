@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(
   # toolchain
-  build-essential cmake pkg-config git clang llvm
+  build-essential cmake pkg-config git clang llvm libclang-rt-14-dev
   # libraries
   libbpf-dev libelf-dev zlib1g-dev bpftool libspdlog-dev libfmt-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libcli11-dev libmnl-dev
@@ -16,6 +16,8 @@ PKGS=(
   yamllint python3-prometheus-client
   # vm: Debian kernels under qemu (scripts/vm)
   qemu-system-x86 cpio xz-utils
+  # bench/ (its servers are started by the bench only; see the policy-rc.d guard below)
+  wrk nginx-light haproxy
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -34,6 +36,9 @@ if ((${#missing[@]})); then
   echo "setup.sh: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Packages with services (nginx, haproxy, containerd) must not start them on this machine.
+  guard=/usr/sbin/policy-rc.d
+  [[ -e $guard ]] || { printf '#!/bin/sh\nexit 101\n' >"$guard"; chmod +x "$guard"; trap 'rm -f "$guard"' EXIT; }
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   echo "setup.sh: all ${#PKGS[@]} packages present"
