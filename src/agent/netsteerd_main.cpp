@@ -9,6 +9,8 @@
 
 #include "netsteer/common/accept.h"
 #include "netsteer/agent/node_metrics.h"
+#include "netsteer/agent/privileges.h"
+#include <fmt/ranges.h>
 #include "netsteer/metrics/metrics.h"
 #include "netsteer/agent/control.h"
 #include "netsteer/agent/enrolment.h"
@@ -85,6 +87,14 @@ int main(int argc, char** argv) {
   // and pipes: the default soft limit of 1024 runs out at ~50 pods.
   unsigned long nofile = raise_nofile_limit();
   spdlog::info("file descriptor limit: {}", nofile);
+  // Least privilege, before any thread exists (capabilities are per thread).
+  if (auto p = agent::drop_privileges(); p.ok()) {
+    spdlog::info("capabilities kept: {}{}; all others dropped (incl. bounding set), no_new_privs set",
+                 fmt::join(p->kept, ","), p->missing.empty() ? "" : fmt::format(" (not held: {})", fmt::join(p->missing, ",")));
+  } else {
+    spdlog::critical("cannot drop privileges: {}", p.error().message);
+    return 1;
+  }
 
   // A fresh node may not have bpffs mounted; per-pod pins live there.
   if (auto st = bpf::ensure_bpffs(); !st.ok()) spdlog::warn("bpffs: {}", st.error().message);

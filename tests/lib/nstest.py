@@ -125,6 +125,19 @@ def settled_fd_count(pid, expected, timeout=3.0):
     return n
 
 
+def stable_fd_count(pid, timeout=3.0):
+    """The fd count once it has stopped moving (a control connection just used is closed by the
+    agent when it reads the peer's EOF): four equal reads 50 ms apart, or the last read."""
+    deadline = time.time() + timeout
+    last, same = fd_count(pid), 0
+    while same < 3 and time.time() < deadline:
+        time.sleep(0.05)
+        n = fd_count(pid)
+        same = same + 1 if n == last else 0
+        last = n
+    return last
+
+
 def thread_count(pid):
     return len(os.listdir(f"/proc/{pid}/task"))
 

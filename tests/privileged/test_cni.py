@@ -135,7 +135,7 @@ def test_bad_input_is_a_spec_error_and_changes_nothing():
             ("missing CNI_NETNS", "ADD", good, "", 4),
             ("unknown command", "FROB", good, t.pod.path, 4),
         ]
-        fds = nstest.fd_count(a.pid)
+        fds = nstest.stable_fd_count(a.pid)
         for what, cmd, conf, ns, code in cases:
             rc, out, err = cni(cmd, conf, ns, args=k8s_args("uid-bad"))
             assert rc != 0, what

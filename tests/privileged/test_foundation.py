@@ -103,7 +103,7 @@ def test_enrol_fifty_with_fixed_threads():
 def test_idempotent_and_replace():
     with agent() as a, netns(2) as (ns1, ns2):
         assert "enrolled" in a.enrol(ns1, uid="pod-a").stdout
-        fds = fd_count(a.pid)
+        fds = nstest.stable_fd_count(a.pid)
         assert "unchanged" in a.enrol(ns1, uid="pod-a").stdout
         assert nstest.settled_fd_count(a.pid, fds) == fds
         # same uid, new netns: the old enrolment is released
@@ -122,7 +122,7 @@ def test_no_fd_leak_after_200_cycles():
         # warm up (lazy allocations) then take the baseline
         a.enrol(nss[0])
         a.ctl("unenroll", "--uid", nss[0].name)
-        base = fd_count(a.pid)
+        base = nstest.stable_fd_count(a.pid)
         for i in range(200):
             ns = nss[i % 4]
             a.enrol(ns)
@@ -138,7 +138,7 @@ def _raw_add(uid):
 def test_bad_inputs_answered_and_nothing_leaks():
     with agent() as a, netns() as good:
         a.enrol(good)
-        base = fd_count(a.pid)
+        base = nstest.stable_fd_count(a.pid)
         ns_fd = os.open(good.path, os.O_RDONLY)
         reg_fd = os.open(__file__, os.O_RDONLY)
         pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
