@@ -50,7 +50,8 @@ class Servers:
             f.write("x" * 64)
         conf = os.path.join(tmp, f"nginx-{ns.name}.conf")
         with open(conf, "w") as f:
-            f.write(f"""worker_processes 1; daemon off; pid {tmp}/nginx-{ns.name}.pid; error_log stderr crit;
+            # master_process off: one process, so killing it leaves no orphaned workers behind.
+            f.write(f"""master_process off; daemon off; pid {tmp}/nginx-{ns.name}.pid; error_log stderr crit;
 events {{ worker_connections 4096; }}
 http {{ access_log off; keepalive_requests 1000000;
   client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
