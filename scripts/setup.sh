@@ -8,9 +8,9 @@ PKGS=(
   build-essential cmake pkg-config git clang llvm libclang-rt-14-dev
   # libraries
   libbpf-dev libelf-dev zlib1g-dev bpftool libspdlog-dev libfmt-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libcli11-dev libmnl-dev
+  libgtest-dev libgmock-dev libcli11-dev libmnl-dev libcurl4-openssl-dev
   # runtime / test tools
-  iproute2 iptables nftables python3 python3-pytest curl socat iperf3 procps kmod util-linux
+  iproute2 iptables nftables python3 python3-pytest curl socat iperf3 procps kmod util-linux openssl
   # e2e: a real container runtime driven over CRI (tests/e2e), and deploy/ validation
   containerd runc containernetworking-plugins python3-grpcio python3-grpc-tools busybox-static
   yamllint python3-prometheus-client

@@ -58,9 +58,20 @@ Reply RequestHandler::handle(protocol::Packet& packet) {
     case MsgType::kStatus:
       r.data = {{"status", status_ ? status_() : nlohmann::json::object()}};
       return r;
-    case MsgType::kCheck:
+    case MsgType::kCheck: {
+      // A pod left uncaptured because of its labels checks out as "skipped" (re-evaluated, so the
+      // answer survives agent restarts) as long as it is not enrolled.
+      if (!req->pod.skip_labels.empty() && mgr_.pod_json(req->uid).is_null()) {
+        auto why = skip_reason(req->pod);
+        if (!why.ok()) return error_reply(why.error());
+        if (!why->empty()) {
+          r.data = {{"skipped", *why}};
+          return r;
+        }
+      }
       if (auto st = mgr_.check(req->uid); !st.ok()) return error_reply(st.error());
       [[fallthrough]];
+    }
     case MsgType::kInspect: {
       auto p = mgr_.pod_json(req->uid);
       if (p.is_null()) return error_reply("unknown pod '" + req->uid + "'", ENOENT);
@@ -84,11 +95,36 @@ Reply RequestHandler::handle_add(const protocol::Request& req, protocol::Packet&
   if (!ns.ok()) return error_reply("bad netns fd: " + ns.error().message);
   if (ns->id() == netns::NetnsHandle::host().id())
     return error_reply("refusing to enrol the agent's own (host) network namespace");
+  if (!req.pod.skip_labels.empty()) {
+    auto why = skip_reason(req.pod);
+    if (!why.ok()) return error_reply(why.error());
+    if (!why->empty()) {
+      // Not captured. A stale enrolment under the same uid (a re-created sandbox) goes too.
+      if (!mgr_.pod_json(req.pod.uid).is_null()) (void)mgr_.unenrol(req.pod.uid, std::nullopt);
+      spdlog::info("pod {}/{} ({}) not captured: {}", req.pod.namespace_, req.pod.name, req.pod.uid, *why);
+      Reply r;
+      r.data = {{"result", "skipped"}, {"reason", *why}};
+      return r;
+    }
+  }
   auto res = mgr_.enrol(req.pod, std::move(*ns));
   if (!res.ok()) return error_reply(res.error().message);
   Reply r;
   r.data = {{"result", *res}, {"pod", mgr_.pod_json(req.pod.uid)}};
   return r;
+}
+
+Result<std::string> RequestHandler::skip_reason(const protocol::PodSpec& pod) {
+  if (!labels_)
+    return Error::msg("the pod asks to be skipped by label (excludePodLabels) but netsteerd has no Kubernetes API "
+                      "access; start it with --kube-api",
+                      EINVAL);
+  if (pod.namespace_.empty() || pod.name.empty())
+    return Error::msg("excludePodLabels needs the pod's namespace and name (K8S_POD_NAMESPACE/K8S_POD_NAME)", EINVAL);
+  NS_TRY(auto reqs, protocol::parse_label_requirements(pod.skip_labels));
+  NS_TRY(auto labels, labels_->labels(pod.namespace_, pod.name));
+  auto m = protocol::first_match(reqs, labels);
+  return m ? "pod label matches excludePodLabels '" + m->str() + "'" : std::string();
 }
 
 ControlServer::~ControlServer() {

@@ -61,6 +61,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--metrics", metrics_addr, "Prometheus /metrics, /healthz, /readyz on HOST:PORT ('off' disables)")
       ->capture_default_str();
+  std::string kube_api;
+  agent::KubeApiOptions kube;
+  long kube_timeout_ms = 2000;
+  app.add_option("--kube-api", kube_api,
+                 "Kubernetes API for pod labels (excludePodLabels): 'in-cluster' (service account) or an "
+                 "https:// URL; empty: off (pods asking to be skipped by label are refused)");
+  app.add_option("--kube-token-file", kube.token_file, "bearer token file for --kube-api URL");
+  app.add_option("--kube-ca-file", kube.ca_file, "CA bundle for --kube-api URL (default: system CAs)");
+  app.add_option("--kube-timeout-ms", kube_timeout_ms, "per-lookup deadline")->capture_default_str();
   app.add_flag("--cleanup-on-exit", cleanup_on_exit,
                "on SIGTERM remove every pod's capture (uninstall); default keeps it for the next agent");
   CLI11_PARSE(app, argc, argv);
@@ -129,6 +138,31 @@ int main(int argc, char** argv) {
     spdlog::critical("cannot start the relay: {}", relay.error().message);
     return 1;
   }
+  std::unique_ptr<agent::KubeApiClient> kube_client;
+  if (!kube_api.empty()) {
+    if (kube_api == "in-cluster") {
+      auto o = agent::kube_api_in_cluster();
+      if (!o.ok()) {
+        spdlog::critical("{}", o.error().message);
+        return 2;
+      }
+      kube.server = o->server;
+      if (kube.token_file.empty()) kube.token_file = o->token_file;
+      if (kube.ca_file.empty()) kube.ca_file = o->ca_file;
+    } else if (kube_api.rfind("https://", 0) == 0 || kube_api.rfind("http://", 0) == 0) {
+      kube.server = kube_api;
+      if (kube.token_file.empty()) {
+        spdlog::critical("--kube-api {}: --kube-token-file is required", kube_api);
+        return 2;
+      }
+    } else {
+      spdlog::critical("--kube-api must be 'in-cluster' or an https:// URL, got '{}'", kube_api);
+      return 2;
+    }
+    kube.timeout = std::chrono::milliseconds(kube_timeout_ms);
+    kube_client = std::make_unique<agent::KubeApiClient>(kube);
+    spdlog::info("pod labels from the Kubernetes API at {} (excludePodLabels)", kube.server);
+  }
   agent::StateStore store(state_dir);
   agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf"});
   // Take over what the previous agent left (pins, links and rules stayed in place: fail closed).
@@ -161,8 +195,9 @@ int main(int argc, char** argv) {
         {"kernel", features.kernel_release},
         {"pid", ::getpid()},
         {"metrics", metrics_bound},
+        {"kube_api", kube.server},
     };
-  });
+  }, kube_client.get());
   agent::ControlOptions copts;
   copts.socket_path = socket_path;
   copts.allowed_uids = {allow_uids.begin(), allow_uids.end()};

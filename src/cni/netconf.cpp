@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "netsteer/cni/cni.h"
+#include "netsteer/protocol/labels.h"
 
 namespace netsteer::cni {
 
@@ -73,6 +74,9 @@ Result<NetConf> parse_netconf(std::string_view bytes) {
   NS_TRY(c.strict, optional_field<bool>(j, "strict", false, "a boolean"));
   NS_TRY(c.exclude_namespaces, string_list(j, "excludeNamespaces"));
   NS_TRY(c.exclude_pods, string_list(j, "excludePods"));
+  NS_TRY(c.exclude_pod_labels, string_list(j, "excludePodLabels"));
+  if (auto reqs = protocol::parse_label_requirements(c.exclude_pod_labels); !reqs.ok())
+    return Error::msg("netconf excludePodLabels: " + reqs.error().message, kInvalidConfig);
 
   // Exclusions: the netconf's names mapped onto the control protocol's (one parser for both).
   json ex = json::object();

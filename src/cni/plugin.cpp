@@ -89,16 +89,19 @@ class Command {
     pod.netns_path = env_.netns;
     pod.exclusions = conf_.exclusions;
     pod.strict = conf_.strict;
+    pod.skip_labels = skip_labels();
     Outcome out;
     auto c = connect(&out, prev_result());
     if (!c) return out;
     auto r = c->add(pod);
     if (!r.ok()) {
       if (agent_gone(r.error())) return unreachable(r.error(), prev_result());
-      return fail(Error::msg("netsteerd refused the pod: " + r.error().message, kAgentRefused));
+      // EAGAIN: the agent could not decide yet (e.g. the pod's labels are not readable): retry.
+      return fail(Error::msg("netsteerd refused the pod: " + r.error().message,
+                             r.error().code == EAGAIN ? kTryAgainLater : kAgentRefused));
     }
-    spdlog::info("netsteer-cni ADD {}: {} (netns {}, {} IPs)", who_, r->data.value("result", "enrolled"), env_.netns,
-                 pod.ips.size());
+    spdlog::info("netsteer-cni ADD {}: {}{} (netns {}, {} IPs)", who_, r->data.value("result", "enrolled"),
+                 r->data.contains("reason") ? " (" + r->data.value("reason", "") + ")" : "", env_.netns, pod.ips.size());
     return prev_result();
   }
 
@@ -137,8 +140,15 @@ class Command {
     protocol::Request req;
     req.type = protocol::MsgType::kCheck;
     req.uid = pod_key(env_);
+    if (auto labels = skip_labels(); !labels.empty()) {
+      req.pod.uid = req.uid;
+      req.pod.name = env_.pod_name();
+      req.pod.namespace_ = env_.pod_namespace();
+      req.pod.skip_labels = std::move(labels);
+    }
     auto r = c->call(req);
     if (!r.ok()) return fail(Error::msg("pod " + req.uid + " capture check failed: " + r.error().message, kNotEnrolled));
+    if (r->data.contains("skipped")) return {};  // left uncaptured on purpose (its labels)
     auto want = *result_ips(conf_.prev_result);
     const json& have = r->data["pod"]["ips"];
     for (const auto& ip : want) {
@@ -160,6 +170,12 @@ class Command {
     if (auto r = c->call(req); !r.ok())
       return fail(Error::msg("netsteer agent is not ready: " + r.error().message, kPluginNotAvailable));
     return {};
+  }
+
+  // excludePodLabels apply to Kubernetes pods only: without K8S_POD_NAMESPACE/NAME there are no labels.
+  std::vector<std::string> skip_labels() const {
+    if (env_.pod_namespace().empty() || env_.pod_name().empty()) return {};
+    return conf_.exclude_pod_labels;
   }
 
   const Env& env_;

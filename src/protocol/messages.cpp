@@ -1,4 +1,5 @@
 #include "netsteer/protocol/messages.h"
+#include "netsteer/protocol/labels.h"
 
 #include <algorithm>
 #include <array>
@@ -114,6 +115,10 @@ Result<PodSpec> pod_from_json(const json& j) {
     p.ips.push_back(*a);
   }
   NS_TRY(p.strict, get_bool(j, "strict"));
+  NS_TRY(p.skip_labels, get_strings(j, "skip_labels"));
+  if (p.skip_labels.size() > 64) return field_error("skip_labels", "an array of at most 64 requirements");
+  if (auto reqs = parse_label_requirements(p.skip_labels); !reqs.ok())
+    return std::move(reqs).error().wrap("field 'skip_labels'");
   auto ex = j.find("exclusions");
   if (ex != j.end() && !ex->is_null()) {
     NS_TRY(p.exclusions, exclusions_from_json(*ex));
@@ -163,6 +168,7 @@ json pod_to_json(const PodSpec& p) {
   json j{{"uid", p.uid}, {"name", p.name}, {"namespace", p.namespace_}, {"ips", ips},
          {"exclusions", exclusions_to_json(p.exclusions)}, {"strict", p.strict}};
   if (!p.netns_path.empty()) j["netns_path"] = p.netns_path;
+  if (!p.skip_labels.empty()) j["skip_labels"] = p.skip_labels;
   return j;
 }
 
@@ -200,6 +206,10 @@ Result<Request> decode_request(std::string_view bytes) {
       if (r.uid.empty() && !r.netns_ino)
         return Error::msg("'" + type + "' needs 'uid' or 'netns_ino'", EINVAL);
       if (!r.uid.empty()) NS_TRY_STATUS(validate_uid(r.uid));
+      if (auto p = j.find("pod"); r.type == MsgType::kCheck && p != j.end() && !p->is_null()) {
+        NS_TRY(r.pod, pod_from_json(*p));
+        if (r.pod.uid != r.uid) return Error::msg("'check': pod.uid must equal uid", EINVAL);
+      }
       break;
     }
     case MsgType::kSnapshot: {
@@ -226,6 +236,7 @@ std::string encode_request(const Request& r) {
       if (!r.uid.empty()) j["uid"] = r.uid;
       if (r.netns_ino) j["netns_ino"] = *r.netns_ino;
       if (r.netns_dev) j["netns_dev"] = *r.netns_dev;
+      if (r.type == MsgType::kCheck && !r.pod.uid.empty()) j["pod"] = pod_to_json(r.pod);
       break;
     case MsgType::kSnapshot:
       j["uids"] = r.uids;

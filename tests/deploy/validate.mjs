@@ -13,6 +13,9 @@ const models = {
   "v1/ServiceAccount": require("kubernetes-models/v1").ServiceAccount,
   "v1/ConfigMap": require("kubernetes-models/v1").ConfigMap,
   "apps/v1/DaemonSet": require("kubernetes-models/apps/v1").DaemonSet,
+  "rbac.authorization.k8s.io/v1/ClusterRole": require("kubernetes-models/rbac.authorization.k8s.io/v1").ClusterRole,
+  "rbac.authorization.k8s.io/v1/ClusterRoleBinding":
+    require("kubernetes-models/rbac.authorization.k8s.io/v1").ClusterRoleBinding,
 };
 // The agent's documented capability set (deploy/README.md explains each).
 const AGENT_CAPS = ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"];
@@ -41,6 +44,15 @@ function checkAgentDaemonSet(file, ds) {
   must(JSON.stringify(add) === JSON.stringify(AGENT_CAPS),
        `capabilities.add must be exactly ${AGENT_CAPS.join(",")} (got ${add.join(",")})`);
   must(agent.readinessProbe, "netsteerd needs a readiness probe");
+  // The API token (for excludePodLabels) goes to netsteerd only, never to the installer.
+  must(spec.automountServiceAccountToken === false, "automountServiceAccountToken must be false");
+  const tokenVolumes = new Set((spec.volumes ?? []).filter((v) => (v.projected?.sources ?? [])
+    .some((s) => s.serviceAccountToken)).map((v) => v.name));
+  must(agent.args?.includes("--kube-api=in-cluster") || agent.command?.includes("--kube-api=in-cluster")
+       ? (agent.volumeMounts ?? []).some((m) => tokenVolumes.has(m.name)) : true,
+       "--kube-api=in-cluster needs the projected token volume mounted in netsteerd");
+  for (const c of spec.initContainers ?? [])
+    must(!(c.volumeMounts ?? []).some((m) => tokenVolumes.has(m.name)), `init container ${c.name} must not get the token`);
   const volumes = new Set((spec.volumes ?? []).map((v) => v.name));
   for (const c of [...spec.containers, ...(spec.initContainers ?? [])])
     for (const m of c.volumeMounts ?? [])
@@ -80,6 +92,12 @@ for (const file of process.argv.slice(2)) {
       }
     }
     if (key === "apps/v1/DaemonSet" && obj.metadata.name === "netsteer") checkAgentDaemonSet(file, obj);
+    if (key === "rbac.authorization.k8s.io/v1/ClusterRole") {
+      // Least privilege: read single pods, nothing else (no list/watch, no secrets, no writes).
+      const rules = JSON.stringify(obj.rules);
+      if (rules !== JSON.stringify([{ apiGroups: [""], resources: ["pods"], verbs: ["get"] }]))
+        fail(file, `ClusterRole ${obj.metadata.name}`, `rules must be exactly get on pods, got ${rules}`);
+    }
     console.log(`ok ${path.basename(file)} ${key} ${obj.metadata?.name}`);
     count++;
   }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "netsteer/agent/enrolment.h"
+#include "netsteer/agent/kube_api.h"
 #include "netsteer/protocol/channel.h"
 #include "netsteer/protocol/messages.h"
 
@@ -17,13 +18,18 @@ namespace netsteer::agent {
 class RequestHandler {
  public:
   using StatusFn = std::function<nlohmann::json()>;
-  RequestHandler(EnrolmentManager& mgr, StatusFn status) : mgr_(mgr), status_(std::move(status)) {}
+  // `labels` (may be null) answers pods' skip_labels; without it such pods are refused.
+  RequestHandler(EnrolmentManager& mgr, StatusFn status, PodLabelSource* labels = nullptr)
+      : mgr_(mgr), status_(std::move(status)), labels_(labels) {}
   protocol::Reply handle(protocol::Packet& packet);
 
  private:
   protocol::Reply handle_add(const protocol::Request& req, protocol::Packet& packet);
+  // The reason to leave the pod uncaptured ("" to capture it), from its labels.
+  Result<std::string> skip_reason(const protocol::PodSpec& pod);
   EnrolmentManager& mgr_;
   StatusFn status_;
+  PodLabelSource* labels_;
 };
 
 struct ControlOptions {

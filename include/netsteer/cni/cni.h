@@ -52,6 +52,9 @@ struct NetConf {
   bool strict = false;
   std::vector<std::string> exclude_namespaces;  // pods in these namespaces are not enrolled
   std::vector<std::string> exclude_pods;        // "namespace/name" patterns, '*' wildcards
+  // "key" / "key=value" label requirements; evaluated by the agent against the pod's labels in
+  // the Kubernetes API (netsteerd --kube-api), since a CNI plugin is not given pod labels.
+  std::vector<std::string> exclude_pod_labels;
   nlohmann::json prev_result;                   // null when absent
 };
 

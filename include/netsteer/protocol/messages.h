@@ -45,12 +45,15 @@ struct PodSpec {
   std::string netns_path; // optional: where the netns can be reopened after an agent restart
   Exclusions exclusions;
   bool strict = false;    // drop app TCP leaving the pod without the agent's mark
+  // Label requirements ("key" or "key=value"): the agent looks the pod's labels up in the
+  // Kubernetes API and does not capture a pod that matches any of them (see labels.h).
+  std::vector<std::string> skip_labels;
 };
 
 struct Request {
   MsgType type = MsgType::kHello;
   int version = kVersion;
-  PodSpec pod;                    // add
+  PodSpec pod;                    // add; check: optional, for skip_labels
   std::string uid;                // del / check / inspect
   std::optional<uint64_t> netns_ino;  // del by netns identity (with netns_dev)
   std::optional<uint64_t> netns_dev;
