@@ -94,5 +94,10 @@ struct ns_config {
 };
 
 #define NS_CFG_STRICT (1u << 0)
+/* Set when the exclusion map is non-empty: the fast path skips lookups in empty maps. */
+#define NS_CFG_EX_IN_PORT (1u << 1)
+#define NS_CFG_EX_IN_SRC (1u << 2)
+#define NS_CFG_EX_OUT_PORT (1u << 3)
+#define NS_CFG_EX_OUT_CIDR (1u << 4)
 
 #endif /* NETSTEER_COMMON_H */

@@ -45,12 +45,11 @@ struct {
 	__type(value, struct ns_steer_counters);
 } ns_stats SEC(".maps");
 
-#define stat_inc(field)                                                   \
-	do {                                                              \
-		__u32 zero = 0;                                           \
-		struct ns_steer_counters *c = bpf_map_lookup_elem(&ns_stats, &zero); \
-		if (c)                                                    \
-			c->field += 1;                                    \
+/* One per-CPU counter block per run, looked up once. */
+#define stat_inc(field)          \
+	do {                     \
+		if (stats)       \
+			stats->field += 1; \
 	} while (0)
 
 static __always_inline void addr_v6(struct ns_addr *a, const __u32 ip6[4])
@@ -87,11 +86,14 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 {
 	struct ns_addr local, remote;
 	struct ns_sock_key bk = {};
+	struct ns_steer_counters *stats;
+	struct ns_config *cfg;
+	__u32 zero = 0, flags, slot;
 	__u16 lport, rport;
-	__u32 slot;
 
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
+	stats = bpf_map_lookup_elem(&ns_stats, &zero);
 	stat_inc(lookups);
 
 	if (ctx->family == AF_INET) {
@@ -105,21 +107,15 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 	} else {
 		return SK_PASS;
 	}
-	lport = (__u16)ctx->local_port;                 /* host byte order */
-	rport = bpf_ntohs((__u16)ctx->remote_port);     /* network byte order in the ctx */
-
-	/* The relay's own inbound upstream, bound to the client's address: let it reach the app. */
-	bk.addr = remote;
-	bk.port = rport;
-	if (bpf_map_lookup_elem(&ns_bypass, &bk)) {
-		stat_inc(passed_bypass);
-		return SK_PASS;
-	}
 	/* Nothing to a loopback destination is captured. */
 	if (is_loopback(&local)) {
 		stat_inc(passed_local);
 		return SK_PASS;
 	}
+	lport = (__u16)ctx->local_port;                 /* host byte order */
+	rport = bpf_ntohs((__u16)ctx->remote_port);     /* network byte order in the ctx */
+	cfg = ns_get_config();
+	flags = cfg ? cfg->flags : 0;
 
 	if (bpf_map_lookup_elem(&ns_pod_addrs, &local)) {
 		/* To the pod's own address from loopback or from the pod itself: pod-local, not captured. */
@@ -127,9 +123,18 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 			stat_inc(passed_local);
 			return SK_PASS;
 		}
-		/* Inbound: the proxy ports themselves and exclusions pass untouched. */
+		/* The relay's own inbound upstream, bound to the client's address: let it reach the app. */
+		bk.addr = remote;
+		bk.port = rport;
+		if (bpf_map_lookup_elem(&ns_bypass, &bk)) {
+			stat_inc(passed_bypass);
+			return SK_PASS;
+		}
+		/* Inbound: the proxy ports themselves and exclusions pass untouched. Empty exclusion
+		 * maps are not looked up (config flags). */
 		if (lport == NS_PORT_OUTBOUND || lport == NS_PORT_INBOUND || lport == NS_PORT_TUNNEL ||
-		    bpf_map_lookup_elem(&ns_ex_in_port, &lport) || ns_in_prefixes(&ns_ex_in_src, &remote)) {
+		    ((flags & NS_CFG_EX_IN_PORT) && bpf_map_lookup_elem(&ns_ex_in_port, &lport)) ||
+		    ((flags & NS_CFG_EX_IN_SRC) && ns_in_prefixes(&ns_ex_in_src, &remote))) {
 			stat_inc(passed_excluded);
 			return SK_PASS;
 		}
@@ -141,7 +146,8 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 			stat_inc(passed_local);
 			return SK_PASS;
 		}
-		if (bpf_map_lookup_elem(&ns_ex_out_port, &lport) || ns_in_prefixes(&ns_ex_out_cidr, &local)) {
+		if (((flags & NS_CFG_EX_OUT_PORT) && bpf_map_lookup_elem(&ns_ex_out_port, &lport)) ||
+		    ((flags & NS_CFG_EX_OUT_CIDR) && ns_in_prefixes(&ns_ex_out_cidr, &local))) {
 			stat_inc(passed_excluded);
 			return SK_PASS;
 		}
@@ -154,7 +160,9 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 		stat_inc(drop_no_listener);
 		return SK_DROP;
 	}
-	long err = bpf_sk_assign(ctx, sk, 0);
+	/* NO_REUSEPORT: the socket in our map is the one meant; skip the kernel's reuseport group
+	 * selection after the program (and it lets BPF_PROG_TEST_RUN measure this path). */
+	long err = bpf_sk_assign(ctx, sk, BPF_SK_LOOKUP_F_NO_REUSEPORT);
 	bpf_sk_release(sk);
 	if (err) {
 		stat_inc(drop_assign_failed);

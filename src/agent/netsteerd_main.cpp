@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
   std::string capture_mode = "bpf";
   app.add_option("--capture", capture_mode,
                  "bpf: install sk_lookup/tc/routing capture per pod; none: listeners + relay only (capture by "
-                 "iptables/nft REDIRECT, e.g. for side-by-side benchmarks)")
+                 "iptables/nft REDIRECT or TPROXY, e.g. for side-by-side benchmarks; inbound upstreams then use "
+                 "the pod's address as source)")
       ->check(CLI::IsMember({"bpf", "none"}))
       ->capture_default_str();
   app.add_option("--metrics", metrics_addr, "Prometheus /metrics, /healthz, /readyz on HOST:PORT ('off' disables)")
@@ -133,6 +134,7 @@ int main(int argc, char** argv) {
   (void)netns::NetnsHandle::host();
   netns::NetnsExecutor executor(executor_threads);
   ropts.mark = protocol::kAgentMark;
+  ropts.preserve_client_source = capture_mode == "bpf";
   auto relay = relay::Relay::start(ropts);
   if (!relay.ok()) {
     spdlog::critical("cannot start the relay: {}", relay.error().message);

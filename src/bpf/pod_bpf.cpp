@@ -108,7 +108,10 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
   for (const auto& p : cfg.exclusions.inbound_sources)
     NS_TRY_STATUS(BpfMap<ns_lpm_key, uint8_t>(bpf_map__fd(sm.ns_ex_in_src)).put(to_lpm(p), one));
   ns_config c{};
-  c.flags = cfg.strict ? NS_CFG_STRICT : 0;
+  c.flags = (cfg.strict ? NS_CFG_STRICT : 0) | (cfg.exclusions.inbound_ports.empty() ? 0 : NS_CFG_EX_IN_PORT) |
+            (cfg.exclusions.inbound_sources.empty() ? 0 : NS_CFG_EX_IN_SRC) |
+            (cfg.exclusions.outbound_ports.empty() ? 0 : NS_CFG_EX_OUT_PORT) |
+            (cfg.exclusions.outbound_cidrs.empty() ? 0 : NS_CFG_EX_OUT_CIDR);
   c.mark = cfg.mark;
   c.mark_mask = cfg.mark_mask;
   NS_TRY_STATUS(BpfMap<uint32_t, ns_config>(bpf_map__fd(sm.ns_config)).put(0, c));

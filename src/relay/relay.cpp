@@ -354,7 +354,7 @@ class Worker {
   // Inbound (and tunnel) upstreams keep the client's address as source — except after a NAT
   // redirect, where the pod has no route steering the app's replies back to the relay.
   void start_upstream(Conn& c, const SockAddr& dst, const SockAddr& client) {
-    bool keep_source = c.dir != Direction::outbound && !c.redirected;
+    bool keep_source = c.dir != Direction::outbound && !c.redirected && opts_.preserve_client_source;
     int family = dst.ip().family;
     UniqueFd up;
     {

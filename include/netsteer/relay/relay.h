@@ -69,6 +69,10 @@ struct RelayOptions {
   int idle_timeout_s = 3600;
   int pipe_size = 256 * 1024;
   size_t max_idle_pipes = 64;  // per worker; pipes beyond that are closed when drained
+  // Inbound upstreams keep the client's address as source (needs the capture's reply routing,
+  // table 133). Off when something else captures (netsteerd --capture none: iptables REDIRECT or
+  // TPROXY), where the app's replies to a foreign source would leave the pod.
+  bool preserve_client_source = true;
 };
 
 class Worker;
