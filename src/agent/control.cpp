@@ -5,6 +5,7 @@
 
 #include <set>
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
@@ -78,6 +79,8 @@ Reply RequestHandler::handle(protocol::Packet& packet) {
       r.data = {{"pod", p}};
       return r;
     }
+    case MsgType::kHandover:
+      return error_reply("'handover' is served on the control socket only", EINVAL);
     case MsgType::kSnapshot: {
       // The sender lists the pods that exist on the node; every other enrolment is stale.
       auto removed = mgr_.retain_only(std::set<std::string>(req->uids.begin(), req->uids.end()));
@@ -129,11 +132,19 @@ Result<std::string> RequestHandler::skip_reason(const protocol::PodSpec& pod) {
 
 ControlServer::~ControlServer() {
   clients_.clear();
-  if (listen_fd_ && !opts_.socket_path.empty()) ::unlink(opts_.socket_path.c_str());
+  // After a handover the socket (and its path) belong to the new agent.
+  if (listen_fd_ && !opts_.socket_path.empty() && !handed_over_) ::unlink(opts_.socket_path.c_str());
 }
 
 Status ControlServer::listen() {
-  NS_TRY(listen_fd_, protocol::listen_seqpacket(opts_.socket_path));
+  NS_TRY(UniqueFd fd, protocol::listen_seqpacket(opts_.socket_path));
+  return serve_on(std::move(fd));
+}
+
+Status ControlServer::serve_on(UniqueFd listen_fd) {
+  listen_fd_ = std::move(listen_fd);
+  int fl = ::fcntl(listen_fd_.get(), F_GETFL);
+  if (fl < 0 || ::fcntl(listen_fd_.get(), F_SETFL, fl | O_NONBLOCK) < 0) return Error::from_errno(errno, "fcntl");
   epoll_fd_.reset(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll_fd_) return Error::from_errno(errno, "epoll_create1");
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -185,6 +196,7 @@ Status ControlServer::run() {
       }
       if (evs[i].events & EPOLLIN) {
         serve_client(fd);
+        if (handed_over_) return {};
       } else if (evs[i].events & (EPOLLHUP | EPOLLERR)) {
         drop_client(fd);
       }
@@ -244,6 +256,17 @@ void ControlServer::serve_client(int fd) {
     return;
   }
   if (p->data.empty() && p->fds.empty() && !p->truncated) {  // orderly EOF
+    drop_client(fd);
+    return;
+  }
+  if (auto req = protocol::decode_request(p->data); req.ok() && req->type == MsgType::kHandover) {
+    if (!p->fds.empty()) {
+      (void)client.ch.send(protocol::encode_reply(error_reply("'handover' carries no fds", EINVAL)));
+    } else if (!handover_) {
+      (void)client.ch.send(protocol::encode_reply(error_reply("this agent does not hand over", EPERM)));
+    } else if (handover_(client.ch, listen_fd_.get())) {
+      handed_over_ = true;
+    }
     drop_client(fd);
     return;
   }

@@ -46,7 +46,8 @@ void EnrolmentManager::persist(const PodRecord* pending) {
 }
 
 Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
-                                                     const capture::CaptureState* previous) {
+                                                     const capture::CaptureState* previous,
+                                                     std::optional<PodListeners> given) {
   auto started = std::chrono::steady_clock::now();
   log::PodScope scope(spec.uid, spec.namespace_, spec.name);
   auto pod = std::make_unique<Pod>();
@@ -60,9 +61,13 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
       // No addresses given (netsteerctl without --ip): take the pod's global addresses.
       NS_TRY(pod->spec.ips, capture::discover_addresses());
     }
-    auto listeners = create_listeners(protocol::kAgentMark);
-    if (!listeners.ok()) return std::move(listeners).error().wrap("create listeners in pod netns");
-    pod->listeners = std::move(*listeners);
+    if (given) {
+      pod->listeners = std::move(*given);  // the previous agent's sockets (handover)
+    } else {
+      auto listeners = create_listeners(protocol::kAgentMark);
+      if (!listeners.ok()) return std::move(listeners).error().wrap("create listeners in pod netns");
+      pod->listeners = std::move(*listeners);
+    }
     if (!dp_ || !dp_->capture) return {};
     capture::CaptureConfig cfg;
     cfg.pod_ips = pod->spec.ips;
@@ -267,6 +272,60 @@ void EnrolmentManager::restore(const std::vector<PodRecord>& records) {
     }
   }
   persist();
+}
+
+std::vector<HandoverPod> EnrolmentManager::export_pods() const {
+  std::lock_guard lk(mu_);
+  std::vector<HandoverPod> out;
+  for (const auto& [uid, p] : pods_) {
+    HandoverPod h;
+    h.record = PodRecord{p->spec, p->netns.id(), false, p->capture ? p->capture->state().to_json() : json::object()};
+    h.family = p->listeners.family;
+    h.netns = dup_fd(p->netns.fd());
+    h.outbound = dup_fd(p->listeners.outbound.fd.get());
+    h.inbound = dup_fd(p->listeners.inbound.fd.get());
+    h.tunnel = dup_fd(p->listeners.tunnel.fd.get());
+    if (!h.netns || !h.outbound || !h.inbound || !h.tunnel) {
+      spdlog::error("pod {}: cannot hand over: dup: {}", uid, std::strerror(errno));
+      continue;
+    }
+    out.push_back(std::move(h));
+  }
+  return out;
+}
+
+void EnrolmentManager::adopt(std::vector<HandoverPod> pods) {
+  std::lock_guard lk(mu_);
+  for (auto& h : pods) {
+    const std::string& uid = h.record.spec.uid;
+    log::PodScope scope(uid, h.record.spec.namespace_, h.record.spec.name);
+    auto ns = netns::NetnsHandle::from_fd(std::move(h.netns));
+    if (!ns.ok() || !(ns->id() == h.record.netns)) {
+      spdlog::error("pod {}: handed-over netns fd is not the recorded netns; skipped", uid);
+      continue;
+    }
+    PodListeners given;
+    given.family = h.family;
+    given.outbound = {std::move(h.outbound), protocol::kPortOutbound, "outbound"};
+    given.inbound = {std::move(h.inbound), protocol::kPortInbound, "inbound"};
+    given.tunnel = {std::move(h.tunnel), protocol::kPortTunnel, "tunnel"};
+    auto prev = capture::CaptureState::from_json(h.record.capture);
+    auto pod = build(h.record.spec, std::move(*ns), &prev, std::move(given));
+    if (!pod.ok()) {
+      spdlog::error("pod {}: handover failed: {}", uid, pod.error().message);
+      continue;
+    }
+    spdlog::info("pod {}: handed over by the previous agent in {:.2f} ms (same listeners, pins in place)", uid,
+                 (*pod)->enrol_ms);
+    pods_[uid] = std::move(*pod);
+    ++stats_.adopted;
+  }
+  persist();
+}
+
+void EnrolmentManager::detach_store() {
+  std::lock_guard lk(mu_);
+  store_ = nullptr;
 }
 
 json EnrolmentManager::list() const {

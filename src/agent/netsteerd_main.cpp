@@ -71,6 +71,14 @@ int main(int argc, char** argv) {
   app.add_option("--kube-token-file", kube.token_file, "bearer token file for --kube-api URL");
   app.add_option("--kube-ca-file", kube.ca_file, "CA bundle for --kube-api URL (default: system CAs)");
   app.add_option("--kube-timeout-ms", kube_timeout_ms, "per-lookup deadline")->capture_default_str();
+  bool takeover = false;
+  int drain_timeout_s = 3600;
+  app.add_flag("--takeover", takeover,
+               "hitless upgrade: receive every pod, listener and the control socket from the agent running at "
+               "--socket, which then stops accepting and drains; starts normally when no agent runs");
+  app.add_option("--drain-timeout-s", drain_timeout_s,
+                 "after handing over to a new agent: keep relaying established connections this long at most")
+      ->capture_default_str();
   app.add_flag("--cleanup-on-exit", cleanup_on_exit,
                "on SIGTERM remove every pod's capture (uninstall); default keeps it for the next agent");
   CLI11_PARSE(app, argc, argv);
@@ -167,8 +175,24 @@ int main(int argc, char** argv) {
   }
   agent::StateStore store(state_dir);
   agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf"});
-  // Take over what the previous agent left (pins, links and rules stayed in place: fail closed).
-  if (auto recs = store.load(); recs.ok()) {
+  // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
+  std::optional<agent::Handover> handover;
+  if (takeover) {
+    auto h = agent::request_handover(socket_path);
+    if (h.ok()) {
+      spdlog::info("--takeover: received {} pods and the control socket from the running agent", h->pods.size());
+      handover = std::move(*h);
+    } else if (h.error().code == ENOENT || h.error().code == ECONNREFUSED) {
+      spdlog::info("--takeover: no agent running at {}; starting normally", socket_path);
+    } else {
+      spdlog::critical("--takeover: {} (the running agent keeps serving)", h.error().message);
+      return 1;
+    }
+  }
+  if (handover) {
+    manager.adopt(std::move(handover->pods));
+  } else if (auto recs = store.load(); recs.ok()) {
+    // Take over what a dead agent left (pins, links and rules stayed in place: fail closed).
     manager.restore(*recs);
   } else {
     spdlog::error("{}; starting without previous state", recs.error().message);
@@ -204,7 +228,7 @@ int main(int argc, char** argv) {
   copts.socket_path = socket_path;
   copts.allowed_uids = {allow_uids.begin(), allow_uids.end()};
   agent::ControlServer server(copts, handler);
-  if (auto st = server.listen(); !st.ok()) {
+  if (auto st = handover ? server.serve_on(std::move(handover->control_listener)) : server.listen(); !st.ok()) {
     spdlog::critical("cannot listen on the control socket: {}", st.error().message);
     return 1;
   }
@@ -212,7 +236,8 @@ int main(int argc, char** argv) {
   // does not depend on it, and the error says why scrapes fail.
   std::atomic<bool> ready{true};  // the control socket listens and the previous pods are taken over
   std::unique_ptr<metrics::HttpServer> http;
-  if (!metrics_addr.empty() && metrics_addr != "off") {
+  auto start_metrics = [&] {
+    if (metrics_addr.empty() || metrics_addr == "off") return;
     auto h = metrics::HttpServer::start(
         metrics_addr,
         [&] {
@@ -227,11 +252,49 @@ int main(int argc, char** argv) {
     } else {
       spdlog::error("metrics endpoint disabled: {}", h.error().message);
     }
+  };
+  start_metrics();
+  if (handover) {
+    // Every pod is served here now: the old agent may stop accepting and drain.
+    if (auto st = agent::finish_handover(*handover); !st.ok())
+      spdlog::warn("handover: could not tell the old agent to stop: {} (it keeps accepting too)", st.error().message);
+    handover.reset();
   }
+  server.set_handover([&](protocol::SeqpacketChannel& ch, int listen_fd) {
+    spdlog::info("handover requested by a new agent");
+    auto pods = manager.export_pods();
+    ready = false;
+    http.reset();  // the metrics address goes to the new agent
+    auto st = agent::send_handover(ch, pods, listen_fd);
+    if (!st.ok()) {
+      spdlog::error("handover failed, still serving: {}", st.error().message);
+      ready = true;
+      start_metrics();
+      return false;
+    }
+    return true;
+  });
   spdlog::info("netsteerd {} ready (pid {})", NETSTEER_VERSION, ::getpid());
   auto st = server.run();
   ready = false;
   http.reset();
+  if (server.handed_over()) {
+    // The new agent accepts on the same sockets and owns the state file and the pins. Keep
+    // relaying what is established until it finishes, the drain timeout, or SIGTERM/SIGINT.
+    manager.detach_store();
+    (*relay)->stop_accepting();
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(drain_timeout_s);
+    size_t left = (*relay)->connections();
+    spdlog::info("handed over to the new agent; draining {} connections (at most {} s)", left, drain_timeout_s);
+    timespec tick{0, 100 * 1000 * 1000};
+    while (left > 0 && std::chrono::steady_clock::now() < deadline) {
+      if (::sigtimedwait(&set, nullptr, &tick) > 0) break;
+      left = (*relay)->connections();
+    }
+    spdlog::info("drained ({} connections left); exiting, capture stays with the new agent", left);
+    manager.clear(false);
+    return 0;
+  }
   manager.clear(cleanup_on_exit);
   if (!st.ok()) {
     spdlog::critical("control loop failed: {}", st.error().message);

@@ -23,19 +23,39 @@ Result<std::vector<PodRecord>> StateStore::load() const {
   if (j.is_discarded() || !j.is_object() || !j.contains("pods") || !j["pods"].is_array())
     return Error::msg("state file " + path() + " is corrupt", EINVAL);
   for (const auto& e : j["pods"]) {
-    // Re-use the protocol's strict decoder for the pod part: one parser for one format.
-    json req{{"type", "add"}, {"version", protocol::kVersion}, {"pod", e.value("pod", json::object())}};
-    auto r = protocol::decode_request(req.dump());
-    if (!r.ok()) return std::move(r).error().wrap("state file " + path());
-    PodRecord rec;
-    rec.spec = r->pod;
-    rec.netns.dev = e.value("netns_dev", 0ULL);
-    rec.netns.ino = e.value("netns_ino", 0ULL);
-    rec.pending = e.value("pending", false);
-    if (e.contains("capture") && e["capture"].is_object()) rec.capture = e["capture"];
-    out.push_back(std::move(rec));
+    auto rec = record_from_json(e);
+    if (!rec.ok()) return std::move(rec).error().wrap("state file " + path());
+    out.push_back(std::move(*rec));
   }
   return out;
+}
+
+Result<PodRecord> record_from_json(const json& e) {
+  if (!e.is_object()) return Error::msg("pod record must be an object", EINVAL);
+  // Re-use the protocol's strict decoder for the pod part: one parser for one format.
+  json req{{"type", "add"}, {"version", protocol::kVersion}, {"pod", e.value("pod", json::object())}};
+  auto r = protocol::decode_request(req.dump());
+  if (!r.ok()) return std::move(r).error();
+  PodRecord rec;
+  rec.spec = r->pod;
+  auto u64 = [&](const char* k) {
+    auto it = e.find(k);
+    return it != e.end() && it->is_number_unsigned() ? it->get<uint64_t>() : 0;
+  };
+  rec.netns.dev = u64("netns_dev");
+  rec.netns.ino = u64("netns_ino");
+  auto pending = e.find("pending");
+  rec.pending = pending != e.end() && pending->is_boolean() && pending->get<bool>();
+  if (e.contains("capture") && e["capture"].is_object()) rec.capture = e["capture"];
+  return rec;
+}
+
+json record_to_json(const PodRecord& p) {
+  return {{"pod", protocol::pod_to_json(p.spec)},
+          {"netns_dev", p.netns.dev},
+          {"netns_ino", p.netns.ino},
+          {"pending", p.pending},
+          {"capture", p.capture}};
 }
 
 Status StateStore::save(const std::vector<PodRecord>& pods) const {
@@ -44,12 +64,7 @@ Status StateStore::save(const std::vector<PodRecord>& pods) const {
   std::filesystem::create_directories(dir_, ec);
   if (ec) return Error::msg("create state dir " + dir_ + ": " + ec.message(), ec.value());
   json a = json::array();
-  for (const auto& p : pods)
-    a.push_back({{"pod", protocol::pod_to_json(p.spec)},
-                 {"netns_dev", p.netns.dev},
-                 {"netns_ino", p.netns.ino},
-                 {"pending", p.pending},
-                 {"capture", p.capture}});
+  for (const auto& p : pods) a.push_back(record_to_json(p));
   std::string data = json{{"version", 1}, {"pods", a}}.dump(1);
   return write_file_atomic(path(), data, 0600);
 }

@@ -10,7 +10,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::array<std::pair<MsgType, std::string_view>, 8> kTypes{{
+constexpr std::array<std::pair<MsgType, std::string_view>, 9> kTypes{{
     {MsgType::kHello, "hello"},
     {MsgType::kAdd, "add"},
     {MsgType::kDel, "del"},
@@ -19,6 +19,7 @@ constexpr std::array<std::pair<MsgType, std::string_view>, 8> kTypes{{
     {MsgType::kSnapshot, "snapshot"},
     {MsgType::kCheck, "check"},
     {MsgType::kInspect, "inspect"},
+    {MsgType::kHandover, "handover"},
 }};
 
 Error field_error(std::string_view field, std::string_view want) {

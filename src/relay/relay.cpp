@@ -9,6 +9,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+
+#include <atomic>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -191,6 +193,20 @@ class Worker {
     }
     listeners_.push_back(std::move(l));
   }
+
+  // pod == nullptr: every pod's listeners (handover: established connections stay).
+  void release_listeners(const PodContext* pod) {
+    for (auto it = listeners_.begin(); it != listeners_.end();) {
+      if (!pod || (*it)->pod.get() == pod) {
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, (*it)->fd, nullptr);
+        it = listeners_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  size_t connections() const { return conns_.size(); }
 
   void remove_pod(const PodContext* pod) {
     for (auto it = listeners_.begin(); it != listeners_.end();) {
@@ -663,6 +679,16 @@ Status Relay::add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, i
 
 void Relay::remove_pod(const std::shared_ptr<PodContext>& pod) {
   broadcast([&](Worker& w) { w.remove_pod(pod.get()); });
+}
+
+void Relay::stop_accepting() {
+  broadcast([](Worker& w) { w.release_listeners(nullptr); });
+}
+
+size_t Relay::connections() {
+  std::atomic<size_t> n{0};
+  broadcast([&](Worker& w) { n += w.connections(); });
+  return n;
 }
 
 json Relay::stats() const {

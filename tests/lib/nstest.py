@@ -19,6 +19,7 @@ BUILD = os.environ.get("NETSTEER_BUILD") or os.path.join(os.path.dirname(__file_
 NETSTEERD = os.path.join(BUILD, "netsteerd")
 NETSTEERCTL = os.path.join(BUILD, "netsteerctl")
 NETSTEER_CNI = os.path.join(BUILD, "netsteer-cni")
+LOADGEN = os.path.join(BUILD, "tests", "netsteer_loadgen")
 
 
 def require_root():
@@ -153,16 +154,39 @@ class Agent:
         self.pin_root = pin_root or f"/sys/fs/bpf/{unique('netsteer-test-')}"
         self.extra = list(extra_args)
         self.proc = None
+        self.retired = []  # (process, log) of agents that handed over and drain
         self.start()
 
-    def start(self):
-        self.log = open(self.log_path, "a")
+    def cmd(self):
         cmd = [NETSTEERD, "--socket", self.socket, "--log-level", "debug", "--state-dir", self.state_dir,
                "--pin-root", self.pin_root] + self.extra
         if "--metrics" not in self.extra:
             cmd += ["--metrics", "127.0.0.1:0"]  # a free port: agents of parallel runs never collide
-        self.proc = subprocess.Popen(cmd,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        return cmd
+
+    def upgrade(self, extra=(), timeout=10):
+        """Hitless upgrade: a new netsteerd with --takeover on the same socket, state and pins.
+        Returns the old process, which stops accepting, drains and exits on its own."""
+        old = self.proc
+        self.retired.append((self.proc, self.log))
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(self.cmd() + ["--takeover"] + list(extra), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"netsteerd --takeover exited ({self.proc.returncode}):\n{self.logs()}")
+            try:
+                if self.call({"type": "status", "version": 1})["status"]["pid"] == self.proc.pid:
+                    return old
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError("netsteerd --takeover did not take over:\n" + self.logs())
+
+    def start(self):
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(self.cmd(), stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -233,6 +257,16 @@ class Agent:
         return left
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
+        for proc, log in self.retired:  # draining agents: SIGTERM ends the drain
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.close()
+        self.retired = []
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

@@ -46,6 +46,13 @@ class ControlServer {
 
   // Binds the socket (0600, stale one replaced). Separate from run() so callers know it listens.
   Status listen();
+  // Serves on a listening socket received from the previous agent (hitless upgrade).
+  Status serve_on(UniqueFd listen_fd);
+  // Called for a "handover" request with the peer's channel and the listening fd; returns true
+  // when the new agent took over, and run() then returns (the socket path is left to it).
+  using HandoverFn = std::function<bool(protocol::SeqpacketChannel&, int listen_fd)>;
+  void set_handover(HandoverFn fn) { handover_ = std::move(fn); }
+  bool handed_over() const { return handed_over_; }
   // Serves until SIGTERM/SIGINT (blocked and read through a signalfd) or stop().
   Status run();
   void stop();
@@ -67,6 +74,8 @@ class ControlServer {
   };
   std::map<int, Client> clients_;
   uint64_t rejected_peers_ = 0;
+  HandoverFn handover_;
+  bool handed_over_ = false;
 };
 
 }  // namespace netsteer::agent

@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 
+#include "netsteer/agent/handover.h"
 #include "netsteer/agent/listeners.h"
 #include "netsteer/agent/state_store.h"
 #include "netsteer/bpf/features.h"
@@ -75,6 +76,13 @@ class EnrolmentManager {
   // rules stay in place; new listeners replace the dead agent's), clean up the rest and any
   // pin directory nobody owns.
   void restore(const std::vector<PodRecord>& records);
+  // Hitless upgrade, old agent: every pod's record with dups of its netns and listener fds.
+  std::vector<HandoverPod> export_pods() const;
+  // Hitless upgrade, new agent: takes the pods over with the received sockets (no new listeners,
+  // pins re-opened in place) and writes the state file.
+  void adopt(std::vector<HandoverPod> pods);
+  // Old agent after a handover: the state file belongs to the new agent now.
+  void detach_store();
   nlohmann::json list() const;
   nlohmann::json pod_json(const std::string& uid) const;  // null when unknown
   // CHECK: the pod is enrolled and its capture is in place.
@@ -92,7 +100,8 @@ class EnrolmentManager {
 
  private:
   Result<std::unique_ptr<Pod>> build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
-                                     const capture::CaptureState* previous);
+                                     const capture::CaptureState* previous,
+                                     std::optional<PodListeners> given = std::nullopt);
   void teardown(Pod& pod, bool remove_capture);
   void persist(const PodRecord* pending = nullptr);  // with mu_ held
   std::string pin_dir(const std::string& uid) const { return dp_ ? dp_->pin_root + "/" + uid : ""; }

@@ -20,6 +20,10 @@ struct PodRecord {
   nlohmann::json capture = nlohmann::json::object();  // capture::CaptureState (saved sysctls, tc)
 };
 
+// One record as JSON (the state file's entries, and the handover's).
+nlohmann::json record_to_json(const PodRecord& p);
+Result<PodRecord> record_from_json(const nlohmann::json& j);
+
 class StateStore {
  public:
   explicit StateStore(std::string dir) : dir_(std::move(dir)) {}

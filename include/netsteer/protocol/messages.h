@@ -25,7 +25,8 @@ inline constexpr uint16_t kPortOutbound = 15001;
 inline constexpr uint16_t kPortInbound = 15006;
 inline constexpr uint16_t kPortTunnel = 15008;
 
-enum class MsgType { kHello, kAdd, kDel, kList, kStatus, kSnapshot, kCheck, kInspect };
+// kHandover: a new agent asks the running one for its pods and sockets (agent/handover.h).
+enum class MsgType { kHello, kAdd, kDel, kList, kStatus, kSnapshot, kCheck, kInspect, kHandover };
 std::string_view to_string(MsgType t);
 
 // Per-pod capture exclusions (set at enrol time).

@@ -86,6 +86,10 @@ class Relay {
   Status add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, int inbound_fd, int tunnel_fd);
   // Stops accepting for the pod and closes its connections; returns when every worker is done.
   void remove_pod(const std::shared_ptr<PodContext>& pod);
+  // Hitless upgrade, old agent: stop accepting on every listener; relayed connections go on.
+  void stop_accepting();
+  // Connections being relayed (and connecting) across workers.
+  size_t connections();
 
   nlohmann::json stats() const;  // per worker: connections, pipes in use/idle
   size_t workers() const { return workers_.size(); }

@@ -1,0 +1,55 @@
+// Hitless upgrade: a new netsteerd (`--takeover`) asks the running one for everything it serves,
+// over the control socket, and the old one drains.
+//
+//   new → old   {"type":"handover","version":1}
+//   old → new   {"ok":true,"pods":N}
+//   old → new   N × {"record":<state-file record>,"family":"dual"|"ipv4"} + fds [netns, 15001, 15006, 15008]
+//   old → new   {"control":true} + fds [the control socket's listening fd]
+//   new → old   {"type":"handover_done"}   (the new agent accepts on every listener by now)
+//
+// The listening sockets themselves move (SCM_RIGHTS), so no SYN is refused at any point: both
+// agents accept from the same queues until the old one stops. Pins, links, rules and the SOCKMAP
+// entries stay in place (the same sockets). Any failure before "handover_done" leaves the old
+// agent serving as before.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "netsteer/agent/state_store.h"
+#include "netsteer/common/result.h"
+#include "netsteer/common/unique_fd.h"
+#include "netsteer/protocol/channel.h"
+
+namespace netsteer::agent {
+
+struct HandoverPod {
+  PodRecord record;
+  std::string family;  // the listeners' family ("dual" or "ipv4")
+  UniqueFd netns, outbound, inbound, tunnel;
+};
+
+struct Handover {
+  std::vector<HandoverPod> pods;
+  UniqueFd control_listener;
+  protocol::SeqpacketChannel channel;  // to the old agent: finish_handover() on it
+};
+
+inline constexpr std::chrono::milliseconds kHandoverTimeout{10000};
+
+// Old agent: after the "handover" request arrived on `ch`, sends the pods and the control
+// listener, then waits for the new agent's "handover_done". Success means the old agent must
+// stop accepting and serving the control socket (without unlinking it), then drain.
+Status send_handover(protocol::SeqpacketChannel& ch, const std::vector<HandoverPod>& pods, int control_fd,
+                     std::chrono::milliseconds timeout = kHandoverTimeout);
+
+// New agent: connects to the running agent's control socket and receives everything. ENOENT /
+// ECONNREFUSED mean no agent is running (start normally).
+Result<Handover> request_handover(const std::string& socket_path,
+                                  std::chrono::milliseconds timeout = kHandoverTimeout);
+
+// New agent: tells the old one it serves everything now.
+Status finish_handover(Handover& h);
+
+}  // namespace netsteer::agent

@@ -1,0 +1,102 @@
+#include "netsteer/agent/handover.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+
+#include <nlohmann/json.hpp>
+
+#include "netsteer/protocol/messages.h"
+
+namespace netsteer::agent {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr size_t kMaxPacket = protocol::kMaxMessageSize;
+constexpr size_t kFdsPerPod = 4;
+
+// Blocking with deadlines for the duration of the exchange (the control server's sockets are
+// non-blocking): a stuck peer costs at most `timeout` per packet.
+Status make_blocking(int fd, std::chrono::milliseconds timeout) {
+  int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) return Error::from_errno(errno, "fcntl");
+  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+  if (::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
+    return Error::from_errno(errno, "SO_SNDTIMEO");
+  return {};
+}
+
+Result<protocol::Packet> recv_packet(const protocol::SeqpacketChannel& ch, std::chrono::milliseconds timeout,
+                                     const char* what) {
+  NS_TRY_STATUS(ch.wait_readable(timeout));
+  NS_TRY(auto p, ch.recv(kMaxPacket));
+  if (p.data.empty() && p.fds.empty() && !p.truncated)
+    return Error::msg(std::string("handover: peer closed the connection before ") + what, ECONNRESET);
+  if (p.truncated || p.ctrl_truncated) return Error::msg(std::string("handover: truncated ") + what, EPROTO);
+  return p;
+}
+
+Result<json> parse_object(const protocol::Packet& p, const char* what) {
+  json j = json::parse(p.data, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Error::msg(std::string("handover: malformed ") + what, EPROTO);
+  return j;
+}
+
+}  // namespace
+
+Status send_handover(protocol::SeqpacketChannel& ch, const std::vector<HandoverPod>& pods, int control_fd,
+                     std::chrono::milliseconds timeout) {
+  NS_TRY_STATUS(make_blocking(ch.fd(), timeout));
+  NS_TRY_STATUS(ch.send(json{{"ok", true}, {"error", ""}, {"pods", pods.size()}}.dump()));
+  for (const auto& p : pods) {
+    json j{{"record", record_to_json(p.record)}, {"family", p.family}};
+    NS_TRY_STATUS(ch.send(j.dump(), {p.netns.get(), p.outbound.get(), p.inbound.get(), p.tunnel.get()}));
+  }
+  NS_TRY_STATUS(ch.send(json{{"control", true}}.dump(), {control_fd}));
+  NS_TRY(auto done, recv_packet(ch, timeout, "handover_done"));
+  NS_TRY(json j, parse_object(done, "handover_done"));
+  if (j.value("type", "") != "handover_done")
+    return Error::msg("handover: expected handover_done, got " + done.data.substr(0, 200), EPROTO);
+  return {};
+}
+
+Result<Handover> request_handover(const std::string& socket_path, std::chrono::milliseconds timeout) {
+  Handover h;
+  NS_TRY(h.channel, protocol::SeqpacketChannel::connect(socket_path));
+  NS_TRY_STATUS(make_blocking(h.channel.fd(), timeout));
+  protocol::Request req;
+  req.type = protocol::MsgType::kHandover;
+  NS_TRY_STATUS(h.channel.send(protocol::encode_request(req)));
+  NS_TRY(auto first, recv_packet(h.channel, timeout, "the handover header"));
+  auto reply = protocol::decode_reply(first.data);
+  if (!reply.ok()) return std::move(reply).error().wrap("handover");
+  if (!reply->ok) return Error::msg("the running agent refused the handover: " + reply->error, reply->err_no ? reply->err_no : EPERM);
+  auto n = reply->data.find("pods");
+  if (n == reply->data.end() || !n->is_number_unsigned() || n->get<uint64_t>() > 100000)
+    return Error::msg("handover: header without a pod count", EPROTO);
+  for (uint64_t i = 0, count = n->get<uint64_t>(); i < count; ++i) {
+    NS_TRY(auto p, recv_packet(h.channel, timeout, "a pod"));
+    if (p.fds.size() != kFdsPerPod)
+      return Error::msg("handover: pod packet with " + std::to_string(p.fds.size()) + " fds (want 4)", EPROTO);
+    NS_TRY(json j, parse_object(p, "pod"));
+    HandoverPod hp;
+    NS_TRY(hp.record, record_from_json(j.value("record", json::object())));
+    hp.family = j.value("family", "dual");
+    hp.netns = std::move(p.fds[0]);
+    hp.outbound = std::move(p.fds[1]);
+    hp.inbound = std::move(p.fds[2]);
+    hp.tunnel = std::move(p.fds[3]);
+    h.pods.push_back(std::move(hp));
+  }
+  NS_TRY(auto last, recv_packet(h.channel, timeout, "the control socket"));
+  NS_TRY(json j, parse_object(last, "control packet"));
+  if (!j.value("control", false) || last.fds.size() != 1)
+    return Error::msg("handover: expected the control socket", EPROTO);
+  h.control_listener = std::move(last.fds[0]);
+  return h;
+}
+
+Status finish_handover(Handover& h) { return h.channel.send(json{{"type", "handover_done"}}.dump()); }
+
+}  // namespace netsteer::agent
