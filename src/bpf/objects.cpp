@@ -9,13 +9,16 @@ namespace netsteer::bpf {
 
 namespace fs = std::filesystem;
 
-Result<BpfObjects> BpfObjects::open(const std::string& dir) {
-  BpfObjects o(dir);
+Result<BpfObjects> BpfObjects::open(const std::string& dir, KeepOpen keep) {
+  BpfObjects o(dir, keep);
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     std::string name = e.path().filename();
-    UniqueFd fd(::bpf_obj_get(e.path().c_str()));
-    if (!fd) return Error::from_errno(errno, "open pin " + e.path().string());
+    UniqueFd fd;
+    if (keep(name)) {
+      fd.reset(::bpf_obj_get(e.path().c_str()));
+      if (!fd) return Error::from_errno(errno, "open pin " + e.path().string());
+    }
     o.fds_[name] = std::move(fd);
   }
   if (ec) return Error::msg("read pin dir " + dir + ": " + ec.message(), ec.value());
@@ -30,13 +33,21 @@ Status BpfObjects::add(const std::string& name, UniqueFd fd) {
   if (ec) return Error::msg("create pin dir " + dir_ + ": " + ec.message(), ec.value());
   std::string path = dir_ + "/" + name;
   if (::bpf_obj_pin(fd.get(), path.c_str()) < 0) return Error::from_errno(errno, "pin " + path);
+  if (!keep_(name)) fd.reset();
   fds_[name] = std::move(fd);
   return {};
 }
 
 int BpfObjects::fd(const std::string& name) const {
   auto it = fds_.find(name);
-  return it == fds_.end() ? -1 : it->second.get();
+  return it == fds_.end() || !it->second ? -1 : it->second.get();
+}
+
+ObjRef BpfObjects::ref(const std::string& name) const {
+  auto it = fds_.find(name);
+  if (it == fds_.end()) return {};
+  if (it->second) return ObjRef::borrowed(it->second.get());
+  return ObjRef::owned(UniqueFd(::bpf_obj_get((dir_ + "/" + name).c_str())));
 }
 
 void BpfObjects::drop(const std::string& name) {
@@ -74,7 +85,7 @@ uint32_t object_id(int fd) {
 
 nlohmann::json BpfObjects::describe() const {
   nlohmann::json j = nlohmann::json::object();
-  for (const auto& [name, fd] : fds_) j[name] = {{"id", object_id(fd.get())}, {"pin", dir_ + "/" + name}};
+  for (const auto& [name, fd] : fds_) j[name] = {{"id", object_id(ref(name).get())}, {"pin", dir_ + "/" + name}};
   return j;
 }
 

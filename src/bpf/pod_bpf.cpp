@@ -18,6 +18,13 @@ namespace {
 // Pin names (the pod's pin directory is the namespace: <pin_root>/<uid>/<name>).
 constexpr const char* kProgSteer = "prog_steer";
 constexpr const char* kLinkSteer = "link_steer";
+
+// The agent keeps open only what it uses per connection or per scrape; programs, links and
+// the configuration maps stay pinned and are opened when needed (describe, verify, detach).
+bool resident(const std::string& name) {
+  return name == "map_ns_sockets" || name == "map_ns_bypass" || name == "map_ns_stats" ||
+         name == "map_ns_guard_stats";
+}
 constexpr const char* kProgGuardIngress = "prog_guard_ingress";
 constexpr const char* kProgGuardEgress = "prog_guard_egress";
 std::string map_pin(const char* map_name) { return std::string("map_") + map_name; }
@@ -117,7 +124,7 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
   NS_TRY_STATUS(BpfMap<uint32_t, ns_config>(bpf_map__fd(sm.ns_config)).put(0, c));
 
   // Pin everything; on failure whatever was pinned is removed (the link detaches with its fd).
-  std::unique_ptr<PodBpf> pb(new PodBpf(BpfObjects(pin_dir)));
+  std::unique_ptr<PodBpf> pb(new PodBpf(BpfObjects(pin_dir, resident)));
   struct Undo {
     BpfObjects& o;
     bool armed = true;
@@ -144,7 +151,7 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
 }
 
 Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir) {
-  NS_TRY(BpfObjects objs, BpfObjects::open(pin_dir));
+  NS_TRY(BpfObjects objs, BpfObjects::open(pin_dir, resident));
   for (const char* need : {kProgSteer, kLinkSteer, "map_ns_sockets", "map_ns_bypass", "map_ns_stats"}) {
     if (!objs.has(need)) return Error::msg("pin " + pin_dir + "/" + need + " is missing", ENOENT);
   }
@@ -153,7 +160,8 @@ Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir) {
 
 Status PodBpf::attach_guard(int ifindex, TcMode mode) {
   for (bool ingress : {true, false}) {
-    int prog = objs_.fd(ingress ? kProgGuardIngress : kProgGuardEgress);
+    ObjRef prog_ref = objs_.ref(ingress ? kProgGuardIngress : kProgGuardEgress);
+    int prog = prog_ref.get();
     if (prog < 0) return Error::msg("guard program not loaded", ENOENT);
     const char* dir = ingress ? "ingress" : "egress";
     if (mode == TcMode::tcx) {
@@ -181,7 +189,8 @@ Status PodBpf::detach_guard(int ifindex, TcMode mode) {
   for (bool ingress : {true, false}) {
     if (mode == TcMode::tcx) {
       std::string name = guard_link_pin(ifindex, ingress);
-      int fd = objs_.fd(name);
+      ObjRef link = objs_.ref(name);
+      int fd = link.get();
       // ENOLINK/ENODEV: the interface already went away with its netns.
       if (fd >= 0 && bpf_link_detach(fd) < 0 && errno != EINVAL && errno != ENOLINK && errno != ENODEV && first.ok())
         first = Error::from_errno(errno, "detach tcx link " + name);
@@ -237,8 +246,8 @@ nlohmann::json PodBpf::describe() const {
 }
 
 uint32_t PodBpf::steer_link_id() const {
-  int fd = objs_.fd(kLinkSteer);
-  return fd < 0 ? 0 : object_id(fd);
+  ObjRef link = objs_.ref(kLinkSteer);
+  return link ? object_id(link.get()) : 0;
 }
 
 Status PodBpf::verify() const {
@@ -246,17 +255,17 @@ Status PodBpf::verify() const {
     std::string path = objs_.dir() + "/" + name;
     if (::access(path.c_str(), F_OK) < 0) return Error::from_errno(errno, "pin " + path);
   }
-  int fd = objs_.fd(kLinkSteer);
-  if (fd < 0) return Error::msg("no sk_lookup link", ENOENT);
+  ObjRef link = objs_.ref(kLinkSteer);
+  if (!link) return Error::msg("no sk_lookup link", ENOENT);
   bpf_link_info info{};
   uint32_t len = sizeof info;
-  if (bpf_obj_get_info_by_fd(fd, &info, &len) < 0) return Error::from_errno(errno, "sk_lookup link info");
+  if (bpf_obj_get_info_by_fd(link.get(), &info, &len) < 0) return Error::from_errno(errno, "sk_lookup link info");
   if (info.netns.netns_ino == 0) return Error::msg("sk_lookup link is detached from the pod netns", ENOLINK);
   return {};
 }
 
 Status PodBpf::remove_pins(const std::string& pin_dir) {
-  auto objs = BpfObjects::open(pin_dir);
+  auto objs = BpfObjects::open(pin_dir, resident);
   if (!objs.ok()) {
     ::rmdir(pin_dir.c_str());
     return objs.error().code == ENOENT ? Status{} : Status(std::move(objs).error());
@@ -268,8 +277,8 @@ Status PodBpf::destroy() {
   Status st;
   for (const auto& name : objs_.names()) {
     if (name.rfind("link_", 0) != 0) continue;
-    int fd = objs_.fd(name);
-    if (bpf_link_detach(fd) < 0 && errno != EINVAL && errno != ENOLINK && errno != ENODEV && st.ok())
+    ObjRef link = objs_.ref(name);
+    if (link && bpf_link_detach(link.get()) < 0 && errno != EINVAL && errno != ENOLINK && errno != ENODEV && st.ok())
       st = Error::from_errno(errno, "detach " + name);
   }
   objs_.remove_all();

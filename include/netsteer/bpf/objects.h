@@ -15,19 +15,53 @@
 
 namespace netsteer::bpf {
 
+// A BPF object fd for the length of a scope: borrowed from BpfObjects when it keeps the object
+// open, or opened from its pin (and closed again) when it does not.
+class ObjRef {
+ public:
+  ObjRef() = default;
+  static ObjRef borrowed(int fd) {
+    ObjRef r;
+    r.fd_ = fd;
+    return r;
+  }
+  static ObjRef owned(UniqueFd fd) {
+    ObjRef r;
+    r.fd_ = fd.get();
+    r.owned_ = std::move(fd);
+    return r;
+  }
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+  UniqueFd owned_;
+};
+
 class BpfObjects {
  public:
-  BpfObjects() = default;
-  explicit BpfObjects(std::string dir) : dir_(std::move(dir)) {}
+  // Which objects stay open (the rest live on in their pins only: a pod costs the agent a few
+  // fds, not one per program, map and link — 1000 pods fit a 20k fd limit).
+  using KeepOpen = bool (*)(const std::string& name);
+  static bool keep_all(const std::string&) { return true; }
 
-  // Re-opens every pin under dir (bpf_obj_get). Fails when dir has no pins.
-  static Result<BpfObjects> open(const std::string& dir);
+  BpfObjects() = default;
+  explicit BpfObjects(std::string dir, KeepOpen keep = keep_all) : dir_(std::move(dir)), keep_(keep) {}
+
+  // Re-opens the pins under dir that `keep` wants open (bpf_obj_get); records the others by
+  // name. Fails when dir has no pins.
+  static Result<BpfObjects> open(const std::string& dir, KeepOpen keep = keep_all);
 
   const std::string& dir() const { return dir_; }
-  // Takes ownership of fd and pins it at dir/name (creating dir). On error fd is closed.
+  // Takes ownership of fd and pins it at dir/name (creating dir); closes it unless kept open.
+  // On error fd is closed.
   Status add(const std::string& name, UniqueFd fd);
   bool has(const std::string& name) const { return fds_.count(name) != 0; }
-  int fd(const std::string& name) const;  // -1 when absent
+  // A kept-open object's fd (hot paths); -1 when absent or not kept open.
+  int fd(const std::string& name) const;
+  // Any object: borrowed when kept open, else opened from its pin. Invalid when absent.
+  ObjRef ref(const std::string& name) const;
   // Unpins and closes one object (a link detaches once its last reference is gone).
   void drop(const std::string& name);
   // Unpins and closes everything, then removes dir.
@@ -38,7 +72,8 @@ class BpfObjects {
 
  private:
   std::string dir_;
-  std::map<std::string, UniqueFd> fds_;
+  KeepOpen keep_ = keep_all;
+  std::map<std::string, UniqueFd> fds_;  // invalid fd: pinned only
 };
 
 // Kernel id of a BPF program/map/link fd (0 when unknown).
