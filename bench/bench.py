@@ -312,7 +312,7 @@ def control_plane(sizes):
 
 
 def table(res):
-    dp = res["data_path"]
+    dp = res.get("data_path", {})
     lines = ["| arm | dir | conn/s | p50 ms | p99 ms | Gbit/s 1 | Gbit/s 8 | CPU s/GB (8) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for arm, r in dp.items():
@@ -365,7 +365,7 @@ def main():
     ap.add_argument("--json", default="bench/result.json")
     args = ap.parse_args()
     args.secs = args.secs or (10 if args.full else 3)
-    args.arms = args.arms.split(",")
+    args.arms = [a for a in args.arms.split(",") if a]
     sizes = [int(x) for x in (args.pods or ("1,100,1000" if args.full else "1,100")).split(",") if x]
     if os.geteuid() != 0:
         sys.exit("bench: run as root (network namespaces)")
@@ -374,13 +374,20 @@ def main():
             sys.exit(f"bench: {tool} missing (scripts/setup.sh installs it)")
     res = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kernel": os.uname().release,
            "cpus": os.cpu_count(), "secs_per_measurement": args.secs}
+    def save():  # after every phase: a failure later never loses what was measured
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
     with tempfile.TemporaryDirectory(prefix="netsteer-bench-") as tmp:
-        print("data path ...", flush=True)
-        res["data_path"] = data_path(args, tmp)
+        if args.arms:
+            print("data path ...", flush=True)
+            res["data_path"] = data_path(args, tmp)
+            save()
         print("bpf run time ...", flush=True)
         res["bpf"] = bpf_runtime(tmp)
+        save()
     print("control plane ...", flush=True)
     res["control_plane"] = control_plane(sizes)
+    save()
     text = table(res)
     print(text)
     with open(args.json, "w") as f:

@@ -3,6 +3,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <set>
 #include <spdlog/spdlog.h>
 #include <fcntl.h>
@@ -176,7 +177,9 @@ Status ControlServer::run() {
   prepare_accept_reserve();
   epoll_event evs[64];
   for (;;) {
-    int n = ::epoll_wait(epoll_fd_.get(), evs, 64, 1000);
+    // Wake often enough to enforce the idle timeout on silent peers.
+    int wait_ms = static_cast<int>(std::clamp<long long>(opts_.client_idle_timeout.count() / 2, 10, 1000));
+    int n = ::epoll_wait(epoll_fd_.get(), evs, 64, wait_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
       return Error::from_errno(errno, "epoll_wait");
@@ -227,9 +230,14 @@ void ControlServer::accept_clients() {
       continue;  // closes
     }
     if (clients_.size() >= opts_.max_clients) {
+      // Full: the longest-silent connection makes room, so a flood of idle connects cannot lock
+      // the CNI plugin out (each flooder is cut off by the idle timeout anyway).
+      auto oldest = std::min_element(clients_.begin(), clients_.end(),
+                                     [](const auto& x, const auto& y) { return x.second.last < y.second.last; });
       ++rejected_peers_;
-      (void)ch.send(protocol::encode_reply(error_reply("too many control connections")));
-      continue;
+      spdlog::warn("control: {} connections open (limit): closing the longest silent one", clients_.size());
+      (void)oldest->second.ch.send(protocol::encode_reply(error_reply("too many control connections")));
+      drop_client(oldest->first);
     }
     int fd = ch.fd();
     epoll_event ev{};

@@ -83,6 +83,13 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
       (void)pod->capture->remove();
       return std::move(set).error().wrap("put listeners into the socket map");
     }
+    if (previous && !given) {
+      // Taking over from a dead agent: its relay connections died with it, so must their
+      // bypass entries (a handover keeps them: the old agent still relays those connections).
+      auto n = pod->capture->bpf().clear_bypass();
+      if (!n.ok()) return std::move(n).error().wrap("clear the dead relay's bypass entries");
+      if (*n) spdlog::info("pod {}: removed {} bypass entries of the previous agent's connections", spec.uid, *n);
+    }
     return {};
   });
   if (!st.ok()) return std::move(st).error();

@@ -71,6 +71,10 @@ int main(int argc, char** argv) {
   app.add_option("--kube-token-file", kube.token_file, "bearer token file for --kube-api URL");
   app.add_option("--kube-ca-file", kube.ca_file, "CA bundle for --kube-api URL (default: system CAs)");
   app.add_option("--kube-timeout-ms", kube_timeout_ms, "per-lookup deadline")->capture_default_str();
+  long control_idle_ms = 60000;
+  app.add_option("--control-idle-timeout-ms", control_idle_ms,
+                 "close control connections silent this long (slow or stuck peers)")
+      ->capture_default_str();
   bool takeover = false;
   int drain_timeout_s = 3600;
   app.add_flag("--takeover", takeover,
@@ -227,6 +231,7 @@ int main(int argc, char** argv) {
   agent::ControlOptions copts;
   copts.socket_path = socket_path;
   copts.allowed_uids = {allow_uids.begin(), allow_uids.end()};
+  copts.client_idle_timeout = std::chrono::milliseconds(control_idle_ms);
   agent::ControlServer server(copts, handler);
   if (auto st = handover ? server.serve_on(std::move(handover->control_listener)) : server.listen(); !st.ok()) {
     spdlog::critical("cannot listen on the control socket: {}", st.error().message);

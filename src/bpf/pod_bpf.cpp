@@ -221,6 +221,10 @@ Status PodBpf::remove_bypass(const SockAddr& local) {
   return BpfMap<ns_sock_key, uint8_t>(objs_.fd("map_ns_bypass")).remove(ns_sock_key{to_key(local.ip()), local.port(), 0});
 }
 
+Result<size_t> PodBpf::clear_bypass() {
+  return BpfMap<ns_sock_key, uint8_t>(objs_.fd("map_ns_bypass")).clear();
+}
+
 Result<PodBpfStats> PodBpf::stats() const {
   PodBpfStats s;
   NS_TRY(auto steer, (BpfMap<uint32_t, ns_steer_counters>(objs_.fd("map_ns_stats")).get_percpu(0)));

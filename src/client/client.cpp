@@ -14,7 +14,7 @@ Result<protocol::Reply> Client::call(const protocol::Request& req, int fd) {
   if (fd >= 0) fds.push_back(fd);
   NS_TRY_STATUS(ch_.send(protocol::encode_request(req), fds));
   NS_TRY_STATUS(ch_.wait_readable(timeout_));
-  NS_TRY(protocol::Packet p, ch_.recv(protocol::kMaxMessageSize * 16));
+  NS_TRY(protocol::Packet p, ch_.recv(protocol::kMaxReplySize));
   if (p.data.empty() && p.fds.empty()) return Error::msg("agent closed the connection", ECONNRESET);
   NS_TRY(protocol::Reply r, protocol::decode_reply(p.data));
   if (!r.ok) return Error::msg(r.error.empty() ? "agent refused the request" : r.error, r.err_no ? r.err_no : EREMOTEIO);

@@ -36,6 +36,13 @@ Result<SeqpacketChannel> SeqpacketChannel::connect(const std::string& path) {
 }
 
 Status SeqpacketChannel::send(std::string_view data, const std::vector<int>& fds) const {
+  // One packet must fit the send buffer (EMSGSIZE otherwise): grow it for large replies (a
+  // `list` of 1000 pods), by force when the caller holds CAP_NET_ADMIN.
+  if (data.size() > kLargePacket) {
+    int want = static_cast<int>(std::min<size_t>(data.size() * 2 + 65536, kMaxPacketBuffer));
+    if (::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want) < 0)
+      (void)::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+  }
   iovec iov{const_cast<char*>(data.data()), data.size()};
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -62,7 +69,14 @@ Status SeqpacketChannel::send(std::string_view data, const std::vector<int>& fds
 
 Result<Packet> SeqpacketChannel::recv(size_t max_size) const {
   Packet p;
-  p.data.resize(max_size + 1);
+  // The packet's real length first (MSG_PEEK|MSG_TRUNC), so a large limit costs nothing for
+  // the usual small packet.
+  ssize_t len;
+  do {
+    len = ::recv(fd_.get(), nullptr, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+  } while (len < 0 && errno == EINTR);
+  size_t want = len > 0 ? std::min(static_cast<size_t>(len), max_size) : 0;
+  p.data.resize(want + 1);
   iovec iov{p.data.data(), p.data.size()};
   msghdr msg{};
   msg.msg_iov = &iov;

@@ -100,6 +100,16 @@ class BpfMap {
   }
   // Per-CPU maps: the values of every possible CPU.
   Result<std::vector<V>> get_percpu(const K& k) const;
+  // Deletes every entry (hash maps); returns how many.
+  Result<size_t> clear() const {
+    size_t n = 0;
+    K k{};
+    while (::bpf_map_get_next_key(fd_, nullptr, &k) == 0) {
+      if (::bpf_map_delete_elem(fd_, &k) < 0 && errno != ENOENT) return Error::from_errno(errno, "bpf map delete");
+      ++n;
+    }
+    return n;
+  }
 
  private:
   int fd_;

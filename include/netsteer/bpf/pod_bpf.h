@@ -60,6 +60,9 @@ class PodBpf {
   // The relay's inbound upstream socket bound to the client's address: let its SYN reach the app.
   Status add_bypass(const SockAddr& local);
   Status remove_bypass(const SockAddr& local);
+  // After a crash: the dead relay's entries would let a later SYN from the same client address
+  // and port reach the app uncaptured. Returns how many were removed.
+  Result<size_t> clear_bypass();
 
   Result<PodBpfStats> stats() const;
   // Program/link/map ids and pin paths.

@@ -25,6 +25,11 @@ struct PeerCred {
   gid_t gid = 0;
 };
 
+inline constexpr size_t kLargePacket = 64 * 1024;
+inline constexpr size_t kMaxPacketBuffer = 32 << 20;
+// Replies (a `list` of thousands of pods) may be this large; requests stay under kMaxMessageSize.
+inline constexpr size_t kMaxReplySize = 16 << 20;
+
 class SeqpacketChannel {
  public:
   SeqpacketChannel() = default;

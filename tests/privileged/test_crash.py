@@ -1,0 +1,129 @@
+"""Issue 6/6: crash safety. SIGKILL of netsteerd under load: nothing reaches an app uncaptured
+(SYNs meeting no listener are dropped in BPF and counted), a restarted agent takes the pins over
+and serves again, the dead relay's bypass entries are removed; 100 pods are served again within
+1 s of the restart without the CNI re-sending anything; a crash mid-enrol leaves nothing
+half-installed."""
+import json
+import os
+import socket
+import time
+
+import pytest
+
+import nstest
+from nstest import agent, topology
+from test_upgrade import PORT, Load, echo_servers
+
+
+@pytest.fixture(autouse=True)
+def _root():
+    nstest.require_root()
+
+
+def steer_stats(a, uid):
+    return a.inspect(uid)["capture"]["bpf_stats"]
+
+
+def test_sigkill_under_load_fails_closed_and_restart_serves():
+    with agent() as a, topology() as t:
+        echo_servers(t)
+        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+        uid = t.pod.name
+        load = Load(t, seconds=8, rate=200, streams=10)
+        time.sleep(2.5)
+        a.kill()
+        time.sleep(0.7)  # SYNs arrive with no agent: dropped in BPF (clients retransmit)
+        # A handshake the dead relay had in flight leaves its bypass entry behind (here: made
+        # deterministic by adding one as the relay would): a later SYN from that address and
+        # port must not reach the app uncaptured, so the restarted agent removes it.
+        key = [0] * 10 + [0xff, 0xff] + [int(x) for x in t.remote_ip.split(".")] + [0x39, 0x30, 0, 0]  # :12345
+        nstest.run(["bpftool", "map", "update", "pinned", f"{a.pin_root}/{uid}/map_ns_bypass",
+                    "key"] + [str(b) for b in key] + ["value", "1"])
+        a.restart()
+        assert [p["uid"] for p in a.pods()] == [uid]
+        assert "bypass entries of the previous agent" in a.logs()
+        res = load.wait()
+        st = steer_stats(a, uid)
+        # Fail closed, counted: while no agent ran, SYNs met no listener and were dropped.
+        assert st["drop_no_listener"] > 0, st
+        # Nothing went around the relay: every SYN was assigned to a proxy listener, was the
+        # relay's own upstream (bypass) or was dropped — none passed as excluded or pod-local.
+        assert st["passed_excluded"] == 0 and st["passed_local"] == 0, st
+        # After the restart new connections are served in both directions (short ones that met
+        # the gap were retransmitted or failed; streams of the dead relay broke: expected).
+        for d in ("outbound", "inbound"):
+            assert res[d]["short_ok"] > 0, (d, res[d])
+        left = nstest.bpftool_json("map", "dump", "pinned", f"{a.pin_root}/{uid}/map_ns_bypass")
+        assert not any(e["key"][-4:-2] == ["0x39", "0x30"] for e in left), left
+
+
+def _dummy_pod(i):
+    ns = nstest.Netns(nstest.unique("cr"))
+    ns.ip("link add eth0 type veth peer name sink")  # both ends in the pod: nothing leaves it
+    ns.ip(f"addr add 10.231.{i}.1/24 dev eth0")
+    ns.ip("link set eth0 up")
+    ns.ip("link set sink up")
+    return ns
+
+
+def _served(ns, i, timeout=2.0):
+    """An outbound connect from the pod completes only if the capture hands it to a live 15001
+    listener (the destination sits behind a veth end without addresses: nothing else answers)."""
+    out = ns.exec([nstest.PY, "-c", f"""
+import socket, sys
+s = socket.socket(); s.settimeout({timeout})
+try:
+    s.connect(("10.231.{i}.2", 80)); print("ok")
+except OSError as e:
+    print("fail", e)
+"""], check=False).stdout.strip()
+    return out == "ok"
+
+
+def test_restart_serves_100_pods_within_one_second():
+    pods = []
+    try:
+        with agent() as a:
+            for i in range(100):
+                pods.append(_dummy_pod(i))
+                a.enrol(pods[-1])
+            assert _served(pods[0], 0)
+            a.kill()
+            assert not _served(pods[1], 1, timeout=0.5)  # fail closed while no agent runs
+            t0 = time.monotonic()
+            a.restart()  # returns once the control socket answers
+            while a.call({"type": "status", "version": 1})["status"]["adopted"] < 100:
+                assert time.monotonic() - t0 < 5, a.logs()[-3000:]
+                time.sleep(0.01)
+            ready_s = time.monotonic() - t0
+            assert ready_s < 1.0, f"100 pods taken over in {ready_s:.2f} s"
+            # And every pod really is served again (no CNI involvement).
+            for i, ns in enumerate(pods):
+                assert _served(ns, i), f"pod {i} not served after restart"
+            print(f"100 pods served again {ready_s * 1000:.0f} ms after restart")
+    finally:
+        for ns in pods:
+            ns.close()
+
+
+def test_crash_mid_enrol_leaves_nothing_half_installed():
+    """What a crash between "pending" and "enrolled" leaves: a pending record and partial pins
+    (here: a pin directory with a stray program pin). The restarted agent finishes the pod when
+    its netns exists (and tidies the stray pin), and removes everything when it does not."""
+    with agent() as a, topology() as t, topology() as gone:
+        a.enrol(t.pod, ip=[t.pod_ip])
+        a.enrol(gone.pod, ip=[gone.pod_ip])
+        a.kill()
+        state = os.path.join(a.state_dir, "state.json")
+        doc = json.load(open(state))
+        for rec in doc["pods"]:
+            rec["pending"] = True
+            rec["capture"] = {}
+        json.dump(doc, open(state, "w"))
+        gone_uid = gone.pod.name
+        gone.close()  # its netns disappears while the agent is down
+        a.restart()
+        assert [p["uid"] for p in a.pods()] == [t.pod.name]
+        assert a.call({"type": "check", "version": 1, "uid": t.pod.name})["ok"]
+        assert not os.path.exists(os.path.join(a.pin_root, gone_uid))
+        assert sorted(os.listdir(a.pin_root)) == [t.pod.name]
