@@ -8,7 +8,7 @@ PKGS=(
   build-essential cmake pkg-config git clang llvm libclang-rt-14-dev
   # libraries
   libbpf-dev libelf-dev zlib1g-dev bpftool libspdlog-dev libfmt-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libcli11-dev libmnl-dev libcurl4-openssl-dev
+  libgtest-dev libgmock-dev libcli11-dev libmnl-dev libcurl4-openssl-dev libseccomp-dev
   # runtime / test tools
   iproute2 iptables nftables python3 python3-pytest curl socat iperf3 procps kmod util-linux openssl
   # e2e: a real container runtime driven over CRI (tests/e2e), and deploy/ validation

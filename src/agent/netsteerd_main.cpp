@@ -10,6 +10,7 @@
 #include "netsteer/common/accept.h"
 #include "netsteer/agent/node_metrics.h"
 #include "netsteer/agent/privileges.h"
+#include "netsteer/agent/seccomp.h"
 #include <fmt/ranges.h>
 #include "netsteer/metrics/metrics.h"
 #include "netsteer/agent/control.h"
@@ -71,6 +72,14 @@ int main(int argc, char** argv) {
   app.add_option("--kube-token-file", kube.token_file, "bearer token file for --kube-api URL");
   app.add_option("--kube-ca-file", kube.ca_file, "CA bundle for --kube-api URL (default: system CAs)");
   app.add_option("--kube-timeout-ms", kube_timeout_ms, "per-lookup deadline")->capture_default_str();
+#ifdef NETSTEER_SANITIZED
+  std::string seccomp_mode = "off";  // sanitizer runtimes need ptrace & co (see CMakeLists.txt)
+#else
+  std::string seccomp_mode = "on";
+#endif
+  app.add_option("--seccomp", seccomp_mode,
+                 "system-call allow-list: on (others fail with EPERM), log (others allowed and audit-logged), off")
+      ->capture_default_str();
   long control_idle_ms = 60000;
   app.add_option("--control-idle-timeout-ms", control_idle_ms,
                  "close control connections silent this long (slow or stuck peers)")
@@ -105,8 +114,8 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  // Each pod holds ~20 fds (netns, listeners, pinned BPF objects) plus two per relayed connection
-  // and pipes: the default soft limit of 1024 runs out at ~50 pods.
+  // Each pod holds 9 fds (netns, listeners, the maps used per connection) plus two per relayed
+  // connection and pipes: the default soft limit of 1024 runs out at ~100 pods.
   unsigned long nofile = raise_nofile_limit();
   spdlog::info("file descriptor limit: {}", nofile);
   // Least privilege, before any thread exists (capabilities are per thread).
@@ -116,6 +125,16 @@ int main(int argc, char** argv) {
   } else {
     spdlog::critical("cannot drop privileges: {}", p.error().message);
     return 1;
+  }
+  if (auto m = agent::parse_seccomp_mode(seccomp_mode); !m.ok()) {
+    spdlog::critical("{}", m.error().message);
+    return 2;
+  } else if (auto st = agent::install_seccomp(*m); !st.ok()) {
+    spdlog::critical("cannot install the seccomp filter: {}", st.error().message);
+    return 1;
+  } else if (*m != agent::SeccompMode::kOff) {
+    spdlog::info("seccomp: {} system calls allowed, others {}", agent::seccomp_allowed().size(),
+                 *m == agent::SeccompMode::kLog ? "logged" : "fail with EPERM");
   }
 
   // A fresh node may not have bpffs mounted; per-pod pins live there.
@@ -291,9 +310,15 @@ int main(int argc, char** argv) {
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(drain_timeout_s);
     size_t left = (*relay)->connections();
     spdlog::info("handed over to the new agent; draining {} connections (at most {} s)", left, drain_timeout_s);
+    // In Kubernetes the old pod gets SIGTERM as soon as the new one is Ready: the drain goes on
+    // (bounded by --drain-timeout-s and the pod's grace period); a second signal ends it now.
     timespec tick{0, 100 * 1000 * 1000};
+    int signals = 0;
     while (left > 0 && std::chrono::steady_clock::now() < deadline) {
-      if (::sigtimedwait(&set, nullptr, &tick) > 0) break;
+      if (::sigtimedwait(&set, nullptr, &tick) > 0) {
+        if (++signals >= 2) break;
+        spdlog::info("signal while draining {} connections: draining goes on; a second signal stops now", left);
+      }
       left = (*relay)->connections();
     }
     spdlog::info("drained ({} connections left); exiting, capture stays with the new agent", left);

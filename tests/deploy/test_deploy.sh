@@ -39,7 +39,8 @@ expect_refused() {  # $1: what, $2: sed expression applied to daemonset.yaml
 expect_refused "a numeric image" 's|image: ghcr.io/netsteer/netsteer:0.1.0|image: 42|'
 expect_refused "an extra capability" 's|- SYS_RESOURCE|- SYS_RESOURCE\n                - NET_RAW|'
 expect_refused "hostPID" 's|hostPID: false|hostPID: true|'
-expect_refused "maxSurge 1" 's|maxSurge: 0|maxSurge: 1|'
+expect_refused "maxSurge 1 without --takeover" '/- --takeover$/d'
+expect_refused "maxSurge 2" 's|maxSurge: 1|maxSurge: 2|'
 expect_refused "an automounted token" 's|automountServiceAccountToken: false|automountServiceAccountToken: true|'
 expect_refused "the token in the installer" 's|mountPath: /host/etc/cni/net.d|mountPath: /host/etc/cni/net.d\n            - name: kube-api\n              mountPath: /t|'
 

@@ -31,11 +31,17 @@ function checkAgentDaemonSet(file, ds) {
   const must = (cond, msg) => cond || fail(file, name, msg);
   must(spec.hostNetwork === true, "hostNetwork must be true");
   must(!spec.hostPID && !spec.hostIPC, "hostPID/hostIPC must not be set");
-  const ru = ds.spec.updateStrategy?.rollingUpdate ?? {};
-  must(ds.spec.updateStrategy?.type === "RollingUpdate" && ru.maxSurge === 0 && ru.maxUnavailable === 1,
-       "updateStrategy must be RollingUpdate with maxSurge 0 and maxUnavailable 1 (one agent per node)");
   const agent = spec.containers.find((c) => c.name === "netsteerd");
   must(agent, "no netsteerd container");
+  // Two agents on a node only as a hand-over: maxSurge 1 needs --takeover (hitless), otherwise
+  // maxSurge 0 / maxUnavailable 1 (one agent at a time, capture stays pinned in between).
+  const ru = ds.spec.updateStrategy?.rollingUpdate ?? {};
+  const argv = [...(agent.command ?? []), ...(agent.args ?? [])];
+  const takeover = argv.includes("--takeover");
+  must(ds.spec.updateStrategy?.type === "RollingUpdate" &&
+       ((takeover && ru.maxSurge === 1 && ru.maxUnavailable === 0) || (ru.maxSurge === 0 && ru.maxUnavailable === 1)),
+       "updateStrategy must be RollingUpdate with maxSurge 1/maxUnavailable 0 and netsteerd --takeover, " +
+       "or maxSurge 0/maxUnavailable 1");
   const sc = agent.securityContext ?? {};
   must(!sc.privileged, "netsteerd must not be privileged");
   must(sc.allowPrivilegeEscalation === false, "allowPrivilegeEscalation must be false");

@@ -143,6 +143,21 @@ def thread_count(pid):
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer")
+
+
+def check_sanitizer_reports(log_path):
+    """Sanitizer builds (scripts/sanitize.sh): any report in an agent's log fails the test."""
+    if not os.environ.get("NETSTEER_SANITIZE") or not os.path.exists(log_path):
+        return
+    text = open(log_path, errors="replace").read()
+    for m in SANITIZER_MARKERS:
+        if m in text:
+            i = text.index(m)
+            raise AssertionError(f"sanitizer report in {log_path}:\n{text[max(0, i - 200):i + 4000]}")
+
+
 class Agent:
     """A netsteerd process of our own, on a private socket and state dir."""
 
@@ -257,9 +272,12 @@ class Agent:
         return left
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
-        for proc, log in self.retired:  # draining agents: SIGTERM ends the drain
+        for proc, log in self.retired:  # draining agents: a second SIGTERM ends the drain
             if proc.poll() is None:
                 proc.terminate()
+                time.sleep(0.2)
+                if proc.poll() is None:
+                    proc.terminate()
                 try:
                     proc.wait(timeout)
                 except subprocess.TimeoutExpired:
@@ -278,6 +296,7 @@ class Agent:
         if self.log:
             self.log.close()
             self.log = None
+        check_sanitizer_reports(self.log_path)
         return self.proc.returncode
 
     def kill(self):

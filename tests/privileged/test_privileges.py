@@ -51,3 +51,24 @@ def test_only_the_documented_capabilities_remain_and_the_agent_still_works():
         assert t.client(t.remote, t.pod_ip, APP, "peer").startswith(t.remote_ip)
         assert t.client(t.pod, t.remote_ip, 9000, "peer").startswith(t.pod_ip)
         a.ctl("unenroll", "--uid", t.pod.name)
+
+
+def test_seccomp_filter_on_every_thread_and_the_agent_still_works():
+    """The allow-list is installed by default (mode 2 = filter) on every thread; the rest of the
+    privileged suite runs the agent with it, which is what shows the list is complete."""
+    import os
+    if os.environ.get("NETSTEER_SANITIZE"):  # sanitizer builds default to --seccomp off (CMakeLists.txt)
+        with agent() as a:
+            assert re.search(r"^Seccomp:\s+0$", open(f"/proc/{a.pid}/status").read(), re.M)
+        return
+    with agent() as a, topology() as t:
+        for tid in os.listdir(f"/proc/{a.pid}/task"):
+            s = open(f"/proc/{a.pid}/task/{tid}/status").read()
+            assert re.search(r"^Seccomp:\s+2$", s, re.M), s
+        assert "seccomp:" in a.logs() and "fail with EPERM" in a.logs()
+        t.serve(t.pod, APP)
+        a.enrol(t.pod, ip=[t.pod_ip])
+        assert t.client(t.remote, t.pod_ip, APP, "peer").startswith(t.remote_ip)
+        a.ctl("unenroll", "--uid", t.pod.name)
+    with agent(["--seccomp", "off"]) as a:
+        assert re.search(r"^Seccomp:\s+0$", open(f"/proc/{a.pid}/status").read(), re.M)
