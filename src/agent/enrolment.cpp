@@ -157,9 +157,11 @@ void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
     auto st = exec_.run(pod.netns, [&] { return pod.capture->remove(); });
     if (!st.ok()) spdlog::warn("pod {}: removing capture: {}", pod.spec.uid, st.error().message);
   }
-  pod.capture.reset();
+  // The relay's connections use the capture's maps (bypass entries) until remove_pod returns:
+  // only then may the capture object go (found by ASan: use after free in clear_bypass).
   if (pod.relay_ctx) dp_->relay->remove_pod(pod.relay_ctx);
   pod.relay_ctx.reset();
+  pod.capture.reset();
   pod.listeners = {};  // the SOCKMAP entries vanish with the sockets
 }
 

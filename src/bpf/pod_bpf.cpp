@@ -218,7 +218,9 @@ Status PodBpf::add_bypass(const SockAddr& local) {
 }
 
 Status PodBpf::remove_bypass(const SockAddr& local) {
-  return BpfMap<ns_sock_key, uint8_t>(objs_.fd("map_ns_bypass")).remove(ns_sock_key{to_key(local.ip()), local.port(), 0});
+  int fd = objs_.fd("map_ns_bypass");
+  if (fd < 0) return {};  // capture already removed (pod leaving): nothing left to clean
+  return BpfMap<ns_sock_key, uint8_t>(fd).remove(ns_sock_key{to_key(local.ip()), local.port(), 0});
 }
 
 Result<size_t> PodBpf::clear_bypass() {

@@ -199,6 +199,10 @@ class Worker {
     for (auto it = listeners_.begin(); it != listeners_.end();) {
       if (!pod || (*it)->pod.get() == pod) {
         ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, (*it)->fd, nullptr);
+        // An event for it may still sit later in this epoll batch: keep the object until the
+        // batch ends, and mark it so that event is ignored.
+        (*it)->fd = -1;
+        listener_graveyard_.push_back(std::move(*it));
         it = listeners_.erase(it);
       } else {
         ++it;
@@ -209,14 +213,7 @@ class Worker {
   size_t connections() const { return conns_.size(); }
 
   void remove_pod(const PodContext* pod) {
-    for (auto it = listeners_.begin(); it != listeners_.end();) {
-      if ((*it)->pod.get() == pod) {
-        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, (*it)->fd, nullptr);
-        it = listeners_.erase(it);
-      } else {
-        ++it;
-      }
-    }
+    release_listeners(pod);
     std::vector<Conn*> victims;
     for (auto& [p, c] : conns_)
       if (c->pod.get() == pod) victims.push_back(p);
@@ -250,7 +247,9 @@ class Worker {
       for (int i = 0; i < n; ++i) {
         auto* ep = static_cast<Endpoint*>(evs[i].data.ptr);
         switch (ep->kind) {
-          case Endpoint::kListener: on_accept(*static_cast<Listener*>(ep->obj)); break;
+          case Endpoint::kListener:
+            if (static_cast<Listener*>(ep->obj)->fd >= 0) on_accept(*static_cast<Listener*>(ep->obj));
+            break;
           case Endpoint::kDown:
           case Endpoint::kUp: on_conn(*static_cast<Conn*>(ep->obj), ep->kind == Endpoint::kUp, evs[i].events); break;
           case Endpoint::kWake: run_commands(); break;
@@ -258,6 +257,7 @@ class Worker {
         }
       }
       graveyard_.clear();  // connections closed in this batch: no event can refer to them now
+      listener_graveyard_.clear();
     }
   }
 
@@ -633,6 +633,7 @@ class Worker {
   std::mutex mu_;
   std::deque<std::function<void(Worker&)>> cmds_;
   std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::unique_ptr<Listener>> listener_graveyard_;  // released in this epoll batch
   std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> graveyard_;
   std::vector<std::unique_ptr<Pipe>> idle_;

@@ -64,8 +64,11 @@ def test_soak_enrol_unenrol_cycles_with_traffic():
         with agent() as a:
             def cycle(c):
                 ns = pods[c % PODS]
-                a.enrol(ns, ip=[f"10.233.{c % PODS}.1"])
-                a.ctl("unenroll", "--uid", ns.name)
+                try:
+                    a.enrol(ns, ip=[f"10.233.{c % PODS}.1"])
+                    a.ctl("unenroll", "--uid", ns.name)
+                except AssertionError as e:
+                    raise AssertionError(f"cycle {c}: {e}\nagent log:\n{a.logs()[-6000:]}") from None
             for c in range(WARMUP):
                 cycle(c)
             def pipe_fds():  # the relay's pipe pool (2 fds per pipe) grows with peak concurrency
