@@ -248,6 +248,7 @@ void ControlServer::accept_clients() {
       continue;
     }
     clients_.emplace(fd, Client{std::move(ch), std::chrono::steady_clock::now()});
+    nclients_ = clients_.size();
   }
 }
 
@@ -291,6 +292,7 @@ void ControlServer::serve_client(int fd) {
 void ControlServer::drop_client(int fd) {
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
   clients_.erase(fd);
+  nclients_ = clients_.size();
 }
 
 void ControlServer::expire_idle() {

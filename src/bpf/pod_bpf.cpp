@@ -142,6 +142,8 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
   for (bpf_map* m : {sm.ns_sockets, sm.ns_pod_addrs, sm.ns_bypass, sm.ns_ex_in_port, sm.ns_ex_out_port,
                      sm.ns_ex_out_cidr, sm.ns_ex_in_src, sm.ns_config, sm.ns_stats, gm.ns_guard_stats})
     NS_TRY_STATUS(pin_dup(map_pin(bpf_map__name(m)), bpf_map__fd(m)));
+  pb->bypass_ = dup_fd(pb->objs_.fd("map_ns_bypass"));
+  if (!pb->bypass_) return Error::from_errno(errno, "dup the bypass map fd");
 
   UniqueFd link(bpf_link_create(bpf_program__fd(steer.p->progs.netsteer_steer), ns.fd(), BPF_SK_LOOKUP, nullptr));
   if (!link) return Error::from_errno(errno, "attach sk_lookup link to pod netns");
@@ -214,18 +216,14 @@ Status PodBpf::set_listeners(int outbound_fd, int inbound_fd) {
 }
 
 Status PodBpf::add_bypass(const SockAddr& local) {
-  return BpfMap<ns_sock_key, uint8_t>(objs_.fd("map_ns_bypass")).put(ns_sock_key{to_key(local.ip()), local.port(), 0}, 1);
+  return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).put(ns_sock_key{to_key(local.ip()), local.port(), 0}, 1);
 }
 
 Status PodBpf::remove_bypass(const SockAddr& local) {
-  int fd = objs_.fd("map_ns_bypass");
-  if (fd < 0) return {};  // capture already removed (pod leaving): nothing left to clean
-  return BpfMap<ns_sock_key, uint8_t>(fd).remove(ns_sock_key{to_key(local.ip()), local.port(), 0});
+  return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).remove(ns_sock_key{to_key(local.ip()), local.port(), 0});
 }
 
-Result<size_t> PodBpf::clear_bypass() {
-  return BpfMap<ns_sock_key, uint8_t>(objs_.fd("map_ns_bypass")).clear();
-}
+Result<size_t> PodBpf::clear_bypass() { return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).clear(); }
 
 Result<PodBpfStats> PodBpf::stats() const {
   PodBpfStats s;

@@ -1,6 +1,7 @@
 // Control server: the agent side of protocol v1 on a SOCK_SEQPACKET unix socket.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -56,8 +57,9 @@ class ControlServer {
   // Serves until SIGTERM/SIGINT (blocked and read through a signalfd) or stop().
   Status run();
   void stop();
-  size_t clients() const { return clients_.size(); }
-  uint64_t rejected_peers() const { return rejected_peers_; }
+  // Read by the metrics thread.
+  size_t clients() const { return nclients_.load(std::memory_order_relaxed); }
+  uint64_t rejected_peers() const { return rejected_peers_.load(std::memory_order_relaxed); }
 
  private:
   void accept_clients();
@@ -73,7 +75,8 @@ class ControlServer {
     std::chrono::steady_clock::time_point last;
   };
   std::map<int, Client> clients_;
-  uint64_t rejected_peers_ = 0;
+  std::atomic<size_t> nclients_{0};
+  std::atomic<uint64_t> rejected_peers_{0};
   HandoverFn handover_;
   bool handed_over_ = false;
 };
