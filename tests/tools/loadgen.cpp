@@ -181,6 +181,16 @@ int client(const char* ip, int port, double rate, int streams, double seconds) {
     ::close(c.fd);
     conns.erase(c.fd);
   };
+  // Checks r received bytes against the connection's pattern; a mismatch fails (and closes) it.
+  auto echoed = [&](Conn& c, const char* data, ssize_t r) {
+    for (ssize_t k = 0; k < r; ++k)
+      if (static_cast<uint8_t>(data[k]) != pattern_byte(c.received + static_cast<uint64_t>(k), c.seed)) {
+        fail(c, "echo mismatch");
+        return false;
+      }
+    c.received += static_cast<uint64_t>(r);
+    return true;
+  };
   auto open_conn = [&](Conn::Kind kind) {
     int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
@@ -264,12 +274,7 @@ int client(const char* ip, int port, double rate, int streams, double seconds) {
             fail(c, r == 0 ? "eof before the echo" : std::string("recv: ") + std::strerror(errno));
             continue;
           }
-          for (ssize_t k = 0; k < r; ++k)
-            if (static_cast<uint8_t>(buf[k]) != pattern_byte(c.received + static_cast<uint64_t>(k), c.seed)) {
-              fail(c, "echo mismatch");
-              goto next_event;
-            }
-          c.received += static_cast<uint64_t>(r);
+          if (!echoed(c, buf, r)) continue;
           if (c.received == kShortLen) {
             ++st.short_ok;
             ::close(c.fd);
@@ -295,15 +300,9 @@ int client(const char* ip, int port, double rate, int streams, double seconds) {
             }
             continue;
           }
-          for (ssize_t k = 0; k < r; ++k)
-            if (static_cast<uint8_t>(buf[k]) != pattern_byte(c.received + static_cast<uint64_t>(k), c.seed)) {
-              fail(c, "echo mismatch");
-              goto next_event;
-            }
-          c.received += static_cast<uint64_t>(r);
+          (void)echoed(c, buf, r);
         }
       }
-    next_event:;
     }
     // Streams send at their rate, with at most 256 KiB not yet echoed.
     now = Clock::now();
