@@ -13,7 +13,7 @@ fi
 mkdir -p "$FUZZ_DIR/obj"
 FLAGS=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
        -I"$ROOT/include" -DSPDLOG_HEADER_ONLY -DSPDLOG_FMT_EXTERNAL -DFMT_HEADER_ONLY -DNETSTEER_VERSION=\"fuzz\")
-SRCS=("$ROOT"/src/common/{error,inet,log}.cpp "$ROOT"/src/netns/netns.cpp "$ROOT"/src/protocol/messages.cpp
+SRCS=("$ROOT"/src/common/{error,inet,log}.cpp "$ROOT"/src/netns/netns.cpp "$ROOT"/src/protocol/{messages,labels}.cpp
       "$ROOT"/src/cni/netconf.cpp "$ROOT"/src/relay/http_connect.cpp)
 objs=()
 for s in "${SRCS[@]}"; do
