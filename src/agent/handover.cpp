@@ -63,7 +63,7 @@ Status send_handover(protocol::SeqpacketChannel& ch, const std::vector<HandoverP
 
 Result<Handover> request_handover(const std::string& socket_path, std::chrono::milliseconds timeout) {
   Handover h;
-  NS_TRY(h.channel, protocol::SeqpacketChannel::connect(socket_path));
+  NS_TRY(h.channel, protocol::SeqpacketChannel::connect(socket_path, timeout));
   NS_TRY_STATUS(make_blocking(h.channel.fd(), timeout));
   protocol::Request req;
   req.type = protocol::MsgType::kHandover;

@@ -5,7 +5,7 @@
 namespace netsteer::client {
 
 Result<Client> Client::connect(const std::string& socket_path, std::chrono::milliseconds timeout) {
-  NS_TRY(auto ch, protocol::SeqpacketChannel::connect(socket_path));
+  NS_TRY(auto ch, protocol::SeqpacketChannel::connect(socket_path, timeout));
   return Client(std::move(ch), timeout);
 }
 

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 
 #include <cstring>
@@ -26,12 +27,22 @@ Result<sockaddr_un> unix_addr(const std::string& path) {
 }
 }  // namespace
 
-Result<SeqpacketChannel> SeqpacketChannel::connect(const std::string& path) {
+Result<SeqpacketChannel> SeqpacketChannel::connect(const std::string& path, std::chrono::milliseconds timeout) {
   NS_TRY(sockaddr_un a, unix_addr(path));
   UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!fd) return Error::from_errno(errno, "socket(AF_UNIX, SOCK_SEQPACKET)");
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) < 0)
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+  if (tv.tv_sec == 0 && tv.tv_usec == 0) tv.tv_usec = 1000;  // 0 would mean "wait forever"
+  if (::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
+    return Error::from_errno(errno, "SO_SNDTIMEO");
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+    if (errno == EAGAIN)
+      return Error::msg("connect to agent at " + path + ": its accept queue stayed full for " +
+                            std::to_string(timeout.count()) + " ms (agent busy or stuck)", ETIMEDOUT);
     return Error::from_errno(errno, "connect to agent at " + path);
+  }
   return SeqpacketChannel(std::move(fd));
 }
 

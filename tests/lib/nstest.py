@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -228,9 +229,14 @@ class Agent:
         return run([NETSTEERCTL, "--socket", self.socket] + list(args), check=check)
 
     def connect(self):
+        """Connect as the CNI plugin does: a blocking connect that waits out a full accept queue
+        for at most 10 s (SO_SNDTIMEO), then 10 s timeouts on each call. (settimeout() before
+        connect would make it non-blocking, and a unix connect then fails at once with EAGAIN
+        whenever the agent is momentarily behind on accepts.)"""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        s.settimeout(10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 10, 0))
         s.connect(self.socket)
+        s.settimeout(10)
         return s
 
     def call(self, msg, fds=(), raw=None):

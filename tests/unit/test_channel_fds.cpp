@@ -174,3 +174,26 @@ TEST_F(HandlerTest, HelloAndListAnswer) {
   EXPECT_TRUE(l.ok);
   EXPECT_TRUE(l.data["pods"].is_array());
 }
+
+// A listener that never accepts (a stuck or flooded agent): once its queue is full, connect waits
+// no longer than the caller's deadline and says what happened, instead of hanging the CNI plugin.
+TEST(Channel, ConnectToAFullQueueTimesOut) {
+  std::string path = "/tmp/netsteer-unit-" + std::to_string(::getpid()) + ".sock";
+  auto l = listen_seqpacket(path, 0);
+  ASSERT_TRUE(l.ok()) << l.error().message;
+  std::vector<SeqpacketChannel> queued;
+  Result<SeqpacketChannel> c = Error::msg("not tried", EINVAL);
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 8; ++i) {
+    c = SeqpacketChannel::connect(path, std::chrono::milliseconds(200));
+    if (!c.ok()) break;
+    queued.push_back(std::move(*c));
+  }
+  auto waited = std::chrono::steady_clock::now() - t0;
+  ASSERT_FALSE(c.ok()) << "8 connects fitted a backlog-0 queue";
+  EXPECT_EQ(c.error().code, ETIMEDOUT) << c.error().message;
+  EXPECT_NE(c.error().message.find("accept queue"), std::string::npos) << c.error().message;
+  EXPECT_GE(waited, std::chrono::milliseconds(150));
+  EXPECT_LT(waited, std::chrono::seconds(5));
+  ::unlink(path.c_str());
+}

@@ -1,6 +1,8 @@
 // SeqpacketChannel: one connected AF_UNIX SOCK_SEQPACKET endpoint carrying JSON packets and fds.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <optional>
 #include <string>
@@ -35,7 +37,10 @@ class SeqpacketChannel {
   SeqpacketChannel() = default;
   explicit SeqpacketChannel(UniqueFd fd) : fd_(std::move(fd)) {}
 
-  static Result<SeqpacketChannel> connect(const std::string& path);
+  // Connects to the listener at path. A full accept queue (a busy or flooded agent) is waited
+  // out for at most `timeout` (SO_SNDTIMEO bounds a unix connect), then ETIMEDOUT.
+  static Result<SeqpacketChannel> connect(const std::string& path,
+                                          std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   // Sends one packet with optional fds (SCM_RIGHTS).
   Status send(std::string_view data, const std::vector<int>& fds = {}) const;
@@ -54,6 +59,8 @@ class SeqpacketChannel {
 };
 
 // Creates a listening SEQPACKET socket at path: parent dir made, stale socket replaced, mode 0600.
-Result<UniqueFd> listen_seqpacket(const std::string& path, int backlog = 128);
+// The default backlog is the kernel's maximum (somaxconn caps it): a flood of idle connects must
+// not fill the queue before the agent accepts and evicts them.
+Result<UniqueFd> listen_seqpacket(const std::string& path, int backlog = SOMAXCONN);
 
 }  // namespace netsteer::protocol
