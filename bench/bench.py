@@ -210,8 +210,7 @@ def data_path(args, tmp):
             finally:
                 if a is not None:
                     a.ctl("unenroll", "--uid", t.pod.name, check=False)
-                    a.stop()
-                    a.cleanup_pins()
+                    a.close()
                 if hp is not None:
                     hp.kill()
                     hp.wait()
@@ -256,8 +255,7 @@ def bpf_runtime(tmp):
     finally:
         run(["sysctl", "-qw", f"kernel.bpf_stats_enabled={old}"])
         a.ctl("unenroll", "--uid", t.pod.name, check=False)
-        a.stop()
-        a.cleanup_pins()
+        a.close()
         if srv:
             srv.close()
         t.close()
@@ -270,9 +268,9 @@ def proc_status(pid):
             "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
-def control_plane(sizes):
+def control_plane(sizes, tc_mode):
     out = {}
-    a = nstest.Agent()
+    a = nstest.Agent(["--tc-mode", tc_mode])
     try:
         base = proc_status(a.pid)
         for n in sizes:
@@ -301,13 +299,12 @@ def control_plane(sizes):
                                         "rss_mb_delta": after["rss_mb"] - base["rss_mb"],
                                         "pins_left": len(os.listdir(a.pin_root)) if os.path.exists(a.pin_root) else 0}
                 out[str(n)] = row
-                print(f"  control plane {n} pods: done", flush=True)
+                print(f"  control plane {n} pods, tc guard as {tc_mode}: done", flush=True)
             finally:
                 for ns in pods:
                     ns.close()
     finally:
-        a.stop()
-        a.cleanup_pins()
+        a.close()
     return out
 
 
@@ -347,12 +344,13 @@ def table(res):
         for k, v in res["bpf"].items():
             lines.append(f"- BPF {k}: {v['ns_per_run']:.0f} ns per run over {v['runs']} runs (target sk_lookup < 100 ns)")
     if res.get("control_plane"):
-        lines += ["", "| pods | enrol p50 ms | enrol p99 ms | total s | RSS MB | threads | fds Δ after | RSS Δ MB after | pins left |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for n, r in res["control_plane"].items():
-            aft = r["after_unenrol"]
-            lines.append(f"| {n} | {r['enrol_p50_ms']:.1f} | {r['enrol_p99_ms']:.1f} | {r['total_s']:.2f} | "
-                         f"{r['rss_mb']:.1f} | {r['threads']} | {aft['fds_delta']} | {aft['rss_mb_delta']:.1f} | {aft['pins_left']} |")
+        lines += ["", "| tc guard | pods | enrol p50 ms | enrol p99 ms | total s | RSS MB | threads | fds Δ after | RSS Δ MB after | pins left |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for mode, rows in res["control_plane"].items():
+            for n, r in rows.items():
+                aft = r["after_unenrol"]
+                lines.append(f"| {mode} | {n} | {r['enrol_p50_ms']:.1f} | {r['enrol_p99_ms']:.1f} | {r['total_s']:.2f} | "
+                             f"{r['rss_mb']:.1f} | {r['threads']} | {aft['fds_delta']} | {aft['rss_mb_delta']:.1f} | {aft['pins_left']} |")
     return "\n".join(lines)
 
 
@@ -363,6 +361,7 @@ def main():
     ap.add_argument("--arms", default="direct,netsteer,redirect,tproxy,haproxy")
     ap.add_argument("--pods", default=None, help="comma list of control-plane sizes")
     ap.add_argument("--json", default="bench/result.json")
+    ap.add_argument("--tc-modes", default="tcx,clsact", help="tc guard attach modes measured in the control plane")
     args = ap.parse_args()
     args.secs = args.secs or (10 if args.full else 3)
     args.arms = [a for a in args.arms.split(",") if a]
@@ -386,7 +385,9 @@ def main():
         res["bpf"] = bpf_runtime(tmp)
         save()
     print("control plane ...", flush=True)
-    res["control_plane"] = control_plane(sizes)
+    # Per tc guard attachment: tcx links (the default; a pod cannot remove them) and clsact
+    # filters (netlink). Each tcx link creation waits for an RCU grace period in the kernel.
+    res["control_plane"] = {m: control_plane(sizes, m) for m in args.tc_modes.split(",") if m}
     save()
     text = table(res)
     print(text)

@@ -34,13 +34,18 @@ EnrolmentManager::~EnrolmentManager() { clear(); }
 
 void EnrolmentManager::persist(const PodRecord* pending) {
   if (!store_ || !store_->enabled()) return;
-  std::vector<PodRecord> recs;
+  std::vector<std::string_view> recs;
+  recs.reserve(pods_.size() + 1);
   for (const auto& [uid, p] : pods_) {
-    PodRecord r{p->spec, p->netns.id(), false, json::object()};
-    if (p->capture) r.capture = p->capture->state().to_json();
-    recs.push_back(std::move(r));
+    if (p->state_record.empty()) {
+      PodRecord r{p->spec, p->netns.id(), false, json::object()};
+      if (p->capture) r.capture = p->capture->state().to_json();
+      p->state_record = serialize_record(r);
+    }
+    recs.push_back(p->state_record);
   }
-  if (pending) recs.push_back(*pending);
+  std::string pending_record = pending ? serialize_record(*pending) : std::string();
+  if (pending) recs.push_back(pending_record);
   // The live enrolment stays authoritative; a failed write is logged, not fatal.
   if (auto st = store_->save(recs); !st.ok()) spdlog::warn("state file: {}", st.error().message);
 }

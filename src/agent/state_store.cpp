@@ -58,14 +58,23 @@ json record_to_json(const PodRecord& p) {
           {"capture", p.capture}};
 }
 
-Status StateStore::save(const std::vector<PodRecord>& pods) const {
+std::string serialize_record(const PodRecord& p) { return record_to_json(p).dump(); }
+
+Status StateStore::save(const std::vector<std::string_view>& records) const {
   if (!enabled()) return {};
   std::error_code ec;
   std::filesystem::create_directories(dir_, ec);
   if (ec) return Error::msg("create state dir " + dir_ + ": " + ec.message(), ec.value());
-  json a = json::array();
-  for (const auto& p : pods) a.push_back(record_to_json(p));
-  std::string data = json{{"version", 1}, {"pods", a}}.dump(1);
+  size_t size = 32;
+  for (auto r : records) size += r.size() + 2;
+  std::string data;
+  data.reserve(size);
+  data += "{\"version\":1,\"pods\":[";
+  for (size_t i = 0; i < records.size(); ++i) {
+    data += i ? ",\n" : "\n";
+    data += records[i];
+  }
+  data += "\n]}\n";
   return write_file_atomic(path(), data, 0600);
 }
 

@@ -308,6 +308,14 @@ class Agent:
     def kill(self):
         return self.stop(signal.SIGKILL)
 
+    def close(self):
+        """Stop the agent and remove all it left: pins, socket, state and log directory."""
+        try:
+            self.stop()
+        finally:
+            self.cleanup_pins()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
 
 @contextlib.contextmanager
 def agent(*args, **kw):
@@ -315,9 +323,7 @@ def agent(*args, **kw):
     try:
         yield a
     finally:
-        a.stop()
-        a.cleanup_pins()
-        shutil.rmtree(a.dir, ignore_errors=True)
+        a.close()
 
 
 def tcp_connect(ns, host, port, timeout=2.0):

@@ -44,6 +44,7 @@ struct Pod {
   std::shared_ptr<relay::PodContext> relay_ctx;
   std::chrono::system_clock::time_point enrolled_at;
   double enrol_ms = 0;  // fd received → capture ready
+  std::string state_record;  // its state-file entry, serialised once (see serialize_record)
 
   nlohmann::json to_json(bool detail) const;
 };
