@@ -21,10 +21,7 @@ constexpr size_t kFdsPerPod = 4;
 Status make_blocking(int fd, std::chrono::milliseconds timeout) {
   int fl = ::fcntl(fd, F_GETFL);
   if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) return Error::from_errno(errno, "fcntl");
-  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
-  if (::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
-    return Error::from_errno(errno, "SO_SNDTIMEO");
-  return {};
+  return protocol::set_send_timeout(fd, timeout);
 }
 
 Result<protocol::Packet> recv_packet(const protocol::SeqpacketChannel& ch, std::chrono::milliseconds timeout,
@@ -63,8 +60,7 @@ Status send_handover(protocol::SeqpacketChannel& ch, const std::vector<HandoverP
 
 Result<Handover> request_handover(const std::string& socket_path, std::chrono::milliseconds timeout) {
   Handover h;
-  NS_TRY(h.channel, protocol::SeqpacketChannel::connect(socket_path, timeout));
-  NS_TRY_STATUS(make_blocking(h.channel.fd(), timeout));
+  NS_TRY(h.channel, protocol::SeqpacketChannel::connect(socket_path, timeout));  // blocking, sends bounded
   protocol::Request req;
   req.type = protocol::MsgType::kHandover;
   NS_TRY_STATUS(h.channel.send(protocol::encode_request(req)));

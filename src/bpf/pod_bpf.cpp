@@ -142,8 +142,7 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
   for (bpf_map* m : {sm.ns_sockets, sm.ns_pod_addrs, sm.ns_bypass, sm.ns_ex_in_port, sm.ns_ex_out_port,
                      sm.ns_ex_out_cidr, sm.ns_ex_in_src, sm.ns_config, sm.ns_stats, gm.ns_guard_stats})
     NS_TRY_STATUS(pin_dup(map_pin(bpf_map__name(m)), bpf_map__fd(m)));
-  pb->bypass_ = dup_fd(pb->objs_.fd("map_ns_bypass"));
-  if (!pb->bypass_) return Error::from_errno(errno, "dup the bypass map fd");
+  NS_TRY_STATUS(pb->open_bypass());
 
   UniqueFd link(bpf_link_create(bpf_program__fd(steer.p->progs.netsteer_steer), ns.fd(), BPF_SK_LOOKUP, nullptr));
   if (!link) return Error::from_errno(errno, "attach sk_lookup link to pod netns");
@@ -157,7 +156,15 @@ Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir) {
   for (const char* need : {kProgSteer, kLinkSteer, "map_ns_sockets", "map_ns_bypass", "map_ns_stats"}) {
     if (!objs.has(need)) return Error::msg("pin " + pin_dir + "/" + need + " is missing", ENOENT);
   }
-  return std::unique_ptr<PodBpf>(new PodBpf(std::move(objs)));
+  std::unique_ptr<PodBpf> pb(new PodBpf(std::move(objs)));
+  NS_TRY_STATUS(pb->open_bypass());
+  return pb;
+}
+
+Status PodBpf::open_bypass() {
+  bypass_ = dup_fd(objs_.fd("map_ns_bypass"));
+  if (!bypass_) return Error::from_errno(errno, "dup the bypass map fd");
+  return {};
 }
 
 Status PodBpf::attach_guard(int ifindex, TcMode mode) {

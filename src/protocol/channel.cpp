@@ -7,6 +7,7 @@
 #include <sys/time.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -27,16 +28,18 @@ Result<sockaddr_un> unix_addr(const std::string& path) {
 }
 }  // namespace
 
+Status set_send_timeout(int fd, std::chrono::milliseconds timeout) {
+  auto ms = std::max<long long>(timeout.count(), 1);
+  timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
+  if (::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0) return Error::from_errno(errno, "SO_SNDTIMEO");
+  return {};
+}
+
 Result<SeqpacketChannel> SeqpacketChannel::connect(const std::string& path, std::chrono::milliseconds timeout) {
   NS_TRY(sockaddr_un a, unix_addr(path));
   UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!fd) return Error::from_errno(errno, "socket(AF_UNIX, SOCK_SEQPACKET)");
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
-  if (tv.tv_sec == 0 && tv.tv_usec == 0) tv.tv_usec = 1000;  // 0 would mean "wait forever"
-  if (::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
-    return Error::from_errno(errno, "SO_SNDTIMEO");
+  NS_TRY_STATUS(set_send_timeout(fd.get(), timeout));
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
     if (errno == EAGAIN)
       return Error::msg("connect to agent at " + path + ": its accept queue stayed full for " +

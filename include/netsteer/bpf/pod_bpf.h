@@ -79,7 +79,9 @@ class PodBpf {
   static Status remove_pins(const std::string& pin_dir);
 
  private:
-  explicit PodBpf(BpfObjects objs) : objs_(std::move(objs)), bypass_(dup_fd(objs_.fd("map_ns_bypass"))) {}
+  explicit PodBpf(BpfObjects objs) : objs_(std::move(objs)) {}
+  // Opens bypass_ once the bypass map is in objs_ (create: after pinning; adopt: from the pins).
+  Status open_bypass();
   BpfObjects objs_;
   // Relay worker threads add/remove bypass entries while the control side may change objs_
   // (detach, remove): they use this fd of their own, fixed for the object's life (TSan).

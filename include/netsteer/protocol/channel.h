@@ -58,6 +58,10 @@ class SeqpacketChannel {
   UniqueFd fd_;
 };
 
+// SO_SNDTIMEO: bounds a blocking send, and a unix connect waiting on a full accept queue.
+// A zero timeout is rounded up to 1 ms (0 would mean "wait forever").
+Status set_send_timeout(int fd, std::chrono::milliseconds timeout);
+
 // Creates a listening SEQPACKET socket at path: parent dir made, stale socket replaced, mode 0600.
 // The default backlog is the kernel's maximum (somaxconn caps it): a flood of idle connects must
 // not fill the queue before the agent accepts and evicts them.
