@@ -278,10 +278,17 @@ class Agent:
         return left
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
-        for proc, log in self.retired:  # draining agents: a second SIGTERM ends the drain
+        # Draining agents ignore the first SIGTERM (Kubernetes sends it as soon as the new agent is
+        # ready) and stop at the second. Send the second only once the agent has logged the first:
+        # two signals pending at once would merge into one.
+        marker = "draining goes on"
+        for proc, log in self.retired:
             if proc.poll() is None:
+                seen = self.logs().count(marker)
                 proc.terminate()
-                time.sleep(0.2)
+                deadline = time.time() + timeout
+                while proc.poll() is None and self.logs().count(marker) == seen and time.time() < deadline:
+                    time.sleep(0.01)
                 if proc.poll() is None:
                     proc.terminate()
                 try:

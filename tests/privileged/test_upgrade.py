@@ -80,8 +80,6 @@ def test_three_upgrades_under_load_lose_nothing():
             assert [p["uid"] for p in a.pods()] == [uid]
             assert pin_ids(a, uid) == ids, "links/programs were replaced, not kept in place"
         res = load.wait()
-        if os.environ.get("NETSTEER_KEEP_LOGS"):
-            open(os.environ["NETSTEER_KEEP_LOGS"], "w").write(a.logs())
         for d in ("outbound", "inbound"):
             r = res[d]
             assert r["short_failed"] == 0 and r["streams_broken"] == 0, (d, r, a.logs()[-4000:])
