@@ -389,10 +389,9 @@ def main():
     # filters (netlink). Each tcx link creation waits for an RCU grace period in the kernel.
     res["control_plane"] = {m: control_plane(sizes, m) for m in args.tc_modes.split(",") if m}
     save()
-    text = table(res)
+    text = table(res)  # adds the ratios
     print(text)
-    with open(args.json, "w") as f:
-        json.dump(res, f, indent=1)
+    save()
     print(f"\nJSON: {args.json}")
 
 
