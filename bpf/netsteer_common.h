@@ -12,6 +12,12 @@
 #define NS_PORT_OUTBOUND 15001
 #define NS_PORT_INBOUND 15006
 #define NS_PORT_TUNNEL 15008
+/* Relay-bypass entries per pod: one per inbound upstream connect still in flight (the relay
+ * removes it once the connect completes, when sk_lookup no longer sees the flow). The kernel
+ * allocates a hash map's buckets up front even with BPF_F_NO_PREALLOC — 16 bytes each — so
+ * this bounds per-pod kernel memory (64K entries were 1 MiB per pod); a connect beyond it fails
+ * (counted as a failed relay connection, the client gets a reset). */
+#define NS_BYPASS_MAX 4096
 
 /* Slots of the per-pod SOCKMAP. */
 enum ns_slot {

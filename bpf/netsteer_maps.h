@@ -21,6 +21,7 @@ struct {
 	struct {                                 \
 		__uint(type, BPF_MAP_TYPE_HASH);     \
 		__uint(max_entries, 256);            \
+		__uint(map_flags, BPF_F_NO_PREALLOC); \
 		__type(key, __u16);                  \
 		__type(value, __u8);                 \
 	} name SEC(".maps")

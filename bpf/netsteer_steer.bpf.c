@@ -32,8 +32,8 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* mostly empty: do not pay for 64K entries per pod */
+	__uint(max_entries, NS_BYPASS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* mostly empty: elements allocated on insert */
 	__type(key, struct ns_sock_key);
 	__type(value, __u8);
 } ns_bypass SEC(".maps");
