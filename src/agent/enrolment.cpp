@@ -28,7 +28,16 @@ json Pod::to_json(bool detail) const {
 }
 
 EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore* store, std::optional<Dataplane> dp)
-    : exec_(exec), store_(store), dp_(std::move(dp)) {}
+    : exec_(exec), store_(store), dp_(std::move(dp)) {
+  if (dp_ && dp_->capture) {
+    bpf_pool_ = std::make_shared<bpf::PodBpfPool>();
+    refill_bpf_pool();
+  }
+}
+
+void EnrolmentManager::refill_bpf_pool() {
+  if (bpf_pool_) exec_.post([pool = bpf_pool_] { pool->refill(); });
+}
 
 EnrolmentManager::~EnrolmentManager() { clear(); }
 
@@ -52,8 +61,8 @@ void EnrolmentManager::persist(const PodRecord* pending) {
 
 Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
                                                      const capture::CaptureState* previous,
-                                                     std::optional<PodListeners> given) {
-  auto started = std::chrono::steady_clock::now();
+                                                     std::optional<PodListeners> given,
+                                                     std::chrono::steady_clock::time_point started) {
   log::PodScope scope(spec.uid, spec.namespace_, spec.name);
   auto pod = std::make_unique<Pod>();
   pod->spec = spec;
@@ -80,6 +89,7 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     cfg.strict = pod->spec.strict;
     cfg.tc_mode = dp_->tc_mode;
     cfg.pin_dir = pin_dir(pod->spec.uid);
+    cfg.bpf_pool = bpf_pool_.get();
     auto cap = capture::PodCapture::install(pod->netns, cfg, previous);
     if (!cap.ok()) return std::move(cap).error().wrap("install capture");
     pod->capture = std::move(*cap);
@@ -171,6 +181,7 @@ void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
 }
 
 Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns::NetnsHandle ns) {
+  auto received = std::chrono::steady_clock::now();
   std::lock_guard lk(mu_);
   log::PodScope scope(spec.uid, spec.namespace_, spec.name);
   auto it = pods_.find(spec.uid);
@@ -199,7 +210,13 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
   // Recorded before anything is installed: a crash mid-enrol is found and finished on restart.
   PodRecord pending{spec, ns.id(), true, json::object()};
   persist(&pending);
-  auto pod = build(spec, std::move(ns), nullptr);
+  // Once this enrol is done (the pod's record saved), load the next pod's BPF objects if the
+  // spare was used: posted any earlier, the load would compete with this enrol for the CPU.
+  struct RefillAtExit {
+    EnrolmentManager& m;
+    ~RefillAtExit() { m.refill_bpf_pool(); }
+  } refill{*this};
+  auto pod = build(spec, std::move(ns), nullptr, std::nullopt, received);
   if (!pod.ok()) {
     ++stats_.enrol_failed;
     ++stats_.failed_by_reason[failure_reason(pod.error())];

@@ -7,6 +7,8 @@
 
 #include <cstring>
 
+#include <spdlog/spdlog.h>
+
 #include "netsteer/bpf/tcx.h"
 #include "netsteer/skel/netsteer_guard.skel.h"
 #include "netsteer/skel/netsteer_steer.skel.h"
@@ -84,24 +86,74 @@ nlohmann::json PodBpfStats::to_json() const {
   return j;
 }
 
-Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
-                                               const PodBpfConfig& cfg) {
-  SkelPtr<netsteer_steer, netsteer_steer__destroy> steer{netsteer_steer__open_and_load()};
-  if (!steer.p) return Error::from_errno(errno ? errno : EINVAL, "load sk_lookup program netsteer_steer");
-  auto& sm = steer.p->maps;
+struct LoadedPodBpf::Skeletons {
+  SkelPtr<netsteer_steer, netsteer_steer__destroy> steer;
+  SkelPtr<netsteer_guard, netsteer_guard__destroy> guard;
+};
+
+LoadedPodBpf::LoadedPodBpf(std::unique_ptr<Skeletons> s) : s_(std::move(s)) {}
+LoadedPodBpf::LoadedPodBpf(LoadedPodBpf&&) noexcept = default;
+LoadedPodBpf& LoadedPodBpf::operator=(LoadedPodBpf&&) noexcept = default;
+LoadedPodBpf::~LoadedPodBpf() = default;
+
+Result<LoadedPodBpf> LoadedPodBpf::load() {
+  auto s = std::make_unique<Skeletons>();
+  s->steer.p = netsteer_steer__open_and_load();
+  if (!s->steer.p) return Error::from_errno(errno ? errno : EINVAL, "load sk_lookup program netsteer_steer");
+  auto& sm = s->steer.p->maps;
 
   // The guard shares the pod's address, exclusion and config maps with the steering program.
-  SkelPtr<netsteer_guard, netsteer_guard__destroy> guard{netsteer_guard__open()};
-  if (!guard.p) return Error::from_errno(errno ? errno : EINVAL, "open tc program netsteer_guard");
-  auto& gm = guard.p->maps;
+  s->guard.p = netsteer_guard__open();
+  if (!s->guard.p) return Error::from_errno(errno ? errno : EINVAL, "open tc program netsteer_guard");
+  auto& gm = s->guard.p->maps;
   std::pair<bpf_map*, bpf_map*> shared[] = {{gm.ns_pod_addrs, sm.ns_pod_addrs},   {gm.ns_ex_in_port, sm.ns_ex_in_port},
                                             {gm.ns_ex_out_port, sm.ns_ex_out_port}, {gm.ns_ex_out_cidr, sm.ns_ex_out_cidr},
                                             {gm.ns_ex_in_src, sm.ns_ex_in_src},   {gm.ns_config, sm.ns_config}};
-  for (auto [g, s] : shared) {
-    int r = bpf_map__reuse_fd(g, bpf_map__fd(s));
+  for (auto [g, m] : shared) {
+    int r = bpf_map__reuse_fd(g, bpf_map__fd(m));
     if (r < 0) return Error::from_libbpf(r, std::string("share map ") + bpf_map__name(g));
   }
-  if (int r = netsteer_guard__load(guard.p); r < 0) return Error::from_libbpf(r, "load tc program netsteer_guard");
+  if (int r = netsteer_guard__load(s->guard.p); r < 0) return Error::from_libbpf(r, "load tc program netsteer_guard");
+  return LoadedPodBpf(std::move(s));
+}
+
+Result<LoadedPodBpf> PodBpfPool::take() {
+  {
+    std::lock_guard lk(mu_);
+    if (spare_) {
+      LoadedPodBpf l = std::move(*spare_);
+      spare_.reset();
+      return l;
+    }
+  }
+  return LoadedPodBpf::load();
+}
+
+void PodBpfPool::refill() {
+  {
+    std::lock_guard lk(mu_);
+    if (spare_ || loading_) return;
+    loading_ = true;
+  }
+  auto l = LoadedPodBpf::load();
+  std::lock_guard lk(mu_);
+  loading_ = false;
+  if (l.ok()) spare_.emplace(std::move(*l));
+  else spdlog::warn("loading the next pod's BPF programs ahead of time: {}", l.error().message);
+}
+
+Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
+                                               const PodBpfConfig& cfg) {
+  NS_TRY(LoadedPodBpf loaded, LoadedPodBpf::load());
+  return create(pin_dir, ns, cfg, std::move(loaded));
+}
+
+Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
+                                               const PodBpfConfig& cfg, LoadedPodBpf loaded) {
+  auto& steer = loaded.s_->steer;
+  auto& guard = loaded.s_->guard;
+  auto& sm = steer.p->maps;
+  auto& gm = guard.p->maps;
 
   uint8_t one = 1;
   for (const auto& ip : cfg.pod_ips)

@@ -11,7 +11,7 @@
 
 namespace netsteer {
 
-Status write_file_atomic(const std::string& path, const std::string& data, mode_t mode) {
+Status write_file_atomic(const std::string& path, const std::string& data, mode_t mode, Durability durability) {
   std::filesystem::path p(path);
   std::string tmp = (p.parent_path() / ("." + p.filename().string() + ".tmp")).string();
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
@@ -28,7 +28,7 @@ Status write_file_atomic(const std::string& path, const std::string& data, mode_
     off += static_cast<size_t>(n);
   }
   if (::fchmod(fd.get(), mode) != 0) return failed("chmod");
-  if (::fsync(fd.get()) != 0) return failed("fsync");
+  if (durability == Durability::power_loss && ::fsync(fd.get()) != 0) return failed("fsync");
   fd.reset();
   if (::rename(tmp.c_str(), path.c_str()) != 0) return failed("rename");
   return {};

@@ -150,6 +150,51 @@ TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
   EXPECT_TRUE(accept_one(app->get()).valid());
 }
 
+// The agent's spare: loaded ahead of time (holding its fds), refilled only when empty, and a
+// preloaded object steers exactly like one loaded during the enrol.
+TEST_F(SteerTest, PoolSpareIsLoadedOnceAndSteers) {
+  auto fds = [] {
+    size_t n = 0;
+    for (auto& e : std::filesystem::directory_iterator("/proc/self/fd")) (void)e, ++n;
+    return n;
+  };
+  auto pns = ns(pod);
+  netns::NetnsExecutor exec(1);
+  auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539); });
+  ASSERT_TRUE(listeners.ok()) << listeners.error().message;
+
+  bpf::PodBpfPool pool;
+  size_t empty = fds();
+  pool.refill();
+  size_t with_spare = fds();
+  EXPECT_GT(with_spare, empty) << "refill() loaded nothing";
+  pool.refill();
+  EXPECT_EQ(fds(), with_spare) << "a second refill() loaded another spare";
+
+  auto loaded = pool.take();
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  bpf::PodBpfConfig cfg;
+  cfg.pod_ips = {*IpAddr::parse("10.77.0.1")};
+  auto sp = bpf::PodBpf::create(pins + "/pod", pns, cfg, std::move(*loaded));
+  ASSERT_TRUE(sp.ok()) << sp.error().message;
+  ASSERT_TRUE((*sp)->set_listeners(listeners->outbound.fd.get(), listeners->inbound.fd.get()).ok());
+  auto [c, ok] = connect_from_remote(8080);
+  ASSERT_TRUE(ok);
+  EXPECT_TRUE(accept_one(listeners->inbound.fd.get()).valid()) << "preloaded program did not steer";
+  EXPECT_EQ((*sp)->stats()->inbound_assigned, 1u);
+
+  {
+    // With the spare taken, take() loads inline (closed at the end of this scope).
+    auto inline_loaded = pool.take();
+    ASSERT_TRUE(inline_loaded.ok()) << inline_loaded.error().message;
+  }
+  ASSERT_TRUE((*sp)->destroy().ok());
+  sp->reset();
+  c.reset();
+  listeners = agent::PodListeners{};
+  EXPECT_EQ(fds(), empty - 3) << "fds left behind (the listeners' three were open before)";
+}
+
 TEST(SteerFeatures, ProbeNamesTheMissingFeature) {
   bpf::Features f;
   f.kernel_release = "5.4.0-test";

@@ -100,9 +100,11 @@ class EnrolmentManager {
   void clear(bool remove_capture = false);
 
  private:
+  // `started`: when the request arrived (a pod's enrol_ms runs from there to capture ready).
   Result<std::unique_ptr<Pod>> build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
                                      const capture::CaptureState* previous,
-                                     std::optional<PodListeners> given = std::nullopt);
+                                     std::optional<PodListeners> given = std::nullopt,
+                                     std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now());
   void teardown(Pod& pod, bool remove_capture);
   void persist(const PodRecord* pending = nullptr);  // with mu_ held
   std::string pin_dir(const std::string& uid) const { return dp_ ? dp_->pin_root + "/" + uid : ""; }
@@ -110,6 +112,10 @@ class EnrolmentManager {
   netns::NetnsExecutor& exec_;
   const StateStore* store_;
   std::optional<Dataplane> dp_;
+  // The next pod's BPF objects, loaded on an executor thread after each enrol (shared with the
+  // queued refill jobs, which may outlive this manager).
+  std::shared_ptr<bpf::PodBpfPool> bpf_pool_;
+  void refill_bpf_pool();
   mutable std::mutex mu_;
   std::map<std::string, std::unique_ptr<Pod>> pods_;
   EnrolStats stats_;

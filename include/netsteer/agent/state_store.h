@@ -34,7 +34,7 @@ class StateStore {
   explicit StateStore(std::string dir) : dir_(std::move(dir)) {}
   // Missing file → empty list. A corrupt file is an error (the caller logs and starts clean).
   Result<std::vector<PodRecord>> load() const;
-  // Atomic: write a temp file, fsync, rename. records: serialize_record() outputs.
+  // Atomic: write a temp file, rename (no fsync: see state_store.cpp). records: serialize_record() outputs.
   Status save(const std::vector<std::string_view>& records) const;
   std::string path() const { return dir_ + "/state.json"; }
   bool enabled() const { return !dir_.empty(); }

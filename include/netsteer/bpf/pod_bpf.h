@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,11 +40,46 @@ struct PodBpfStats : ns_steer_counters, ns_guard_counters {
   nlohmann::json to_json() const;
 };
 
+// A pod's two BPF objects loaded — verified, JITed, maps created and empty — but not configured,
+// pinned or attached: the costly part of an enrol, and the same for every pod, so PodBpfPool
+// does it ahead of time. Owns the libbpf objects (closed with it).
+class LoadedPodBpf {
+ public:
+  static Result<LoadedPodBpf> load();
+  LoadedPodBpf(LoadedPodBpf&&) noexcept;
+  LoadedPodBpf& operator=(LoadedPodBpf&&) noexcept;
+  ~LoadedPodBpf();
+
+ private:
+  friend class PodBpf;
+  struct Skeletons;
+  explicit LoadedPodBpf(std::unique_ptr<Skeletons> s);
+  std::unique_ptr<Skeletons> s_;
+};
+
+// Keeps one LoadedPodBpf ready: take() hands it out (or loads one inline when there is none) and
+// refill() loads the next one off the enrol's path (the agent runs it on an executor thread after
+// each enrol). The spare costs a pod's worth of fds and kernel memory (~80 KiB).
+class PodBpfPool {
+ public:
+  Result<LoadedPodBpf> take();
+  // Loads a spare if there is none and no other refill is loading one; a failure is logged and
+  // the next take() loads inline (and reports the error to its enrol).
+  void refill();
+
+ private:
+  std::mutex mu_;
+  std::optional<LoadedPodBpf> spare_;
+  bool loading_ = false;
+};
+
 class PodBpf {
  public:
-  // Loads fresh program instances, fills the maps, links the sk_lookup program to `ns`
-  // (bpf_link, BPF_SK_LOOKUP; no setns needed) and pins everything under pin_dir.
-  // Any error leaves nothing behind.
+  // Configures `loaded` (fills the maps), links the sk_lookup program to `ns` (bpf_link,
+  // BPF_SK_LOOKUP; no setns needed) and pins everything under pin_dir. Any error leaves nothing
+  // behind. Without `loaded`, loads fresh program instances first.
+  static Result<std::unique_ptr<PodBpf>> create(const std::string& pin_dir, const netns::NetnsHandle& ns,
+                                                const PodBpfConfig& cfg, LoadedPodBpf loaded);
   static Result<std::unique_ptr<PodBpf>> create(const std::string& pin_dir, const netns::NetnsHandle& ns,
                                                 const PodBpfConfig& cfg);
   // Re-opens the pins a previous agent left (restart takeover). The link stays attached throughout.

@@ -39,6 +39,8 @@ struct CaptureConfig {
   bool strict = false;
   bpf::TcMode tc_mode = bpf::TcMode::tcx;
   std::string pin_dir;
+  // Where the pod's BPF objects come from already loaded (nullptr: loaded during install).
+  bpf::PodBpfPool* bpf_pool = nullptr;
   uint32_t mark = protocol::kAgentMark;
   uint32_t mark_mask = protocol::kAgentMarkMask;
 };

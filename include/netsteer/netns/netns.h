@@ -96,6 +96,10 @@ class NetnsExecutor {
     return fut.get();
   }
 
+  // Queues fn() to run on a pool thread (in the host netns) without waiting for it. Jobs still
+  // queued when the executor is destroyed are dropped.
+  void post(std::function<void()> fn) { submit(std::move(fn)); }
+
   size_t threads() const { return threads_.size(); }
 
  private:
