@@ -34,7 +34,7 @@ for s in "${SRCS[@]}"; do
   while (( $(jobs -rp | wc -l) >= jobs_max )); do wait -n || true; done
   "$CXX" "${FLAGS[@]}" -fsanitize=fuzzer-no-link -c "$s" -o "$o" &
 done
-wait || true
+wait
 for o in "${objs[@]}"; do [[ -f $o ]] || { echo "fuzz.sh: compiling for $o failed"; exit 1; }; done
 fail=0
 for t in protocol netconf http_connect; do

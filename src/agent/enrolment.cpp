@@ -29,10 +29,9 @@ json Pod::to_json(bool detail) const {
 
 EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore* store, std::optional<Dataplane> dp)
     : exec_(exec), store_(store), dp_(std::move(dp)) {
-  if (dp_ && dp_->capture) {
-    bpf_pool_ = std::make_shared<bpf::PodBpfPool>();
-    refill_bpf_pool();
-  }
+  // The first spare is loaded once restore() or adopt() has taken over the existing pods, so it
+  // never competes with serving them again after a restart.
+  if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>();
 }
 
 void EnrolmentManager::refill_bpf_pool() {
@@ -303,6 +302,7 @@ void EnrolmentManager::restore(const std::vector<PodRecord>& records) {
     }
   }
   persist();
+  refill_bpf_pool();
 }
 
 std::vector<HandoverPod> EnrolmentManager::export_pods() const {
@@ -352,6 +352,7 @@ void EnrolmentManager::adopt(std::vector<HandoverPod> pods) {
     ++stats_.adopted;
   }
   persist();
+  refill_bpf_pool();
 }
 
 void EnrolmentManager::detach_store() {

@@ -143,12 +143,6 @@ void PodBpfPool::refill() {
 }
 
 Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
-                                               const PodBpfConfig& cfg) {
-  NS_TRY(LoadedPodBpf loaded, LoadedPodBpf::load());
-  return create(pin_dir, ns, cfg, std::move(loaded));
-}
-
-Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
                                                const PodBpfConfig& cfg, LoadedPodBpf loaded) {
   auto& steer = loaded.s_->steer;
   auto& guard = loaded.s_->guard;

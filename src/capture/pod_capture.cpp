@@ -175,12 +175,8 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   bpf::PodBpfConfig bc{cfg.pod_ips, cfg.exclusions, cfg.strict, cfg.mark, cfg.mark_mask};
   auto t0 = std::chrono::steady_clock::now();
   if (!pc->bpf_) {
-    if (cfg.bpf_pool) {
-      NS_TRY(bpf::LoadedPodBpf loaded, cfg.bpf_pool->take());
-      NS_TRY(pc->bpf_, bpf::PodBpf::create(cfg.pin_dir, ns, bc, std::move(loaded)));
-    } else {
-      NS_TRY(pc->bpf_, bpf::PodBpf::create(cfg.pin_dir, ns, bc));
-    }
+    NS_TRY(bpf::LoadedPodBpf loaded, cfg.bpf_pool ? cfg.bpf_pool->take() : bpf::LoadedPodBpf::load());
+    NS_TRY(pc->bpf_, bpf::PodBpf::create(cfg.pin_dir, ns, bc, std::move(loaded)));
   }
   auto t1 = std::chrono::steady_clock::now();
   // From here on a failure removes everything this call (or the previous agent) installed.

@@ -99,7 +99,9 @@ TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
 
   bpf::PodBpfConfig cfg;
   cfg.pod_ips = {*IpAddr::parse("10.77.0.1")};
-  auto sp = bpf::PodBpf::create(pins + "/pod", pns, cfg);
+  auto loaded = bpf::LoadedPodBpf::load();
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  auto sp = bpf::PodBpf::create(pins + "/pod", pns, cfg, std::move(*loaded));
   ASSERT_TRUE(sp.ok()) << sp.error().message;
   ASSERT_TRUE((*sp)->set_listeners(listeners->outbound.fd.get(), listeners->inbound.fd.get()).ok());
   for (const char* pin : {"prog_steer", "link_steer", "map_ns_sockets", "map_ns_stats", "map_ns_bypass",

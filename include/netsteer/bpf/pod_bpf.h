@@ -77,11 +77,9 @@ class PodBpf {
  public:
   // Configures `loaded` (fills the maps), links the sk_lookup program to `ns` (bpf_link,
   // BPF_SK_LOOKUP; no setns needed) and pins everything under pin_dir. Any error leaves nothing
-  // behind. Without `loaded`, loads fresh program instances first.
+  // behind.
   static Result<std::unique_ptr<PodBpf>> create(const std::string& pin_dir, const netns::NetnsHandle& ns,
                                                 const PodBpfConfig& cfg, LoadedPodBpf loaded);
-  static Result<std::unique_ptr<PodBpf>> create(const std::string& pin_dir, const netns::NetnsHandle& ns,
-                                                const PodBpfConfig& cfg);
   // Re-opens the pins a previous agent left (restart takeover). The link stays attached throughout.
   static Result<std::unique_ptr<PodBpf>> adopt(const std::string& pin_dir);
 

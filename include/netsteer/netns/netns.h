@@ -97,7 +97,7 @@ class NetnsExecutor {
   }
 
   // Queues fn() to run on a pool thread (in the host netns) without waiting for it. Jobs still
-  // queued when the executor is destroyed are dropped.
+  // queued when the executor is destroyed run before its threads exit.
   void post(std::function<void()> fn) { submit(std::move(fn)); }
 
   size_t threads() const { return threads_.size(); }
