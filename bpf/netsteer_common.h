@@ -12,12 +12,15 @@
 #define NS_PORT_OUTBOUND 15001
 #define NS_PORT_INBOUND 15006
 #define NS_PORT_TUNNEL 15008
-/* Relay-bypass entries per pod: one per inbound upstream connect still in flight (the relay
- * removes it once the connect completes, when sk_lookup no longer sees the flow). The kernel
- * allocates a hash map's buckets up front even with BPF_F_NO_PREALLOC — 16 bytes each — so
- * this bounds per-pod kernel memory (64K entries were 1 MiB per pod); a connect beyond it fails
- * (counted as a failed relay connection, the client gets a reset). */
-#define NS_BYPASS_MAX 4096
+/* Relay-bypass entries per pod: one per inbound (and tunnel) upstream connection for its whole
+ * life. sk_lookup sees the relay's own segments again whenever the app's listener has no socket
+ * for the flow (SYN-cookie ACKs, segments after an accept-queue overflow, a SYN meeting the app's
+ * TIME_WAIT), so the entry cannot go when the connect completes. The kernel allocates a hash
+ * map's buckets up front even with BPF_F_NO_PREALLOC — 16 bytes each — so the size bounds per-pod
+ * kernel memory: this default (256 KiB of buckets) is what the object is built with; netsteerd
+ * --max-inbound-connections sets it before load. A connection beyond it is reset and counted
+ * (bypass_full). */
+#define NS_BYPASS_MAX 16384
 
 /* Slots of the per-pod SOCKMAP. */
 enum ns_slot {

@@ -31,7 +31,7 @@ EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore*
     : exec_(exec), store_(store), dp_(std::move(dp)) {
   // The first spare is loaded once restore() or adopt() has taken over the existing pods, so it
   // never competes with serving them again after a restart.
-  if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>();
+  if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>(dp_->max_inbound_conns);
 }
 
 void EnrolmentManager::refill_bpf_pool() {
@@ -89,6 +89,7 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     cfg.tc_mode = dp_->tc_mode;
     cfg.pin_dir = pin_dir(pod->spec.uid);
     cfg.bpf_pool = bpf_pool_.get();
+    cfg.max_inbound_conns = dp_->max_inbound_conns;
     auto cap = capture::PodCapture::install(pod->netns, cfg, previous);
     if (!cap.ok()) return std::move(cap).error().wrap("install capture");
     pod->capture = std::move(*cap);

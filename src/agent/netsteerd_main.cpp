@@ -51,6 +51,29 @@ int main(int argc, char** argv) {
   app.add_option("--connect-timeout-ms", ropts.connect_timeout_ms, "upstream connect timeout")->capture_default_str();
   app.add_option("--idle-timeout-s", ropts.idle_timeout_s, "close relayed connections idle this long (0: never)")
       ->capture_default_str();
+  app.add_option("--half-close-timeout-s", ropts.half_close_timeout_s,
+                 "close a relayed connection with one side shut once nothing moved this long (0: idle timeout)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--tcp-user-timeout-ms", ropts.tcp_user_timeout_ms,
+                 "TCP_USER_TIMEOUT on both sides: a peer leaving data unacknowledged this long is dead (0: kernel default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--keepalive-idle-s", ropts.keepalive_idle_s, "TCP keepalive on both sides after this much silence (0: off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 32767));
+  app.add_option("--keepalive-interval-s", ropts.keepalive_interval_s, "seconds between keepalive probes")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 32767));
+  app.add_option("--keepalive-count", ropts.keepalive_count, "unanswered keepalive probes before a peer is dead")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 127));
+  uint32_t max_inbound_conns = bpf::kDefaultMaxInboundConns;
+  app.add_option("--max-inbound-connections", max_inbound_conns,
+                 "per pod: concurrent inbound relay connections (its sk_lookup bypass map; 16 B of kernel memory each, "
+                 "allocated at enrol); beyond it a connection is reset and counted as bypass_full")
+      ->capture_default_str()
+      ->check(CLI::Range(64u, 1u << 20));
   app.add_option("--pipe-size", ropts.pipe_size, "splice pipe size in bytes")->capture_default_str();
   bool cleanup_on_exit = false;
   std::string metrics_addr = "127.0.0.1:15020";
@@ -197,7 +220,7 @@ int main(int argc, char** argv) {
     spdlog::info("pod labels from the Kubernetes API at {} (excludePodLabels)", kube.server);
   }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf"});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns});
   // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
   std::optional<agent::Handover> handover;
   if (takeover) {
@@ -240,6 +263,8 @@ int main(int argc, char** argv) {
         {"stale_cleaned", s.stale_cleaned},
         {"relay_workers", (*relay)->workers()},
         {"relay", (*relay)->stats()},
+        {"relay_timeouts", (*relay)->timeouts()},
+        {"max_inbound_connections", max_inbound_conns},
         {"tc_mode", bpf::to_string(tc_mode)},
         {"kernel", features.kernel_release},
         {"pid", ::getpid()},

@@ -46,6 +46,15 @@ std::string render_node_metrics(const NodeMetricsInput& in) {
           [](const relay::DirectionTotals& x) { return x.resets; });
   per_dir("netsteer_relay_timeouts_total", "counter", "Relayed connections ended by a connect or idle timeout.",
           [](const relay::DirectionTotals& x) { return x.timeouts; });
+  per_dir("netsteer_relay_half_close_timeouts_total", "counter",
+          "Relayed connections closed because one side was shut and nothing moved for the half-close timeout.",
+          [](const relay::DirectionTotals& x) { return x.half_close_timeouts; });
+  per_dir("netsteer_relay_dead_peers_total", "counter",
+          "Relayed connections ended because a peer stopped acknowledging or answering keepalives.",
+          [](const relay::DirectionTotals& x) { return x.dead_peers; });
+  per_dir("netsteer_relay_bypass_full_total", "counter",
+          "Inbound connections reset because the pod's bypass map was full (--max-inbound-connections).",
+          [](const relay::DirectionTotals& x) { return x.bypass_full; });
   w.family("netsteer_relay_bytes_total", "counter", "Bytes relayed, by direction and way (up: client to upstream).");
   for (int d = 0; d < 3; ++d) {
     w.sample("netsteer_relay_bytes_total", static_cast<double>(t.relay[d].bytes_up), {{"direction", dirs[d]}, {"way", "up"}});

@@ -96,11 +96,14 @@ LoadedPodBpf::LoadedPodBpf(LoadedPodBpf&&) noexcept = default;
 LoadedPodBpf& LoadedPodBpf::operator=(LoadedPodBpf&&) noexcept = default;
 LoadedPodBpf::~LoadedPodBpf() = default;
 
-Result<LoadedPodBpf> LoadedPodBpf::load() {
+Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns) {
   auto s = std::make_unique<Skeletons>();
-  s->steer.p = netsteer_steer__open_and_load();
-  if (!s->steer.p) return Error::from_errno(errno ? errno : EINVAL, "load sk_lookup program netsteer_steer");
+  s->steer.p = netsteer_steer__open();
+  if (!s->steer.p) return Error::from_errno(errno ? errno : EINVAL, "open sk_lookup program netsteer_steer");
   auto& sm = s->steer.p->maps;
+  if (int r = bpf_map__set_max_entries(sm.ns_bypass, max_inbound_conns); r < 0)
+    return Error::from_libbpf(r, "size the bypass map");
+  if (int r = netsteer_steer__load(s->steer.p); r < 0) return Error::from_libbpf(r, "load sk_lookup program netsteer_steer");
 
   // The guard shares the pod's address, exclusion and config maps with the steering program.
   s->guard.p = netsteer_guard__open();
@@ -126,7 +129,7 @@ Result<LoadedPodBpf> PodBpfPool::take() {
       return l;
     }
   }
-  return LoadedPodBpf::load();
+  return LoadedPodBpf::load(max_inbound_conns_);
 }
 
 void PodBpfPool::refill() {
@@ -135,7 +138,7 @@ void PodBpfPool::refill() {
     if (spare_ || loading_) return;
     loading_ = true;
   }
-  auto l = LoadedPodBpf::load();
+  auto l = LoadedPodBpf::load(max_inbound_conns_);
   std::lock_guard lk(mu_);
   loading_ = false;
   if (l.ok()) spare_.emplace(std::move(*l));

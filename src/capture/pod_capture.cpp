@@ -175,7 +175,7 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   bpf::PodBpfConfig bc{cfg.pod_ips, cfg.exclusions, cfg.strict, cfg.mark, cfg.mark_mask};
   auto t0 = std::chrono::steady_clock::now();
   if (!pc->bpf_) {
-    NS_TRY(bpf::LoadedPodBpf loaded, cfg.bpf_pool ? cfg.bpf_pool->take() : bpf::LoadedPodBpf::load());
+    NS_TRY(bpf::LoadedPodBpf loaded, cfg.bpf_pool ? cfg.bpf_pool->take() : bpf::LoadedPodBpf::load(cfg.max_inbound_conns));
     NS_TRY(pc->bpf_, bpf::PodBpf::create(cfg.pin_dir, ns, bc, std::move(loaded)));
   }
   auto t1 = std::chrono::steady_clock::now();

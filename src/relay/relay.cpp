@@ -92,6 +92,22 @@ int sock_error(int fd) {
   return err;
 }
 
+// Every relayed socket, both sides: no Nagle, and dead-peer detection (keepalive, user timeout).
+void tune_socket(int fd, const RelayOptions& o) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (o.tcp_user_timeout_ms > 0) {
+    unsigned ut = static_cast<unsigned>(o.tcp_user_timeout_ms);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof ut);
+  }
+  if (o.keepalive_idle_s > 0) {
+    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &o.keepalive_idle_s, sizeof o.keepalive_idle_s);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &o.keepalive_interval_s, sizeof o.keepalive_interval_s);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &o.keepalive_count, sizeof o.keepalive_count);
+  }
+}
+
 struct Pipe {
   UniqueFd r, w;
 };
@@ -130,10 +146,11 @@ struct Conn {
   Direction dir;
   Flow to_up, to_down;  // client → upstream, upstream → client
   std::string request;  // tunnel request head being read
-  SockAddr bypass;      // registered bypass entry (inbound/tunnel) until connected
+  SockAddr bypass;      // registered bypass entry (inbound/tunnel) for the upstream's whole life
   bool bypass_set = false;
   bool redirected = false;  // arrived through a NAT redirect (SO_ORIGINAL_DST)
-  int64_t deadline_ms = 0;  // connect deadline, then idle deadline
+  bool half_closed = false;  // deadline_ms is the half-close timeout
+  int64_t deadline_ms = 0;  // connect deadline, then idle (or half-close) deadline
 };
 
 class Worker {
@@ -280,8 +297,13 @@ class Worker {
     for (auto& [p, c] : conns_)
       if (c->deadline_ms && now >= c->deadline_ms) expired.push_back(p);
     for (Conn* c : expired) {
-      c->pod->of(c->dir).timeouts++;
-      if (c->state == Conn::kConnecting || c->state == Conn::kRequest) c->pod->of(c->dir).failed++;
+      auto& ctr = c->pod->of(c->dir);
+      if (c->state == Conn::kEstablished && c->half_closed) {
+        ctr.half_close_timeouts++;
+      } else {
+        ctr.timeouts++;
+        if (c->state == Conn::kConnecting || c->state == Conn::kRequest) ctr.failed++;
+      }
       finish(*c, true, true);
     }
   }
@@ -319,8 +341,7 @@ class Worker {
       auto& ctr = l.pod->of(l.dir);
       ctr.opened++;
       ctr.active++;
-      int one = 1;
-      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      tune_socket(fd, opts_);
       if (l.dir == Direction::tunnel) {
         raw->state = Conn::kRequest;
         raw->deadline_ms = now_ms() + opts_.connect_timeout_ms;
@@ -381,7 +402,7 @@ class Worker {
     if (!up) return fail(c, std::string("upstream socket: ") + std::strerror(errno));
     int mark = static_cast<int>(opts_.mark), one = 1;
     ::setsockopt(up.get(), SOL_SOCKET, SO_MARK, &mark, sizeof mark);
-    ::setsockopt(up.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    tune_socket(up.get(), opts_);
     if (keep_source) {
       IpAddr cip = client.ip().unmapped();
       if (cip.family != family) return fail(c, "client and destination address families differ");
@@ -398,7 +419,10 @@ class Worker {
         std::swap(retry, up);
         return start_upstream(c, dst, client);
       }
-      if (auto st = c.pod->bypass(bound, true); !st.ok()) return fail(c, "register bypass: " + st.error().message);
+      if (auto st = c.pod->bypass(bound, true); !st.ok()) {
+        if (st.error().code == E2BIG) return bypass_full(c);
+        return fail(c, "register bypass: " + st.error().message);
+      }
       c.bypass = bound;
       c.bypass_set = true;
     }
@@ -417,6 +441,19 @@ class Worker {
       ev.data.ptr = &c.down_ep;
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.down.get(), &ev);
     }
+  }
+
+  // The pod's bypass map holds one entry per live inbound upstream: when it is full the client
+  // gets a reset (not a hang), counted by name and logged at most once a second.
+  void bypass_full(Conn& c) {
+    c.pod->of(c.dir).bypass_full++;
+    if (uint64_t now = now_ms(); now - last_bypass_warn_ms_ >= 1000) {
+      last_bypass_warn_ms_ = now;
+      log::PodScope scope(c.pod->uid);
+      spdlog::warn("pod {}: {} connection reset: bypass map full (raise --max-inbound-connections)", c.pod->uid,
+                   to_string(c.dir));
+    }
+    finish(c, true, false);
   }
 
   void clear_bypass(Conn& c) {
@@ -498,42 +535,50 @@ class Worker {
       }
       if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
       if (int err = sock_error(c.up.get()); err != 0) return fail(c, std::string("connect: ") + std::strerror(err));
-      clear_bypass(c);
+      // The bypass entry stays until the upstream is closed: the app may have no socket for the
+      // flow yet (SYN cookie, accept queue overflow), and then every segment the relay sends goes
+      // through the listener lookup, and so through sk_lookup, again.
       c.state = Conn::kEstablished;
       c.to_up.src = c.down.get();
       c.to_up.dst = c.up.get();
       c.to_down.src = c.up.get();
       c.to_down.dst = c.down.get();
     }
-    if ((events & EPOLLERR) && sock_error(up_side ? c.up.get() : c.down.get()) != 0) {
-      c.pod->of(c.dir).resets++;
-      return finish(c, true, true);
-    }
-    c.deadline_ms = opts_.idle_timeout_s > 0 ? now_ms() + int64_t(opts_.idle_timeout_s) * 1000 : 0;
+    if (events & EPOLLERR)
+      if (int err = sock_error(up_side ? c.up.get() : c.down.get()); err != 0) return reset_both(c, err);
     int a = pump(c, c.to_up, c.pod->of(c.dir).bytes_up);
-    if (a < 0) return reset_both(c);
+    if (a < 0) return reset_both(c, -a);
     int b = pump(c, c.to_down, c.pod->of(c.dir).bytes_down);
-    if (b < 0) return reset_both(c);
-    if (c.to_up.done() && c.to_down.done()) finish(c, false, false);
+    if (b < 0) return reset_both(c, -b);
+    if (c.to_up.done() && c.to_down.done()) return finish(c, false, false);
+    // Activity: the idle deadline moves on; once either side has shut its half, the shorter
+    // half-close timeout applies instead (a peer that never closes its side holds nothing long).
+    c.half_closed = opts_.half_close_timeout_s > 0 && (c.to_up.src_eof || c.to_down.src_eof);
+    int secs = c.half_closed ? opts_.half_close_timeout_s : opts_.idle_timeout_s;
+    c.deadline_ms = secs > 0 ? now_ms() + int64_t(secs) * 1000 : 0;
   }
 
-  void reset_both(Conn& c) {
-    c.pod->of(c.dir).resets++;
+  // A socket error ended the connection: ETIMEDOUT is a dead peer (TCP_USER_TIMEOUT or
+  // unanswered keepalives), anything else a reset.
+  void reset_both(Conn& c, int err) {
+    auto& ctr = c.pod->of(c.dir);
+    if (err == ETIMEDOUT) ctr.dead_peers++;
+    else ctr.resets++;
     finish(c, true, true);
   }
 
-  // Moves what is available from f.src to f.dst. Returns 0 (wait for events) or -1 (reset).
+  // Moves what is available from f.src to f.dst. Returns 0 (wait for events) or -errno (reset).
   int pump(Conn& c, Flow& f, std::atomic<uint64_t>& bytes) {
     for (;;) {
       if (!f.pending.empty()) {
         ssize_t n = ::send(f.dst, f.pending.data(), f.pending.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0) return (errno == EAGAIN || errno == EINTR) ? 0 : -1;
+        if (n < 0) return (errno == EAGAIN || errno == EINTR) ? 0 : -errno;
         f.pending.erase(0, static_cast<size_t>(n));
         continue;
       }
       if (f.in_pipe > 0) {
         ssize_t n = ::splice(f.pipe->r.get(), nullptr, f.dst, nullptr, f.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n < 0) return (errno == EAGAIN || errno == EINTR) ? 0 : -1;
+        if (n < 0) return (errno == EAGAIN || errno == EINTR) ? 0 : -errno;
         f.in_pipe -= static_cast<size_t>(n);
         bytes.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
         continue;
@@ -546,7 +591,7 @@ class Worker {
         release_pipe(f);
         return 0;
       }
-      if (!f.pipe && !acquire_pipe(f)) return -1;
+      if (!f.pipe && !acquire_pipe(f)) return -ENOBUFS;
       ssize_t n = ::splice(f.src, nullptr, f.pipe->w.get(), nullptr, static_cast<size_t>(opts_.pipe_size),
                            SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
@@ -562,7 +607,7 @@ class Worker {
         release_pipe(f);  // idle connections hold no pipe
         return 0;
       }
-      return -1;  // ECONNRESET and friends
+      return -errno;  // ECONNRESET, ETIMEDOUT and friends
     }
   }
 
@@ -600,7 +645,6 @@ class Worker {
   void finish(Conn& c, bool rst_down, bool rst_up) {
     if (c.state == Conn::kDead) return;
     c.state = Conn::kDead;
-    clear_bypass(c);
     release_pipe(c.to_up);
     release_pipe(c.to_down);
     if (c.down) {
@@ -613,6 +657,8 @@ class Worker {
     }
     c.down.reset();
     c.up.reset();
+    // Only once the upstream is closed: the FIN or RST close() sends may still need the entry.
+    clear_bypass(c);
     auto& ctr = c.pod->of(c.dir);
     ctr.active--;
     ctr.closed++;
@@ -639,11 +685,12 @@ class Worker {
   std::vector<std::unique_ptr<Pipe>> idle_;
   std::atomic<size_t> nconns_{0}, idle_pipes_{0}, pipes_in_use_{0};
   std::atomic<uint64_t> shed_{0};  // connections reset because the process was out of fds
-  uint64_t last_accept_warn_ms_ = 0;
+  uint64_t last_accept_warn_ms_ = 0, last_bypass_warn_ms_ = 0;
 };
 
 Result<std::unique_ptr<Relay>> Relay::start(const RelayOptions& opts) {
   std::unique_ptr<Relay> r(new Relay());
+  r->opts_ = opts;
   (void)netns::NetnsHandle::host();  // workers return to it after creating upstream sockets
   for (size_t i = 0; i < std::max<size_t>(1, opts.workers); ++i) {
     auto w = std::make_unique<Worker>(i, opts);
@@ -690,6 +737,13 @@ size_t Relay::connections() {
   std::atomic<size_t> n{0};
   broadcast([&](Worker& w) { n += w.connections(); });
   return n;
+}
+
+json Relay::timeouts() const {
+  return {{"connect_ms", opts_.connect_timeout_ms},         {"idle_s", opts_.idle_timeout_s},
+          {"half_close_s", opts_.half_close_timeout_s},     {"tcp_user_timeout_ms", opts_.tcp_user_timeout_ms},
+          {"keepalive_idle_s", opts_.keepalive_idle_s},     {"keepalive_interval_s", opts_.keepalive_interval_s},
+          {"keepalive_count", opts_.keepalive_count}};
 }
 
 json Relay::stats() const {

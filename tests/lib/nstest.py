@@ -399,6 +399,16 @@ class Topology:
             time.sleep(0.05)
         raise AssertionError("http.server did not start")
 
+    def wait_v6_ready(self, timeout=5.0):
+        """Until duplicate address detection is over on both ends (the link-local address is
+        tentative for ~1 s after link up). Before that, neighbour discovery waits and a first IPv6
+        connection's RTT sample (and so its RTO) is near a second: tests of TCP timers need it done."""
+        deadline = time.time() + timeout
+        while any(ns.ip("-6 addr show tentative").stdout.strip() for ns in (self.pod, self.remote)):
+            if time.time() > deadline:
+                raise AssertionError("IPv6 addresses still tentative after %.0f s" % timeout)
+            time.sleep(0.05)
+
     def client(self, ns, *args, check=True, timeout=300):
         return ns.exec([PY, os.path.join(LIB, "peer_client.py")] + [str(a) for a in args], check=check,
                        timeout=timeout).stdout.strip()

@@ -4,6 +4,8 @@
   peer_client.py HOST PORT echo N             -> sends N bytes, half-closes, expects them back
   peer_client.py HOST PORT concurrent C N     -> C parallel 'bytes N' downloads, prints "ok C"
   peer_client.py HOST PORT probe [timeout]    -> prints ok / refused / timeout / reset
+  peer_client.py HOST PORT burst N P [timeout] -> N 'PEER' requests, P at a time; prints
+                                                 "ok K fail F" (K answered with our own address)
 """
 import socket
 import sys
@@ -81,6 +83,24 @@ def main():
         if errors:
             raise SystemExit(f"{len(errors)} failed: {errors[:3]}")
         print("ok", c)
+    elif mode == "burst":
+        n, par = int(sys.argv[4]), int(sys.argv[5])
+        timeout = float(sys.argv[6]) if len(sys.argv) > 6 else 10.0
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(_):
+            try:
+                with conn(host, port, timeout) as s:
+                    s.sendall(b"PEER\n")
+                    seen = recv_all(s).decode().split()
+                    mine = s.getsockname()[0]
+                    return seen[:1] == [mine[7:] if mine.startswith("::ffff:") else mine]
+            except OSError:
+                return False
+
+        with ThreadPoolExecutor(par) as ex:
+            ok = sum(ex.map(one, range(n)))
+        print("ok", ok, "fail", n - ok)
     elif mode == "probe":
         timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 2.0
         try:

@@ -34,6 +34,8 @@ struct Dataplane {
   // false (`netsteerd --capture none`): listeners + relay only, no BPF, rules or routes in the
   // pod — for capture done by something else (iptables REDIRECT/TPROXY), e.g. side-by-side benchmarks.
   bool capture = true;
+  // Per pod: concurrent inbound relay connections (the size of its sk_lookup bypass map).
+  uint32_t max_inbound_conns = bpf::kDefaultMaxInboundConns;
 };
 
 struct Pod {

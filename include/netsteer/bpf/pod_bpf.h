@@ -43,9 +43,13 @@ struct PodBpfStats : ns_steer_counters, ns_guard_counters {
 // A pod's two BPF objects loaded — verified, JITed, maps created and empty — but not configured,
 // pinned or attached: the costly part of an enrol, and the same for every pod, so PodBpfPool
 // does it ahead of time. Owns the libbpf objects (closed with it).
+// Default per-pod bound on concurrent inbound relay connections (bypass map entries).
+inline constexpr uint32_t kDefaultMaxInboundConns = NS_BYPASS_MAX;
+
 class LoadedPodBpf {
  public:
-  static Result<LoadedPodBpf> load();
+  // max_inbound_conns: size of the pod's bypass map (concurrent inbound relay connections).
+  static Result<LoadedPodBpf> load(uint32_t max_inbound_conns = kDefaultMaxInboundConns);
   LoadedPodBpf(LoadedPodBpf&&) noexcept;
   LoadedPodBpf& operator=(LoadedPodBpf&&) noexcept;
   ~LoadedPodBpf();
@@ -62,6 +66,7 @@ class LoadedPodBpf {
 // each enrol). The spare costs a pod's worth of fds and kernel memory (~80 KiB).
 class PodBpfPool {
  public:
+  explicit PodBpfPool(uint32_t max_inbound_conns = kDefaultMaxInboundConns) : max_inbound_conns_(max_inbound_conns) {}
   Result<LoadedPodBpf> take();
   // Loads a spare if there is none and no other refill is loading one; a failure is logged and
   // the next take() loads inline (and reports the error to its enrol).
@@ -71,6 +76,7 @@ class PodBpfPool {
   std::mutex mu_;
   std::optional<LoadedPodBpf> spare_;
   bool loading_ = false;
+  const uint32_t max_inbound_conns_;
 };
 
 class PodBpf {
@@ -92,7 +98,8 @@ class PodBpf {
 
   // Slot 0: the 15001 listener, slot 1: the 15006 listener.
   Status set_listeners(int outbound_fd, int inbound_fd);
-  // The relay's inbound upstream socket bound to the client's address: let its SYN reach the app.
+  // The relay's inbound upstream socket bound to the client's address: let its segments reach
+  // the app for the connection's whole life. A full map is E2BIG.
   Status add_bypass(const SockAddr& local);
   Status remove_bypass(const SockAddr& local);
   // After a crash: the dead relay's entries would let a later SYN from the same client address

@@ -41,6 +41,7 @@ struct CaptureConfig {
   std::string pin_dir;
   // Where the pod's BPF objects come from already loaded (nullptr: loaded during install).
   bpf::PodBpfPool* bpf_pool = nullptr;
+  uint32_t max_inbound_conns = bpf::kDefaultMaxInboundConns;  // when loaded here (no pool)
   uint32_t mark = protocol::kAgentMark;
   uint32_t mark_mask = protocol::kAgentMarkMask;
 };

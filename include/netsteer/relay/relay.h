@@ -28,8 +28,13 @@ enum class Direction : uint8_t { outbound = 0, inbound = 1, tunnel = 2 };
 const char* to_string(Direction d);
 
 // opened: accepted; failed: upstream connect failed / refused tunnel request; resets: ended by a
-// reset on either side; timeouts: connect or idle timeout; bytes_up: client → upstream.
-#define NS_RELAY_COUNTER_FIELDS(X) X(opened) X(failed) X(active) X(closed) X(resets) X(timeouts) X(bytes_up) X(bytes_down)
+// reset on either side; timeouts: connect or idle timeout; half_close_timeouts: one side shut its
+// half and nothing moved for the half-close timeout; dead_peers: a peer stopped acknowledging
+// (TCP_USER_TIMEOUT) or answering keepalive probes; bypass_full: inbound connections reset because
+// the pod's bypass map was full (--max-inbound-connections); bytes_up: client → upstream.
+#define NS_RELAY_COUNTER_FIELDS(X)                                                                          \
+  X(opened) X(failed) X(active) X(closed) X(resets) X(timeouts) X(half_close_timeouts) X(dead_peers) X(bypass_full) \
+  X(bytes_up) X(bytes_down)
 
 // A plain copy of one direction's counters (summable; what metrics and inspect read).
 struct DirectionTotals {
@@ -54,7 +59,7 @@ struct PodContext {
   netns::NetnsHandle netns;      // upstream sockets are born here
   std::vector<IpAddr> pod_ips;   // tunnel targets must be one of these
   // Registers (add=true) / removes the relay's inbound upstream local address in the pod's
-  // sk_lookup bypass map.
+  // sk_lookup bypass map, for the upstream connection's whole life (E2BIG: the map is full).
   std::function<Status(const SockAddr&, bool add)> bypass;
   DirectionCounters counters[3];
 
@@ -67,6 +72,16 @@ struct RelayOptions {
   uint32_t mark = 0x539;
   int connect_timeout_ms = 10000;
   int idle_timeout_s = 3600;
+  // Dead peers (both sides of every connection; HAProxy's clitcpka/srvtcpka and client-fin):
+  // unacknowledged data older than this ends the connection (TCP_USER_TIMEOUT; 0: kernel default,
+  // ~15 min of retransmissions); keepalive probes after this much silence, this often, this many
+  // (with a user timeout set, the kernel gives up once it has passed since the last answer);
+  // a connection with one side shut and nothing moving for half_close_timeout_s is closed.
+  int tcp_user_timeout_ms = 60000;
+  int keepalive_idle_s = 60;     // 0: no keepalive
+  int keepalive_interval_s = 10;
+  int keepalive_count = 6;
+  int half_close_timeout_s = 60;  // 0: the idle timeout applies
   int pipe_size = 256 * 1024;
   size_t max_idle_pipes = 64;  // per worker; pipes beyond that are closed when drained
   // Inbound upstreams keep the client's address as source (needs the capture's reply routing,
@@ -92,10 +107,12 @@ class Relay {
   size_t connections();
 
   nlohmann::json stats() const;  // per worker: connections, pipes in use/idle
+  nlohmann::json timeouts() const;  // the bounds in force (status)
   size_t workers() const { return workers_.size(); }
 
  private:
   Relay() = default;
+  RelayOptions opts_;
   void broadcast(const std::function<void(Worker&)>& fn);
   std::vector<std::unique_ptr<Worker>> workers_;
 };
