@@ -16,6 +16,7 @@ json Pod::to_json(bool detail) const {
   json j = protocol::pod_to_json(spec);
   j["netns_ino"] = netns.id().ino;
   j["netns_dev"] = netns.id().dev;
+  j["netns_cookie"] = netns.id().cookie;
   j["listeners"] = listeners.to_json();
   j["enrolled_at"] = std::chrono::duration_cast<std::chrono::seconds>(enrolled_at.time_since_epoch()).count();
   j["enrol_ms"] = enrol_ms;
@@ -61,7 +62,8 @@ void EnrolmentManager::persist(const PodRecord* pending) {
 Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
                                                      const capture::CaptureState* previous,
                                                      std::optional<PodListeners> given,
-                                                     std::chrono::steady_clock::time_point started) {
+                                                     std::chrono::steady_clock::time_point started,
+                                                     const netns::NetnsId* recorded) {
   log::PodScope scope(spec.uid, spec.namespace_, spec.name);
   auto pod = std::make_unique<Pod>();
   pod->spec = spec;
@@ -70,6 +72,16 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
   // Everything that must happen inside the pod netns, in one visit.
   auto st = exec_.run(pod->netns, [&]() -> Status {
     log::PodScope in_netns(spec.uid, spec.namespace_, spec.name);  // the executor's thread
+    // Identity beyond dev+inode (nsfs inodes are reused, cookies are not), read here where it
+    // costs a socket and a getsockopt, and before anything is bound or installed.
+    NS_TRY_STATUS(pod->netns.learn_cookie());
+    if (recorded && !(pod->netns.id() == *recorded))
+      return Error::msg(fmt::format("{} is now another netns (cookie {}, recorded {})", spec.netns_path,
+                                    pod->netns.id().cookie, recorded->cookie),
+                        ESTALE);
+    if (recorded && (recorded->cookie == 0 || pod->netns.id().cookie == 0))
+      spdlog::debug("pod {}: netns cookie {} (recorded {}): identity checked by dev+inode only", spec.uid,
+                    pod->netns.id().cookie, recorded->cookie);
     if (pod->spec.ips.empty()) {
       // No addresses given (netsteerctl without --ip): take the pod's global addresses.
       NS_TRY(pod->spec.ips, capture::discover_addresses());
@@ -224,8 +236,9 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
     persist();
     return std::move(pod).error();
   }
-  spdlog::info("pod {} ({}/{}): enrolled in {:.2f} ms, netns ino {}, listeners {}, capture {}", spec.uid,
-               spec.namespace_, spec.name, (*pod)->enrol_ms, (*pod)->netns.id().ino, (*pod)->listeners.family,
+  spdlog::info("pod {} ({}/{}): enrolled in {:.2f} ms, netns ino {} cookie {}, listeners {}, capture {}", spec.uid,
+               spec.namespace_, spec.name, (*pod)->enrol_ms, (*pod)->netns.id().ino, (*pod)->netns.id().cookie,
+               (*pod)->listeners.family,
                (*pod)->capture ? bpf::to_string(dp_->tc_mode) : "off");
   enrol_seconds_.observe((*pod)->enrol_ms / 1000.0);
   pods_[spec.uid] = std::move(*pod);
@@ -277,8 +290,10 @@ void EnrolmentManager::restore(const std::vector<PodRecord>& records) {
       } else if (!(ns->id() == rec.netns)) {
         why = rec.spec.netns_path + " is now another netns";
       } else {
+        // Same dev and inode; build() compares the cookies inside the netns before it installs
+        // anything and fails with ESTALE when they differ.
         auto prev = capture::CaptureState::from_json(rec.capture);
-        auto pod = build(rec.spec, std::move(*ns), &prev);
+        auto pod = build(rec.spec, std::move(*ns), &prev, std::nullopt, std::chrono::steady_clock::now(), &rec.netns);
         if (pod.ok()) {
           spdlog::info("pod {}: taken over from the previous agent in {:.2f} ms ({})", uid, (*pod)->enrol_ms,
                        (*pod)->capture && (*pod)->capture->adopted() ? "pins re-opened" : "capture re-installed");
@@ -286,7 +301,7 @@ void EnrolmentManager::restore(const std::vector<PodRecord>& records) {
           ++stats_.adopted;
           continue;
         }
-        why = "take-over failed: " + pod.error().message;
+        why = pod.error().code == ESTALE ? pod.error().message : "take-over failed: " + pod.error().message;
       }
     }
     spdlog::warn("pod {}: not restored: {}; cleaning up its pins", uid, why);

@@ -44,6 +44,7 @@ Result<PodRecord> record_from_json(const json& e) {
   };
   rec.netns.dev = u64("netns_dev");
   rec.netns.ino = u64("netns_ino");
+  rec.netns.cookie = u64("netns_cookie");  // absent in records of older agents: 0 = unknown
   auto pending = e.find("pending");
   rec.pending = pending != e.end() && pending->is_boolean() && pending->get<bool>();
   if (e.contains("capture") && e["capture"].is_object()) rec.capture = e["capture"];
@@ -54,6 +55,7 @@ json record_to_json(const PodRecord& p) {
   return {{"pod", protocol::pod_to_json(p.spec)},
           {"netns_dev", p.netns.dev},
           {"netns_ino", p.netns.ino},
+          {"netns_cookie", p.netns.cookie},
           {"pending", p.pending},
           {"capture", p.capture}};
 }

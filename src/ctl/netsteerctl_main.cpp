@@ -54,8 +54,8 @@ std::string kv_line(const json& obj) {
 void print_inspect(const json& p) {
   std::printf("pod %s (%s/%s)\n", p.value("uid", "").c_str(), p.value("namespace", "").c_str(),
               p.value("name", "").c_str());
-  std::printf("  netns:      ino %llu, %s\n", static_cast<unsigned long long>(p.value("netns_ino", 0ULL)),
-              p.value("netns_path", "").c_str());
+  std::printf("  netns:      ino %llu, cookie %llu, %s\n", static_cast<unsigned long long>(p.value("netns_ino", 0ULL)),
+              static_cast<unsigned long long>(p.value("netns_cookie", 0ULL)), p.value("netns_path", "").c_str());
   std::printf("  ips:        %s\n", join(p["ips"]).c_str());
   std::printf("  listeners:  %s (%s)\n", join(p["listeners"], "port").c_str(),
               p["listeners"].empty() ? "-" : p["listeners"][0].value("family", "").c_str());

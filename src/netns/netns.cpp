@@ -5,9 +5,15 @@
 #include <sched.h>
 #include <spdlog/spdlog.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
+#include <mutex>
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71  // Linux 5.14
+#endif
 
 namespace netsteer::netns {
 
@@ -67,6 +73,28 @@ Result<NetnsHandle> NetnsHandle::dup() const {
   h.fd_ = std::move(d);
   h.id_ = id_;
   return h;
+}
+
+Status NetnsHandle::learn_cookie() {
+  NS_TRY(id_.cookie, current_netns_cookie());
+  return {};
+}
+
+Result<uint64_t> current_netns_cookie() {
+  UniqueFd s(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!s) return Error::from_errno(errno, "socket for the netns cookie");
+  uint64_t cookie = 0;
+  socklen_t len = sizeof cookie;
+  if (::getsockopt(s.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) < 0) {
+    if (errno != ENOPROTOOPT) return Error::from_errno(errno, "getsockopt SO_NETNS_COOKIE");
+    static std::once_flag once;
+    std::call_once(once, [] {
+      spdlog::info("the kernel lacks SO_NETNS_COOKIE (5.14+ needed): a pod's netns is identified by dev+inode "
+                   "only, which a netns recreated at the same path can reuse");
+    });
+    return uint64_t{0};
+  }
+  return cookie;
 }
 
 Result<NetnsId> netns_id_of_path(const std::string& path) {

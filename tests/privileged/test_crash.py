@@ -2,7 +2,8 @@
 (SYNs meeting no listener are dropped in BPF and counted), a restarted agent takes the pins over
 and serves again, the dead relay's bypass entries are removed; 100 pods are served again within
 1 s of the restart without the CNI re-sending anything; a crash mid-enrol leaves nothing
-half-installed."""
+half-installed; a netns recreated at the recorded path with the recorded inode (nsfs inodes are
+reused) is told apart by its cookie and not taken over."""
 import json
 import os
 import socket
@@ -80,8 +81,8 @@ def test_sigkill_under_load_fails_closed_and_restart_serves():
         assert not any(e["key"][-4:-2] == ["0x39", "0x30"] for e in left), left
 
 
-def _dummy_pod(i):
-    ns = nstest.Netns(nstest.unique("cr"))
+def _dummy_pod(i, name=None):
+    ns = nstest.Netns(name or nstest.unique("cr"))
     ns.ip("link add eth0 type veth peer name sink")  # both ends in the pod: nothing leaves it
     ns.ip(f"addr add 10.231.{i}.1/24 dev eth0")
     ns.ip("link set eth0 up")
@@ -150,3 +151,48 @@ def test_crash_mid_enrol_leaves_nothing_half_installed():
         assert a.call({"type": "check", "version": 1, "uid": t.pod.name})["ok"]
         assert not os.path.exists(os.path.join(a.pin_root, gone_uid))
         assert sorted(os.listdir(a.pin_root)) == [t.pod.name]
+
+
+def test_recreated_netns_with_the_same_inode_is_not_taken_over():
+    """Issue 14: nsfs inode numbers are reused. A pod's netns deleted and recreated at the same path
+    while the agent is down can get the old (dev, inode) back; the restarted agent must tell it
+    apart by the netns cookie and clean the old pod up instead of taking the new netns over."""
+    name = nstest.unique("ck")
+    path = f"/var/run/netns/{name}"
+    try:
+        with agent() as a:
+            pod = _dummy_pod(7, name)
+            a.enrol(pod)
+            old = os.stat(path)
+            cookie = a.inspect(name).get("netns_cookie")
+            a.kill()  # state file and pins stay for the next agent
+            recorded = [r.get("netns_cookie") for r in json.load(open(os.path.join(a.state_dir, "state.json")))["pods"]]
+            # Recreate it until the kernel hands out the old inode again (the lowest free nsfs
+            # inode is reused once the old netns has been freed, which the kernel does
+            # asynchronously): bounded, and the test fails if it never happens.
+            for attempt in range(1, 51):
+                pod.close()
+                pod = _dummy_pod(7, name)  # the same addresses
+                new = os.stat(path)
+                if (new.st_dev, new.st_ino) == (old.st_dev, old.st_ino):
+                    break
+            assert (new.st_dev, new.st_ino) == (old.st_dev, old.st_ino), \
+                f"no inode reuse in 50 attempts (old {old.st_ino}, last {new.st_ino}): cannot test"
+            print(f"inode {old.st_ino} reused after {attempt} recreations")
+            a.restart()
+            assert a.pods() == [], "the recreated netns was taken over as the old pod"
+            logs = a.logs()
+            refusal = [l for l in logs.splitlines() if f"{path} is now another netns (cookie" in l]
+            assert refusal, logs[-3000:]
+            print(refusal[0])
+            assert a.call({"type": "status", "version": 1})["status"]["stale_cleaned"] == 1
+            assert "lookup 133" not in pod.exec(["ip", "rule"]).stdout
+            assert "lookup 133" not in pod.exec(["ip", "-6", "rule"]).stdout
+            assert not {15001, 15006, 15008} & set(pod.listening_ports())
+            links = nstest.bpftool_json("link", "show") or []
+            assert not [l for l in links if l.get("netns_ino") == new.st_ino], links
+            assert not os.path.exists(os.path.join(a.pin_root, name))
+            # The cookie was known (kernel >= 5.14), shown by inspect and recorded.
+            assert cookie and recorded == [cookie], (cookie, recorded)
+    finally:
+        nstest.run(["ip", "netns", "del", name], check=False)

@@ -1,5 +1,6 @@
 // The agent's state file: what save() writes, load() reads back record for record; a corrupt file
-// is an error, a missing one an empty list.
+// is an error, a missing one an empty list; the netns cookie round-trips and a record of an older
+// agent (no cookie) loads with cookie 0, which identity treats as unknown.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -25,7 +26,7 @@ PodRecord record(const std::string& uid, uint64_t ino, bool pending) {
   r.spec.namespace_ = "ns \"quoted\"";
   r.spec.netns_path = "/var/run/netns/" + uid;
   r.spec.strict = !pending;
-  r.netns = {7, ino};
+  r.netns = {7, ino, ino * 1000 + 1};
   r.pending = pending;
   r.capture = {{"tc_mode", "tcx"}, {"guarded_ifindexes", {2, 3}}};
   return r;
@@ -56,6 +57,8 @@ TEST(StateStore, SavedRecordsLoadBackAsTheyWere) {
     EXPECT_EQ(got.spec.strict, recs[i].spec.strict);
     EXPECT_EQ(got.netns.dev, 7u);
     EXPECT_EQ(got.netns.ino, recs[i].netns.ino);
+    EXPECT_EQ(got.netns.cookie, recs[i].netns.cookie);
+    EXPECT_NE(got.netns.cookie, 0u);
     EXPECT_EQ(got.pending, recs[i].pending);
     EXPECT_EQ(got.capture, recs[i].capture);
   }
@@ -69,4 +72,39 @@ TEST(StateStore, SavedRecordsLoadBackAsTheyWere) {
   loaded = store.load();
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.error().message.find("corrupt"), std::string::npos) << loaded.error().message;
+}
+
+TEST(StateStore, NetnsCookieRoundTripsAndOldRecordsLoadWithoutOne) {
+  PodRecord r = record("a", 11, false);
+  r.netns.cookie = 0xfedcba9876543210ULL;  // the full 64 bits survive JSON
+  nlohmann::json j = record_to_json(r);
+  EXPECT_EQ(j.at("netns_cookie").get<uint64_t>(), r.netns.cookie);
+  auto back = record_from_json(nlohmann::json::parse(serialize_record(r)));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(back->netns.dev, 7u);
+  EXPECT_EQ(back->netns.ino, 11u);
+  EXPECT_EQ(back->netns.cookie, r.netns.cookie);
+
+  // A state file written before the cookie was recorded.
+  TempDir d;
+  StateStore store(d.path);
+  std::filesystem::create_directories(d.path);
+  j.erase("netns_cookie");
+  std::ofstream(store.path()) << nlohmann::json{{"version", 1}, {"pods", {j}}}.dump();
+  auto loaded = store.load();
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  ASSERT_EQ(loaded->size(), 1u);
+  EXPECT_EQ((*loaded)[0].spec.uid, "a");
+  EXPECT_EQ((*loaded)[0].netns.ino, 11u);
+  EXPECT_EQ((*loaded)[0].netns.cookie, 0u);
+}
+
+TEST(NetnsId, CookieDecidesWhenBothSidesKnowIt) {
+  using netns::NetnsId;
+  EXPECT_EQ((NetnsId{7, 11, 5}), (NetnsId{7, 11, 5}));
+  EXPECT_FALSE((NetnsId{7, 11, 5}) == (NetnsId{7, 11, 6})) << "same inode, another netns";
+  EXPECT_EQ((NetnsId{7, 11, 0}), (NetnsId{7, 11, 6})) << "cookie 0 = unknown: dev+inode decide";
+  EXPECT_EQ((NetnsId{7, 11, 6}), (NetnsId{7, 11, 0}));
+  EXPECT_FALSE((NetnsId{7, 12, 0}) == (NetnsId{7, 11, 0}));
+  EXPECT_FALSE((NetnsId{8, 11, 6}) == (NetnsId{7, 11, 6}));
 }

@@ -103,10 +103,13 @@ class EnrolmentManager {
 
  private:
   // `started`: when the request arrived (a pod's enrol_ms runs from there to capture ready).
+  // Learns the netns cookie (into pod->netns.id()); with `recorded` (restore), fails with ESTALE
+  // before binding or installing anything when the cookie shows `ns` is not the recorded netns.
   Result<std::unique_ptr<Pod>> build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
                                      const capture::CaptureState* previous,
                                      std::optional<PodListeners> given = std::nullopt,
-                                     std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now());
+                                     std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now(),
+                                     const netns::NetnsId* recorded = nullptr);
   void teardown(Pod& pod, bool remove_capture);
   void persist(const PodRecord* pending = nullptr);  // with mu_ held
   std::string pin_dir(const std::string& uid) const { return dp_ ? dp_->pin_root + "/" + uid : ""; }

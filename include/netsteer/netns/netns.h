@@ -23,11 +23,20 @@
 
 namespace netsteer::netns {
 
-// Identity of a netns: the (st_dev, st_ino) of its nsfs inode.
+// Identity of a netns: the (st_dev, st_ino) of its nsfs inode and its cookie (SO_NETNS_COOKIE).
+// nsfs inode numbers are reused: a netns deleted and recreated at the same path can get the old
+// (dev, ino) back, so a record of those alone can match a later netns. The cookie is never reused
+// while the system runs. cookie 0 = unknown (not read yet, a record of an older agent, or a kernel
+// before 5.14 without SO_NETNS_COOKIE): then dev and ino alone decide. (For two open handles dev
+// and ino suffice: an open netns keeps its inode.)
 struct NetnsId {
   uint64_t dev = 0;
   uint64_t ino = 0;
-  bool operator==(const NetnsId& o) const = default;
+  uint64_t cookie = 0;
+  // The same netns as far as both sides know: dev and ino, and the cookies when both are known.
+  bool operator==(const NetnsId& o) const {
+    return dev == o.dev && ino == o.ino && (cookie == 0 || o.cookie == 0 || cookie == o.cookie);
+  }
 };
 
 // An owned fd that is verified to refer to a network namespace.
@@ -47,14 +56,22 @@ class NetnsHandle {
   bool valid() const { return fd_.valid(); }
   const NetnsId& id() const { return id_; }
   Result<NetnsHandle> dup() const;
+  // Reads the netns cookie into id().cookie (0 on a kernel without SO_NETNS_COOKIE). Call it only
+  // on a thread that is inside this netns (a NetnsExecutor::run task for it): the cookie is read
+  // from a throwaway socket created there, which costs no setns of its own.
+  Status learn_cookie();
 
  private:
   UniqueFd fd_;
   NetnsId id_;
 };
 
-// Identity of the netns file at path without keeping it open.
+// Identity of the netns file at path without keeping it open (dev and ino; cookie 0).
 Result<NetnsId> netns_id_of_path(const std::string& path);
+
+// The cookie of the calling thread's netns, from a throwaway socket; 0 when the kernel lacks
+// SO_NETNS_COOKIE (< 5.14, logged once).
+Result<uint64_t> current_netns_cookie();
 
 // RAII: enter `target` on this thread; restore the previous netns on destruction (abort on failure).
 class ScopedNetns {
