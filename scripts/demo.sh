@@ -8,10 +8,14 @@
 #   4. SIGKILLs the agent (inbound fails closed), restarts it (pod steered again, no re-enrol),
 #   5. unenrols and shows nothing is left (rules, routes, pins).
 # Everything it creates is removed on exit. Run as root.
+# NETSTEER_DEMO_PREBUILT=1 skips setup and build (tests/privileged/test_demo.py runs it that way
+# against BUILD_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-bash scripts/build.sh >/dev/null
+if [[ -z ${NETSTEER_DEMO_PREBUILT:-} ]]; then
+  bash scripts/setup.sh
+  bash scripts/build.sh >/dev/null
+fi
 B=${BUILD_DIR:-build}
 
 POD=netsteer-demo-pod REM=netsteer-demo-remote
@@ -22,7 +26,7 @@ cleanup() {
   set +e
   [[ -n $AGENT_PID ]] && "$B/netsteerctl" --socket "$SOCK" unenroll --uid demo-web >/dev/null 2>&1
   [[ -n $AGENT_PID ]] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
-  for p in "${SERVERS[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null; done
+  for p in "${SERVERS[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
   ip netns del $POD 2>/dev/null; ip netns del $REM 2>/dev/null
   rm -rf "$PINS" "$RUN"
 }
@@ -46,8 +50,12 @@ for spec in "$POD 10.250.0.1 fd00:250::1" "$REM 10.250.0.2 fd00:250::2"; do
 done
 mkdir -p "$RUN/www" "$RUN/rwww"
 echo "hello from the pod's app" >"$RUN/www/pod.txt"; echo "hello from the remote" >"$RUN/rwww/remote.txt"
-inpod /usr/bin/python3 -m http.server --bind :: --directory "$RUN/www" 8080 >"$RUN/pod-app.log" 2>&1 & SERVERS+=($!)
-inrem /usr/bin/python3 -m http.server --bind :: --directory "$RUN/rwww" 8000 >/dev/null 2>&1 & SERVERS+=($!)
+# nsenter itself, not the inpod/inrem functions: a backgrounded function runs in a subshell, so $!
+# would be that subshell and the cleanup would leave python running. nsenter execs python (same pid).
+nsenter --net=/var/run/netns/$POD /usr/bin/python3 -m http.server --bind :: --directory "$RUN/www" 8080 \
+  >"$RUN/pod-app.log" 2>&1 & SERVERS+=($!)
+nsenter --net=/var/run/netns/$REM /usr/bin/python3 -m http.server --bind :: --directory "$RUN/rwww" 8000 \
+  >/dev/null 2>&1 & SERVERS+=($!)
 
 start_agent() {
   "$B/netsteerd" --socket "$SOCK" --pin-root "$PINS" --state-dir "$RUN/state" >>"$RUN/agent.log" 2>&1 &

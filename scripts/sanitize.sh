@@ -20,4 +20,4 @@ cd "$dir"
 # The unit tests, and the privileged tests that drive the agent's threads hardest (control
 # server, relay workers, netns executor, handover, crash recovery). The fuzz run, deploy checks
 # and the VM/e2e tiers exercise the same code and stay on the release build.
-ctest --output-on-failure --timeout 900 -L 'unit|privileged' -E 'fuzz|deploy|test_soak|test_labels' "$@"
+ctest --output-on-failure --timeout 900 -L 'unit|privileged' -E 'fuzz|deploy|test_soak|test_labels|test_demo' "$@"
