@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -268,9 +269,9 @@ def proc_status(pid):
             "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
-def control_plane(sizes, tc_mode):
+def control_plane(sizes, tc_mode, agent_args=()):
     out = {}
-    a = nstest.Agent(["--tc-mode", tc_mode])
+    a = nstest.Agent(["--tc-mode", tc_mode] + list(agent_args))
     try:
         base = proc_status(a.pid)
         for n in sizes:
@@ -365,6 +366,8 @@ def main():
     ap.add_argument("--pods", default=None, help="comma list of control-plane sizes")
     ap.add_argument("--json", default="bench/result.json")
     ap.add_argument("--tc-modes", default="tcx,clsact", help="tc guard attach modes measured in the control plane")
+    ap.add_argument("--agent-args", default="", help="extra netsteerd flags for the control-plane agents "
+                    "(A/B runs, e.g. --max-inbound-connections 4096)")
     args = ap.parse_args()
     args.secs = args.secs or (10 if args.full else 3)
     args.arms = [a for a in args.arms.split(",") if a]
@@ -394,7 +397,8 @@ def main():
         res["rcu_expedited"] = open("/sys/kernel/rcu_expedited").read().strip()
     except OSError:
         pass
-    res["control_plane"] = {m: control_plane(sizes, m) for m in args.tc_modes.split(",") if m}
+    res["agent_args"] = args.agent_args
+    res["control_plane"] = {m: control_plane(sizes, m, shlex.split(args.agent_args)) for m in args.tc_modes.split(",") if m}
     save()
     text = table(res)  # adds the ratios
     print(text)

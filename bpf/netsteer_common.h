@@ -12,6 +12,7 @@
 #define NS_PORT_OUTBOUND 15001
 #define NS_PORT_INBOUND 15006
 #define NS_PORT_TUNNEL 15008
+#define NS_PORT_DNS 15053
 /* Relay-bypass entries per pod: one per inbound (and tunnel) upstream connection for its whole
  * life. sk_lookup sees the relay's own segments again whenever the app's listener has no socket
  * for the flow (SYN-cookie ACKs, segments after an accept-queue overflow, a SYN meeting the app's
@@ -26,20 +27,23 @@
 enum ns_slot {
 	NS_SLOT_OUTBOUND = 0,
 	NS_SLOT_INBOUND = 1,
-	NS_SLOT_MAX = 2,
+	NS_SLOT_DNS = 2, /* the 15053 UDP socket */
+	NS_SLOT_MAX = 3,
 };
 
 /* Counter fields, listed once (X-macros) so the BPF structs, the agent's summing and its JSON
  * all use the same names that bpftool prints from BTF. */
 #define NS_STEER_COUNTER_FIELDS(X)                                                              \
-	X(lookups)            /* sk_lookup runs for TCP */                                        \
+	X(lookups)            /* sk_lookup runs for TCP and UDP */                                \
 	X(inbound_assigned)   /* assigned to the 15006 listener */                                \
 	X(outbound_assigned)  /* assigned to the 15001 listener */                                \
 	X(passed_local)       /* pod-local or loopback: not captured */                           \
 	X(passed_excluded)    /* an exclusion matched */                                          \
 	X(passed_bypass)      /* the relay's own inbound upstream */                              \
 	X(drop_no_listener)   /* NS_DROP_NO_LISTENER: fail closed, the listener is gone */        \
-	X(drop_assign_failed) /* NS_DROP_ASSIGN_FAILED */
+	X(drop_assign_failed) /* NS_DROP_ASSIGN_FAILED */                                       \
+	X(dns_assigned)       /* UDP to port 53 assigned to the 15053 socket */                   \
+	X(drop_no_dns_socket) /* NS_DROP_NO_LISTENER for DNS: fail closed, the socket is gone */
 
 /* "marked" = skb->mark & mark_mask == mark (the agent's own sockets). */
 #define NS_GUARD_COUNTER_FIELDS(X)                                                              \
@@ -103,6 +107,8 @@ struct ns_config {
 };
 
 #define NS_CFG_STRICT (1u << 0)
+/* Capture the pod's DNS (UDP to port 53 delivered by the capture route) onto 15053. */
+#define NS_CFG_DNS (1u << 5)
 /* Set when the exclusion map is non-empty: the fast path skips lookups in empty maps. */
 #define NS_CFG_EX_IN_PORT (1u << 1)
 #define NS_CFG_EX_IN_SRC (1u << 2)

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* netsteer_steer: per-pod sk_lookup program.
  *
- * Runs in the pod netns for every TCP SYN delivered locally. Connections to the pod's own
+ * Runs in the pod netns for every TCP SYN delivered locally (and every UDP datagram no connected
+ * socket matched: the pod's DNS to port 53 is assigned to the 15053 socket). Connections to the pod's own
  * addresses (inbound) are assigned to the 15006 listener; connections that are local only because
  * of the outbound policy route (table 133: local 0/0 via lo) are assigned to the 15001 listener.
  * When the listener is gone the SYN is dropped (fail closed) and counted.
@@ -22,6 +23,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
@@ -91,7 +93,7 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 	__u32 zero = 0, flags, slot;
 	__u16 lport, rport;
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return SK_PASS;
 	stats = bpf_map_lookup_elem(&ns_stats, &zero);
 	stat_inc(lookups);
@@ -117,7 +119,19 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 	cfg = ns_get_config();
 	flags = cfg ? cfg->flags : 0;
 
-	if (bpf_map_lookup_elem(&ns_pod_addrs, &local)) {
+	slot = NS_SLOT_MAX; /* not chosen yet */
+	if (ctx->protocol == IPPROTO_UDP) {
+		/* Only the pod's DNS: UDP to port 53 of another address, delivered locally by the
+		 * capture rule (`ipproto udp dport 53 lookup 133`); from here on it is outbound. Other
+		 * UDP passes (a datagram the rule does not route here never was captured). */
+		if (lport != 53 || !(flags & NS_CFG_DNS) || bpf_map_lookup_elem(&ns_pod_addrs, &local)) {
+			stat_inc(passed_local);
+			return SK_PASS;
+		}
+		slot = NS_SLOT_DNS;
+	}
+
+	if (slot != NS_SLOT_DNS && bpf_map_lookup_elem(&ns_pod_addrs, &local)) {
 		/* To the pod's own address from loopback or from the pod itself: pod-local, not captured. */
 		if (is_loopback(&remote) || bpf_map_lookup_elem(&ns_pod_addrs, &remote)) {
 			stat_inc(passed_local);
@@ -151,13 +165,17 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 			stat_inc(passed_excluded);
 			return SK_PASS;
 		}
-		slot = NS_SLOT_OUTBOUND;
+		if (slot != NS_SLOT_DNS)
+			slot = NS_SLOT_OUTBOUND;
 	}
 
 	struct bpf_sock *sk = bpf_map_lookup_elem(&ns_sockets, &slot);
 	if (!sk) {
-		/* Fail closed: the agent's listener is gone. The SYN is dropped (clients time out). */
-		stat_inc(drop_no_listener);
+		/* Fail closed: the agent's listener is gone. The SYN (or datagram) is dropped. */
+		if (slot == NS_SLOT_DNS)
+			stat_inc(drop_no_dns_socket);
+		else
+			stat_inc(drop_no_listener);
 		return SK_DROP;
 	}
 	/* NO_REUSEPORT: the socket in our map is the one meant; skip the kernel's reuseport group
@@ -170,6 +188,8 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 	}
 	if (slot == NS_SLOT_INBOUND)
 		stat_inc(inbound_assigned);
+	else if (slot == NS_SLOT_DNS)
+		stat_inc(dns_assigned);
 	else
 		stat_inc(outbound_assigned);
 	return SK_PASS;

@@ -11,6 +11,8 @@ PKGS=(
   libgtest-dev libgmock-dev libcli11-dev libmnl-dev libcurl4-openssl-dev libseccomp-dev
   # runtime / test tools
   iproute2 iptables nftables python3 python3-pytest curl socat iperf3 procps kmod util-linux openssl
+  # DNS capture tests: a real resolver (dnsmasq) and the conntrack table reader
+  dnsmasq-base conntrack
   # e2e: a real container runtime driven over CRI (tests/e2e), and deploy/ validation
   containerd runc containernetworking-plugins python3-grpcio python3-grpc-tools busybox-static
   yamllint python3-prometheus-client

@@ -24,6 +24,7 @@ json Pod::to_json(bool detail) const {
   if (detail) {
     j["capture"] = capture ? capture->to_json() : json();
     j["relay"] = relay_ctx ? relay_ctx->counters_json() : json();
+    j["dns"] = dns_ctx ? dns_ctx->to_json() : json();
   }
   return j;
 }
@@ -63,7 +64,8 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
                                                      const capture::CaptureState* previous,
                                                      std::optional<PodListeners> given,
                                                      std::chrono::steady_clock::time_point started,
-                                                     const netns::NetnsId* recorded) {
+                                                     const netns::NetnsId* recorded,
+                                                     const std::function<void(const netns::NetnsId&)>& identified) {
   log::PodScope scope(spec.uid, spec.namespace_, spec.name);
   auto pod = std::make_unique<Pod>();
   pod->spec = spec;
@@ -82,6 +84,7 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     if (recorded && (recorded->cookie == 0 || pod->netns.id().cookie == 0))
       spdlog::debug("pod {}: netns cookie {} (recorded {}): identity checked by dev+inode only", spec.uid,
                     pod->netns.id().cookie, recorded->cookie);
+    if (identified) identified(pod->netns.id());
     if (pod->spec.ips.empty()) {
       // No addresses given (netsteerctl without --ip): take the pod's global addresses.
       NS_TRY(pod->spec.ips, capture::discover_addresses());
@@ -89,7 +92,7 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     if (given) {
       pod->listeners = std::move(*given);  // the previous agent's sockets (handover)
     } else {
-      auto listeners = create_listeners(protocol::kAgentMark);
+      auto listeners = create_listeners(protocol::kAgentMark, captures_dns(pod->spec));
       if (!listeners.ok()) return std::move(listeners).error().wrap("create listeners in pod netns");
       pod->listeners = std::move(*listeners);
     }
@@ -98,6 +101,7 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     cfg.pod_ips = pod->spec.ips;
     cfg.exclusions = pod->spec.exclusions;
     cfg.strict = pod->spec.strict;
+    cfg.dns = captures_dns(pod->spec) && pod->listeners.dns.fd.valid();
     cfg.tc_mode = dp_->tc_mode;
     cfg.pin_dir = pin_dir(pod->spec.uid);
     cfg.bpf_pool = bpf_pool_.get();
@@ -105,7 +109,8 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     auto cap = capture::PodCapture::install(pod->netns, cfg, previous);
     if (!cap.ok()) return std::move(cap).error().wrap("install capture");
     pod->capture = std::move(*cap);
-    auto set = pod->capture->bpf().set_listeners(pod->listeners.outbound.fd.get(), pod->listeners.inbound.fd.get());
+    auto set = pod->capture->bpf().set_listeners(pod->listeners.outbound.fd.get(), pod->listeners.inbound.fd.get(),
+                                                 cfg.dns ? pod->listeners.dns.fd.get() : -1);
     if (!set.ok()) {
       (void)pod->capture->remove();
       return std::move(set).error().wrap("put listeners into the socket map");
@@ -122,29 +127,10 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
   if (!st.ok()) return std::move(st).error();
   auto in_netns = std::chrono::steady_clock::now();
   if (dp_) {
-    auto ctx = std::make_shared<relay::PodContext>();
-    ctx->uid = pod->spec.uid;
-    auto dup = pod->netns.dup();
-    if (!dup.ok()) {
+    if (auto st = attach_data_path(*pod); !st.ok()) {
       teardown(*pod, true);
-      return std::move(dup).error();
+      return std::move(st).error();
     }
-    ctx->netns = std::move(*dup);
-    ctx->pod_ips = pod->spec.ips;
-    // The relay only calls this while the pod is registered; remove_pod waits for the workers.
-    if (pod->capture) {
-      bpf::PodBpf* bpf = &pod->capture->bpf();
-      ctx->bypass = [bpf](const SockAddr& a, bool add) { return add ? bpf->add_bypass(a) : bpf->remove_bypass(a); };
-    } else {
-      ctx->bypass = [](const SockAddr&, bool) { return Status{}; };
-    }
-    auto added = dp_->relay->add_pod(ctx, pod->listeners.outbound.fd.get(), pod->listeners.inbound.fd.get(),
-                                     pod->listeners.tunnel.fd.get());
-    if (!added.ok()) {
-      teardown(*pod, true);
-      return std::move(added).error().wrap("register pod with the relay");
-    }
-    pod->relay_ctx = std::move(ctx);
   }
   auto done = std::chrono::steady_clock::now();
   pod->enrol_ms = std::chrono::duration<double, std::milli>(done - started).count();
@@ -154,11 +140,42 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
   return pod;
 }
 
+// Registers the pod's listeners with the relay, and its DNS socket with the DNS proxy. On error the
+// caller tears the pod down (what was registered goes with it).
+Status EnrolmentManager::attach_data_path(Pod& pod) {
+  auto ctx = std::make_shared<relay::PodContext>();
+  ctx->uid = pod.spec.uid;
+  NS_TRY(ctx->netns, pod.netns.dup());
+  ctx->pod_ips = pod.spec.ips;
+  // The relay only calls this while the pod is registered; remove_pod waits for the workers.
+  if (pod.capture) {
+    bpf::PodBpf* bpf = &pod.capture->bpf();
+    ctx->bypass = [bpf](const SockAddr& a, bool add) { return add ? bpf->add_bypass(a) : bpf->remove_bypass(a); };
+  } else {
+    ctx->bypass = [](const SockAddr&, bool) { return Status{}; };
+  }
+  if (auto st = dp_->relay->add_pod(ctx, pod.listeners.outbound.fd.get(), pod.listeners.inbound.fd.get(),
+                                    pod.listeners.tunnel.fd.get());
+      !st.ok())
+    return std::move(st).error().wrap("register pod with the relay");
+  pod.relay_ctx = std::move(ctx);
+  if (!dp_->dns || !pod.listeners.dns.fd.valid()) return {};
+  auto d = std::make_shared<dns::PodDns>();
+  d->uid = pod.spec.uid;
+  NS_TRY(d->netns, pod.netns.dup());
+  d->upstream = pod.spec.dns_upstream;
+  if (auto st = dp_->dns->add_pod(d, pod.listeners.dns.fd.get()); !st.ok())
+    return std::move(st).error().wrap("register pod with the DNS proxy");
+  pod.dns_ctx = std::move(d);
+  return {};
+}
+
 namespace {
-// Counters of one pod (relay + BPF) added into `t`.
+// Counters of one pod (relay + BPF + DNS) added into `t`.
 void add_pod_totals(NodeTotals& t, const Pod& pod) {
   if (pod.relay_ctx)
     for (int d = 0; d < 3; ++d) t.relay[d] += pod.relay_ctx->counters[d].snapshot();
+  if (pod.dns_ctx) t.dns += pod.dns_ctx->snapshot();
   if (pod.capture)
     if (auto st = pod.capture->bpf().stats(); st.ok()) t.bpf += *st;
 }
@@ -188,6 +205,8 @@ void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
   // only then may the capture object go (found by ASan: use after free in clear_bypass).
   if (pod.relay_ctx) dp_->relay->remove_pod(pod.relay_ctx);
   pod.relay_ctx.reset();
+  if (pod.dns_ctx) dp_->dns->remove_pod(pod.dns_ctx);
+  pod.dns_ctx.reset();
   pod.capture.reset();
   pod.listeners = {};  // the SOCKMAP entries vanish with the sockets
 }
@@ -219,16 +238,19 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
     pods_.erase(it);
     ++stats_.replaced;
   }
-  // Recorded before anything is installed: a crash mid-enrol is found and finished on restart.
-  PodRecord pending{spec, ns.id(), true, json::object()};
-  persist(&pending);
   // Once this enrol is done (the pod's record saved), load the next pod's BPF objects if the
   // spare was used: posted any earlier, the load would compete with this enrol for the CPU.
   struct RefillAtExit {
     EnrolmentManager& m;
     ~RefillAtExit() { m.refill_bpf_pool(); }
   } refill{*this};
-  auto pod = build(spec, std::move(ns), nullptr, std::nullopt, received);
+  // Recorded before anything is installed, with the netns cookie (read in the pod netns, so from
+  // the executor's visit; this thread holds mu_ and waits for it): a crash mid-enrol is found and
+  // finished on restart, and only in the same netns.
+  auto pod = build(spec, std::move(ns), nullptr, std::nullopt, received, nullptr, [&](const netns::NetnsId& id) {
+    PodRecord pending{spec, id, true, json::object()};
+    persist(&pending);
+  });
   if (!pod.ok()) {
     ++stats_.enrol_failed;
     ++stats_.failed_by_reason[failure_reason(pod.error())];
@@ -332,7 +354,8 @@ std::vector<HandoverPod> EnrolmentManager::export_pods() const {
     h.outbound = dup_fd(p->listeners.outbound.fd.get());
     h.inbound = dup_fd(p->listeners.inbound.fd.get());
     h.tunnel = dup_fd(p->listeners.tunnel.fd.get());
-    if (!h.netns || !h.outbound || !h.inbound || !h.tunnel) {
+    if (p->listeners.dns.fd) h.dns = dup_fd(p->listeners.dns.fd.get());
+    if (!h.netns || !h.outbound || !h.inbound || !h.tunnel || (p->listeners.dns.fd && !h.dns)) {
       spdlog::error("pod {}: cannot hand over: dup: {}", uid, std::strerror(errno));
       continue;
     }
@@ -356,6 +379,7 @@ void EnrolmentManager::adopt(std::vector<HandoverPod> pods) {
     given.outbound = {std::move(h.outbound), protocol::kPortOutbound, "outbound"};
     given.inbound = {std::move(h.inbound), protocol::kPortInbound, "inbound"};
     given.tunnel = {std::move(h.tunnel), protocol::kPortTunnel, "tunnel"};
+    if (h.dns) given.dns = {std::move(h.dns), protocol::kPortDns, "dns"};
     auto prev = capture::CaptureState::from_json(h.record.capture);
     auto pod = build(h.record.spec, std::move(*ns), &prev, std::move(given));
     if (!pod.ok()) {

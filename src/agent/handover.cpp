@@ -14,7 +14,7 @@ using nlohmann::json;
 namespace {
 
 constexpr size_t kMaxPacket = protocol::kMaxMessageSize;
-constexpr size_t kFdsPerPod = 4;
+constexpr size_t kFdsPerPod = 4;  // + the DNS socket when the pod has one
 
 // Blocking with deadlines for the duration of the exchange (the control server's sockets are
 // non-blocking): a stuck peer costs at most `timeout` per packet.
@@ -48,7 +48,9 @@ Status send_handover(protocol::SeqpacketChannel& ch, const std::vector<HandoverP
   NS_TRY_STATUS(ch.send(json{{"ok", true}, {"error", ""}, {"pods", pods.size()}}.dump()));
   for (const auto& p : pods) {
     json j{{"record", record_to_json(p.record)}, {"family", p.family}};
-    NS_TRY_STATUS(ch.send(j.dump(), {p.netns.get(), p.outbound.get(), p.inbound.get(), p.tunnel.get()}));
+    std::vector<int> fds{p.netns.get(), p.outbound.get(), p.inbound.get(), p.tunnel.get()};
+    if (p.dns) fds.push_back(p.dns.get());
+    NS_TRY_STATUS(ch.send(j.dump(), fds));
   }
   NS_TRY_STATUS(ch.send(json{{"control", true}}.dump(), {control_fd}));
   NS_TRY(auto done, recv_packet(ch, timeout, "handover_done"));
@@ -73,8 +75,8 @@ Result<Handover> request_handover(const std::string& socket_path, std::chrono::m
     return Error::msg("handover: header without a pod count", EPROTO);
   for (uint64_t i = 0, count = n->get<uint64_t>(); i < count; ++i) {
     NS_TRY(auto p, recv_packet(h.channel, timeout, "a pod"));
-    if (p.fds.size() != kFdsPerPod)
-      return Error::msg("handover: pod packet with " + std::to_string(p.fds.size()) + " fds (want 4)", EPROTO);
+    if (p.fds.size() != kFdsPerPod && p.fds.size() != kFdsPerPod + 1)
+      return Error::msg("handover: pod packet with " + std::to_string(p.fds.size()) + " fds (want 4 or 5)", EPROTO);
     NS_TRY(json j, parse_object(p, "pod"));
     HandoverPod hp;
     NS_TRY(hp.record, record_from_json(j.value("record", json::object())));
@@ -83,6 +85,7 @@ Result<Handover> request_handover(const std::string& socket_path, std::chrono::m
     hp.outbound = std::move(p.fds[1]);
     hp.inbound = std::move(p.fds[2]);
     hp.tunnel = std::move(p.fds[3]);
+    if (p.fds.size() > kFdsPerPod) hp.dns = std::move(p.fds[4]);
     h.pods.push_back(std::move(hp));
   }
   NS_TRY(auto last, recv_packet(h.channel, timeout, "the control socket"));

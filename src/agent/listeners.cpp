@@ -15,8 +15,8 @@ Status set_int(int fd, int level, int opt, int val, const char* name) {
   return {};
 }
 
-Result<UniqueFd> make_listener(int family, uint16_t port, bool transparent, uint32_t mark) {
-  UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+Result<UniqueFd> make_listener(int family, uint16_t port, bool transparent, uint32_t mark, int type = SOCK_STREAM) {
+  UniqueFd fd(::socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd) return Error::from_errno(errno, "socket");
   NS_TRY_STATUS(set_int(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
   NS_TRY_STATUS(set_int(fd.get(), SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT"));
@@ -30,10 +30,17 @@ Result<UniqueFd> make_listener(int family, uint16_t port, bool transparent, uint
   }
   // IP_TRANSPARENT also on the v6 socket: v4 connections to a dual-stack socket use it.
   if (transparent) NS_TRY_STATUS(set_int(fd.get(), IPPROTO_IP, IP_TRANSPARENT, 1, "IP_TRANSPARENT"));
+  if (type == SOCK_DGRAM) {
+    NS_TRY_STATUS(set_int(fd.get(), IPPROTO_IP, IP_RECVORIGDSTADDR, 1, "IP_RECVORIGDSTADDR"));
+    if (family == AF_INET6)
+      NS_TRY_STATUS(set_int(fd.get(), IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, 1, "IPV6_RECVORIGDSTADDR"));
+    // Bursts of queries (a resolver's parallel lookups): past net.core.rmem_max (CAP_NET_ADMIN).
+    NS_TRY_STATUS(set_int(fd.get(), SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20, "SO_RCVBUFFORCE"));
+  }
   SockAddr sa = SockAddr::make(any, port);
   if (::bind(fd.get(), sa.sa(), sa.len) < 0)
     return Error::from_errno(errno, "bind " + sa.str());
-  if (::listen(fd.get(), 4096) < 0) return Error::from_errno(errno, "listen " + sa.str());
+  if (type == SOCK_STREAM && ::listen(fd.get(), 4096) < 0) return Error::from_errno(errno, "listen " + sa.str());
   return fd;
 }
 
@@ -43,10 +50,12 @@ nlohmann::json PodListeners::to_json() const {
   auto one = [&](const Listener& l) {
     return nlohmann::json{{"port", l.port}, {"role", l.role}, {"family", family}, {"open", l.fd.valid()}};
   };
-  return nlohmann::json::array({one(outbound), one(inbound), one(tunnel)});
+  auto a = nlohmann::json::array({one(outbound), one(inbound), one(tunnel)});
+  if (dns.fd) a.push_back(one(dns));
+  return a;
 }
 
-Result<PodListeners> create_listeners(uint32_t mark) {
+Result<PodListeners> create_listeners(uint32_t mark, bool dns) {
   // Dual-stack first; a netns without IPv6 (ipv6.disable=1 on the kernel) gets IPv4 sockets.
   for (int family : {AF_INET6, AF_INET}) {
     PodListeners pl;
@@ -56,12 +65,15 @@ Result<PodListeners> create_listeners(uint32_t mark) {
       uint16_t port;
       const char* role;
       bool transparent;
+      int type = SOCK_STREAM;
     } wants[] = {{&pl.outbound, protocol::kPortOutbound, "outbound", true},
                  {&pl.inbound, protocol::kPortInbound, "inbound", true},
-                 {&pl.tunnel, protocol::kPortTunnel, "tunnel", false}};
+                 {&pl.tunnel, protocol::kPortTunnel, "tunnel", false},
+                 {&pl.dns, protocol::kPortDns, "dns", true, SOCK_DGRAM}};
     Status st;
     for (auto& w : wants) {
-      auto fd = make_listener(family, w.port, w.transparent, mark);
+      if (w.l == &pl.dns && !dns) continue;
+      auto fd = make_listener(family, w.port, w.transparent, mark, w.type);
       if (!fd.ok()) {
         st = std::move(fd).error().wrap(std::string(w.role) + " listener");
         break;

@@ -75,6 +75,23 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(64u, 1u << 20));
   app.add_option("--pipe-size", ropts.pipe_size, "splice pipe size in bytes")->capture_default_str();
+  bool no_dns = false;
+  app.add_flag("--no-dns", no_dns, "capture no pod's DNS (by default UDP to port 53 goes to the 15053 proxy)");
+  dns::Options dopts;
+  std::string dns_upstream;
+  app.add_option("--dns-upstream", dns_upstream,
+                 "ADDR[:PORT]: answer captured DNS from this resolver (e.g. a node-local cache) instead of the "
+                 "server the pod asked; the pod still sees the answer come from that server (a pod's own wins)");
+  app.add_option("--dns-query-timeout-ms", dopts.query_timeout_ms, "a DNS query unanswered this long counts as an upstream timeout")
+      ->capture_default_str()
+      ->check(CLI::Range(100, 60000));
+  app.add_option("--dns-session-idle-ms", dopts.session_idle_ms, "a DNS flow (client socket, server) idle this long is closed")
+      ->capture_default_str()
+      ->check(CLI::Range(100, 3600000));
+  app.add_option("--dns-max-sessions", dopts.max_sessions_per_pod,
+                 "per pod: DNS flows kept at once; beyond it the least recently used is closed (counted)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   bool cleanup_on_exit = false;
   std::string metrics_addr = "127.0.0.1:15020";
   std::string capture_mode = "bpf";
@@ -194,6 +211,24 @@ int main(int argc, char** argv) {
     spdlog::critical("cannot start the relay: {}", relay.error().message);
     return 1;
   }
+  std::unique_ptr<dns::Proxy> dns_proxy;
+  if (capture_mode == "bpf" && !no_dns) {
+    dopts.mark = protocol::kAgentMark;
+    if (!dns_upstream.empty()) {
+      auto a = SockAddr::parse(dns_upstream, 53);
+      if (!a.ok()) {
+        spdlog::critical("--dns-upstream: {}", a.error().message);
+        return 2;
+      }
+      dopts.upstream = *a;
+    }
+    auto d = dns::Proxy::start(dopts);
+    if (!d.ok()) {
+      spdlog::critical("cannot start the DNS proxy: {}", d.error().message);
+      return 1;
+    }
+    dns_proxy = std::move(*d);
+  }
   std::unique_ptr<agent::KubeApiClient> kube_client;
   if (!kube_api.empty()) {
     if (kube_api == "in-cluster") {
@@ -220,7 +255,7 @@ int main(int argc, char** argv) {
     spdlog::info("pod labels from the Kubernetes API at {} (excludePodLabels)", kube.server);
   }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, dns_proxy.get()});
   // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
   std::optional<agent::Handover> handover;
   if (takeover) {
@@ -264,6 +299,7 @@ int main(int argc, char** argv) {
         {"relay_workers", (*relay)->workers()},
         {"relay", (*relay)->stats()},
         {"relay_timeouts", (*relay)->timeouts()},
+        {"dns", dns_proxy ? dns_proxy->options() : nlohmann::json()},
         {"max_inbound_connections", max_inbound_conns},
         {"tc_mode", bpf::to_string(tc_mode)},
         {"kernel", features.kernel_release},
@@ -332,9 +368,12 @@ int main(int argc, char** argv) {
     // relaying what is established until it finishes, the drain timeout, or SIGTERM/SIGINT.
     manager.detach_store();
     (*relay)->stop_accepting();
+    if (dns_proxy) dns_proxy->stop_accepting();  // its sessions answer what is in flight
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(drain_timeout_s);
-    size_t left = (*relay)->connections();
-    spdlog::info("handed over to the new agent; draining {} connections (at most {} s)", left, drain_timeout_s);
+    auto in_flight = [&] { return (*relay)->connections() + (dns_proxy ? dns_proxy->pending_queries() : 0); };
+    size_t left = in_flight();
+    spdlog::info("handed over to the new agent; draining {} connections and DNS queries (at most {} s)", left,
+                 drain_timeout_s);
     // In Kubernetes the old pod gets SIGTERM as soon as the new one is Ready: the drain goes on
     // (bounded by --drain-timeout-s and the pod's grace period); a second signal ends it now.
     timespec tick{0, 100 * 1000 * 1000};
@@ -344,7 +383,7 @@ int main(int argc, char** argv) {
         if (++signals >= 2) break;
         spdlog::info("signal while draining {} connections: draining goes on; a second signal stops now", left);
       }
-      left = (*relay)->connections();
+      left = in_flight();
     }
     spdlog::info("drained ({} connections left); exiting, capture stays with the new agent", left);
     manager.clear(false);

@@ -61,15 +61,38 @@ std::string render_node_metrics(const NodeMetricsInput& in) {
     w.sample("netsteer_relay_bytes_total", static_cast<double>(t.relay[d].bytes_down), {{"direction", dirs[d]}, {"way", "down"}});
   }
 
+  const dns::Totals& dn = t.dns;
+  w.family("netsteer_dns_queries_total", "counter", "Captured DNS queries forwarded upstream.");
+  w.sample("netsteer_dns_queries_total", static_cast<double>(dn.queries));
+  w.family("netsteer_dns_answers_total", "counter", "DNS answers relayed to pods, by rcode.");
+#define NS_DNS_RCODE_SAMPLE(n) w.sample("netsteer_dns_answers_total", static_cast<double>(dn.n), {{"rcode", #n}});
+  NS_DNS_RCODES(NS_DNS_RCODE_SAMPLE)
+#undef NS_DNS_RCODE_SAMPLE
+  w.family("netsteer_dns_upstream_timeouts_total", "counter", "DNS queries the upstream did not answer in time.");
+  w.sample("netsteer_dns_upstream_timeouts_total", static_cast<double>(dn.upstream_timeouts));
+  w.family("netsteer_dns_upstream_errors_total", "counter", "DNS upstream errors (ICMP unreachable, socket setup).");
+  w.sample("netsteer_dns_upstream_errors_total", static_cast<double>(dn.upstream_errors));
+  w.family("netsteer_dns_sessions_evicted_total", "counter", "DNS flows closed because the per-pod bound was reached.");
+  w.sample("netsteer_dns_sessions_evicted_total", static_cast<double>(dn.sessions_evicted));
+  w.family("netsteer_dns_sessions", "gauge", "DNS flows open now.");
+  w.sample("netsteer_dns_sessions", static_cast<double>(dn.active_sessions));
+  metrics::Histogram::Snapshot lat = dn.latency;
+  if (lat.bounds.empty()) {  // no pod with DNS yet: the family is there, empty
+    lat.bounds = dns::latency_buckets();
+    lat.cumulative.assign(lat.bounds.size() + 1, 0);
+  }
+  w.histogram("netsteer_dns_upstream_latency_seconds", "Upstream DNS answer latency.", lat);
+
   const bpf::PodBpfStats& b = t.bpf;
   w.family("netsteer_bpf_sk_lookup_total", "counter", "sk_lookup program runs for TCP, by outcome.");
   w.sample("netsteer_bpf_sk_lookup_total", static_cast<double>(b.lookups), {{"outcome", "all"}});
   for (auto [o, v] : {std::pair{"inbound_assigned", b.inbound_assigned}, {"outbound_assigned", b.outbound_assigned},
                       {"passed_local", b.passed_local}, {"passed_excluded", b.passed_excluded},
-                      {"passed_bypass", b.passed_bypass}})
+                      {"passed_bypass", b.passed_bypass}, {"dns_assigned", b.dns_assigned}})
     w.sample("netsteer_bpf_sk_lookup_total", static_cast<double>(v), {{"outcome", o}});
   w.family("netsteer_bpf_drops_total", "counter", "Connections or packets dropped in BPF, by reason (ns_drop_reason).");
-  for (auto [r, v] : {std::pair{"no_listener", b.drop_no_listener}, {"assign_failed", b.drop_assign_failed},
+  for (auto [r, v] : {std::pair{"no_listener", b.drop_no_listener}, {"no_dns_socket", b.drop_no_dns_socket},
+                      {"assign_failed", b.drop_assign_failed},
                       {"strict", b.drop_strict}, {"spoofed", b.drop_spoofed}})
     w.sample("netsteer_bpf_drops_total", static_cast<double>(v), {{"reason", r}});
   struct GuardRow {

@@ -21,6 +21,7 @@ const char* cap_name(int c) {
     case CAP_NET_ADMIN: return "CAP_NET_ADMIN";
     case CAP_BPF: return "CAP_BPF";
     case CAP_SYS_RESOURCE: return "CAP_SYS_RESOURCE";
+    case CAP_NET_BIND_SERVICE: return "CAP_NET_BIND_SERVICE";
     default: return "?";
   }
 }
@@ -39,7 +40,8 @@ int last_cap() {
 }  // namespace
 
 const std::vector<int>& kept_capabilities() {
-  static const std::vector<int> v{CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF, CAP_SYS_RESOURCE};
+  // CAP_NET_BIND_SERVICE: the DNS proxy answers from the server's address and port 53.
+  static const std::vector<int> v{CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF, CAP_SYS_RESOURCE, CAP_NET_BIND_SERVICE};
   return v;
 }
 

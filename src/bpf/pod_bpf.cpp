@@ -167,7 +167,7 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
   c.flags = (cfg.strict ? NS_CFG_STRICT : 0) | (cfg.exclusions.inbound_ports.empty() ? 0 : NS_CFG_EX_IN_PORT) |
             (cfg.exclusions.inbound_sources.empty() ? 0 : NS_CFG_EX_IN_SRC) |
             (cfg.exclusions.outbound_ports.empty() ? 0 : NS_CFG_EX_OUT_PORT) |
-            (cfg.exclusions.outbound_cidrs.empty() ? 0 : NS_CFG_EX_OUT_CIDR);
+            (cfg.exclusions.outbound_cidrs.empty() ? 0 : NS_CFG_EX_OUT_CIDR) | (cfg.dns ? NS_CFG_DNS : 0);
   c.mark = cfg.mark;
   c.mark_mask = cfg.mark_mask;
   NS_TRY_STATUS(BpfMap<uint32_t, ns_config>(bpf_map__fd(sm.ns_config)).put(0, c));
@@ -264,10 +264,14 @@ Status PodBpf::detach_guard(int ifindex, TcMode mode) {
   return first;
 }
 
-Status PodBpf::set_listeners(int outbound_fd, int inbound_fd) {
+Status PodBpf::set_listeners(int outbound_fd, int inbound_fd, int dns_fd) {
   BpfMap<uint32_t, uint64_t> m(objs_.fd("map_ns_sockets"));
   NS_TRY_STATUS(m.put(NS_SLOT_OUTBOUND, static_cast<uint64_t>(outbound_fd)));
   NS_TRY_STATUS(m.put(NS_SLOT_INBOUND, static_cast<uint64_t>(inbound_fd)));
+  if (dns_fd >= 0) {
+    if (auto st = m.put(NS_SLOT_DNS, static_cast<uint64_t>(dns_fd)); !st.ok())
+      return std::move(st).error().wrap("put the DNS socket into the socket map");
+  }
   return {};
 }
 

@@ -101,9 +101,9 @@ std::vector<RuleSpec> capture_rules(const CaptureConfig& cfg) {
       r.table = table;
       return r;
     };
-    auto excluded = [&](uint32_t prio) {  // TCP that matches goes by the main table: not captured
+    auto excluded = [&](uint32_t prio) {  // TCP (and DNS) that matches goes by the main table: not captured
       auto r = rule(prio, RT_TABLE_MAIN);
-      r.ipproto = IPPROTO_TCP;
+      if (!cfg.dns) r.ipproto = IPPROTO_TCP;
       return r;
     };
     for (uint16_t p : cfg.exclusions.inbound_ports) rules.emplace_back(excluded(kExInboundPortPriority)).sport = p;
@@ -121,6 +121,12 @@ std::vector<RuleSpec> capture_rules(const CaptureConfig& cfg) {
     auto capture = rule(kCapturePriority, kCaptureTable);
     capture.ipproto = IPPROTO_TCP;
     rules.push_back(capture);
+    if (cfg.dns) {  // the pod's DNS: delivered locally, where sk_lookup assigns it to 15053
+      auto dns = rule(kCapturePriority, kCaptureTable);
+      dns.ipproto = IPPROTO_UDP;
+      dns.dport = 53;
+      rules.push_back(dns);
+    }
   }
   return rules;
 }
@@ -172,7 +178,7 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
       spdlog::warn("re-opening pins under {} failed ({}): installing anew", cfg.pin_dir, adopted.error().message);
     }
   }
-  bpf::PodBpfConfig bc{cfg.pod_ips, cfg.exclusions, cfg.strict, cfg.mark, cfg.mark_mask};
+  bpf::PodBpfConfig bc{cfg.pod_ips, cfg.exclusions, cfg.strict, cfg.mark, cfg.mark_mask, cfg.dns};
   auto t0 = std::chrono::steady_clock::now();
   if (!pc->bpf_) {
     NS_TRY(bpf::LoadedPodBpf loaded, cfg.bpf_pool ? cfg.bpf_pool->take() : bpf::LoadedPodBpf::load(cfg.max_inbound_conns));

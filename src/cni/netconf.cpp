@@ -72,6 +72,13 @@ Result<NetConf> parse_netconf(std::string_view bytes) {
   NS_TRY(c.log_file, optional_field<std::string>(j, "logFile", "", "a string"));
   NS_TRY(c.log_level, optional_field<std::string>(j, "logLevel", "info", "a string"));
   NS_TRY(c.strict, optional_field<bool>(j, "strict", false, "a boolean"));
+  NS_TRY(c.capture_dns, optional_field<bool>(j, "captureDns", true, "a boolean"));
+  NS_TRY(std::string dns_upstream, optional_field<std::string>(j, "dnsUpstream", "", "a string"));
+  if (!dns_upstream.empty()) {
+    auto a = SockAddr::parse(dns_upstream, 53);
+    if (!a.ok()) return config_error("dnsUpstream", "ADDR or ADDR:PORT ([V6]:PORT)");
+    c.dns_upstream = *a;
+  }
   NS_TRY(c.exclude_namespaces, string_list(j, "excludeNamespaces"));
   NS_TRY(c.exclude_pods, string_list(j, "excludePods"));
   NS_TRY(c.exclude_pod_labels, string_list(j, "excludePodLabels"));

@@ -89,6 +89,8 @@ class Command {
     pod.netns_path = env_.netns;
     pod.exclusions = conf_.exclusions;
     pod.strict = conf_.strict;
+    pod.no_dns = !conf_.capture_dns;
+    pod.dns_upstream = conf_.dns_upstream;
     pod.skip_labels = skip_labels();
     Outcome out;
     auto c = connect(&out, prev_result());

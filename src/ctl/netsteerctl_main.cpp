@@ -103,6 +103,10 @@ int main(int argc, char** argv) {
   enroll->add_option("--exclude-outbound-cidr", ex_out_cidrs, "remote prefix not captured outbound (repeat)");
   enroll->add_option("--exclude-inbound-source", ex_in_sources, "client prefix not captured inbound (repeat)");
   enroll->add_flag("--strict", pod.strict, "drop app TCP that leaves the pod without capture");
+  enroll->add_flag("--no-dns", pod.no_dns, "do not capture the pod's DNS (UDP to port 53) onto 15053");
+  std::string dns_upstream;
+  enroll->add_option("--dns-upstream", dns_upstream,
+                     "ADDR[:PORT]: answer the pod's DNS from this resolver (default: the agent's, else the server asked)");
 
   std::string un_uid, un_netns;
   auto* unenroll = app.add_subcommand("unenroll", "remove a pod's enrolment and everything it holds");
@@ -151,6 +155,11 @@ int main(int argc, char** argv) {
     pod.exclusions.inbound_ports = ex_in_ports;
     pod.exclusions.outbound_ports = ex_out_ports;
     pod.netns_path = netns_path;
+    if (!dns_upstream.empty()) {
+      auto a = SockAddr::parse(dns_upstream, 53);
+      if (!a.ok()) return fail("--dns-upstream: " + a.error().message);
+      pod.dns_upstream = *a;
+    }
   } else if (*unenroll) {
     req.type = protocol::MsgType::kDel;
     if (!un_netns.empty()) {

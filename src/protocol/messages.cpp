@@ -116,6 +116,13 @@ Result<PodSpec> pod_from_json(const json& j) {
     p.ips.push_back(*a);
   }
   NS_TRY(p.strict, get_bool(j, "strict"));
+  NS_TRY(p.no_dns, get_bool(j, "no_dns"));
+  NS_TRY(auto dns_up, get_string(j, "dns_upstream"));
+  if (!dns_up.empty()) {
+    auto a = SockAddr::parse(dns_up, 53);
+    if (!a.ok()) return std::move(a).error().wrap("field 'dns_upstream'");
+    p.dns_upstream = *a;
+  }
   NS_TRY(p.skip_labels, get_strings(j, "skip_labels"));
   if (p.skip_labels.size() > 64) return field_error("skip_labels", "an array of at most 64 requirements");
   if (auto reqs = parse_label_requirements(p.skip_labels); !reqs.ok())
@@ -170,6 +177,8 @@ json pod_to_json(const PodSpec& p) {
          {"exclusions", exclusions_to_json(p.exclusions)}, {"strict", p.strict}};
   if (!p.netns_path.empty()) j["netns_path"] = p.netns_path;
   if (!p.skip_labels.empty()) j["skip_labels"] = p.skip_labels;
+  if (p.no_dns) j["no_dns"] = true;
+  if (p.dns_upstream) j["dns_upstream"] = p.dns_upstream->str();
   return j;
 }
 

@@ -24,6 +24,7 @@
 #include <unordered_map>
 
 #include "netsteer/common/accept.h"
+#include "netsteer/common/event_loop.h"
 #include "netsteer/common/log.h"
 #include "netsteer/relay/http_connect.h"
 
@@ -114,7 +115,7 @@ struct Pipe {
 
 // What epoll's data.ptr points at.
 struct Endpoint {
-  enum Kind : uint8_t { kListener, kDown, kUp, kWake, kTimer } kind;
+  enum Kind : uint8_t { kListener, kDown, kUp } kind;
   void* obj;
 };
 
@@ -165,34 +166,22 @@ class Worker {
   }
 
   Status init() {
-    epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
-    if (!epoll_) return Error::from_errno(errno, "epoll_create1");
-    wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-    if (!wake_) return Error::from_errno(errno, "eventfd");
-    timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-    if (!timer_) return Error::from_errno(errno, "timerfd_create");
-    itimerspec its{{1, 0}, {1, 0}};
-    if (::timerfd_settime(timer_.get(), 0, &its, nullptr) < 0) return Error::from_errno(errno, "timerfd_settime");
-    NS_TRY_STATUS(ctl(EPOLL_CTL_ADD, wake_.get(), EPOLLIN, &wake_ep_));
-    NS_TRY_STATUS(ctl(EPOLL_CTL_ADD, timer_.get(), EPOLLIN, &timer_ep_));
-    thread_ = std::thread([this] { loop(); });
+    NS_TRY_STATUS(loop_.start(std::chrono::seconds(1),
+                              {[this](void* p, uint32_t ev) { dispatch(static_cast<Endpoint*>(p), ev); },
+                               [this] { on_tick(); },
+                               [this] {
+                                 graveyard_.clear();  // closed in this batch: no event can refer to them now
+                                 listener_graveyard_.clear();
+                               }}));
+    loop_.post([] { prepare_accept_reserve(); });  // on the worker thread
     return {};
   }
 
-  void stop() {
-    if (!thread_.joinable()) return;
-    post([](Worker& w) { w.stopping_ = true; });
-    thread_.join();
-  }
+  void stop() { loop_.stop(); }
 
   // Runs fn on the worker thread.
   void post(std::function<void(Worker&)> fn) {
-    {
-      std::lock_guard lk(mu_);
-      cmds_.push_back(std::move(fn));
-    }
-    uint64_t one = 1;
-    (void)!::write(wake_.get(), &one, sizeof one);
+    loop_.post([this, fn = std::move(fn)] { fn(*this); });
   }
 
   void add_listener(const std::shared_ptr<PodContext>& pod, Direction dir, int fd) {
@@ -215,7 +204,7 @@ class Worker {
   void release_listeners(const PodContext* pod) {
     for (auto it = listeners_.begin(); it != listeners_.end();) {
       if (!pod || (*it)->pod.get() == pod) {
-        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, (*it)->fd, nullptr);
+        loop_.forget((*it)->fd);
         // An event for it may still sit later in this epoll batch: keep the object until the
         // batch ends, and mark it so that event is ignored.
         (*it)->fd = -1;
@@ -243,55 +232,19 @@ class Worker {
   }
 
  private:
-  Status ctl(int op, int fd, uint32_t events, Endpoint* ep) {
-    epoll_event ev{};
-    ev.events = events;
-    ev.data.ptr = ep;
-    if (::epoll_ctl(epoll_.get(), op, fd, &ev) < 0) return Error::from_errno(errno, "epoll_ctl");
-    return {};
-  }
+  Status ctl(int op, int fd, uint32_t events, Endpoint* ep) { return loop_.ctl(op, fd, events, ep); }
 
-  void loop() {
-    prepare_accept_reserve();
-    epoll_event evs[256];
-    while (!stopping_) {
-      int n = ::epoll_wait(epoll_.get(), evs, 256, -1);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        spdlog::critical("relay worker {}: epoll_wait: {}", id_, std::strerror(errno));
-        return;
-      }
-      for (int i = 0; i < n; ++i) {
-        auto* ep = static_cast<Endpoint*>(evs[i].data.ptr);
-        switch (ep->kind) {
-          case Endpoint::kListener:
-            if (static_cast<Listener*>(ep->obj)->fd >= 0) on_accept(*static_cast<Listener*>(ep->obj));
-            break;
-          case Endpoint::kDown:
-          case Endpoint::kUp: on_conn(*static_cast<Conn*>(ep->obj), ep->kind == Endpoint::kUp, evs[i].events); break;
-          case Endpoint::kWake: run_commands(); break;
-          case Endpoint::kTimer: on_tick(); break;
-        }
-      }
-      graveyard_.clear();  // connections closed in this batch: no event can refer to them now
-      listener_graveyard_.clear();
+  void dispatch(Endpoint* ep, uint32_t events) {
+    switch (ep->kind) {
+      case Endpoint::kListener:
+        if (static_cast<Listener*>(ep->obj)->fd >= 0) on_accept(*static_cast<Listener*>(ep->obj));
+        break;
+      case Endpoint::kDown:
+      case Endpoint::kUp: on_conn(*static_cast<Conn*>(ep->obj), ep->kind == Endpoint::kUp, events); break;
     }
-  }
-
-  void run_commands() {
-    uint64_t v;
-    (void)!::read(wake_.get(), &v, sizeof v);
-    std::deque<std::function<void(Worker&)>> cmds;
-    {
-      std::lock_guard lk(mu_);
-      cmds.swap(cmds_);
-    }
-    for (auto& c : cmds) c(*this);
   }
 
   void on_tick() {
-    uint64_t v;
-    (void)!::read(timer_.get(), &v, sizeof v);
     int64_t now = now_ms();
     std::vector<Conn*> expired;
     for (auto& [p, c] : conns_)
@@ -436,10 +389,7 @@ class Worker {
         !ctl(EPOLL_CTL_ADD, c.down.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, &c.down_ep).ok())
       return fail(c, "epoll");
     if (c.dir == Direction::tunnel) {
-      epoll_event ev{};
-      ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-      ev.data.ptr = &c.down_ep;
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.down.get(), &ev);
+      (void)ctl(EPOLL_CTL_MOD, c.down.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, &c.down_ep);
     }
   }
 
@@ -649,11 +599,11 @@ class Worker {
     release_pipe(c.to_down);
     if (c.down) {
       if (rst_down) set_linger_zero(c.down.get());
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.down.get(), nullptr);
+      loop_.forget(c.down.get());
     }
     if (c.up) {
       if (rst_up) set_linger_zero(c.up.get());
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.up.get(), nullptr);
+      loop_.forget(c.up.get());
     }
     c.down.reset();
     c.up.reset();
@@ -672,12 +622,7 @@ class Worker {
 
   size_t id_;
   RelayOptions opts_;
-  UniqueFd epoll_, wake_, timer_;
-  Endpoint wake_ep_{Endpoint::kWake, nullptr}, timer_ep_{Endpoint::kTimer, nullptr};
-  std::thread thread_;
-  bool stopping_ = false;
-  std::mutex mu_;
-  std::deque<std::function<void(Worker&)>> cmds_;
+  EventLoop loop_{"relay worker"};
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::unique_ptr<Listener>> listener_graveyard_;  // released in this epoll batch
   std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;

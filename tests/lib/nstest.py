@@ -388,6 +388,14 @@ class Topology:
         self.procs.append(p)
         return p
 
+    def spawn(self, ns, code):
+        """Run a python snippet in ns that prints 'ready' once set up; returns the Popen (stopped
+        at close)."""
+        p = ns.popen([PY, "-c", code], stdout=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        assert p.stdout.readline().strip() == "ready"
+        return p
+
     def http_server(self, ns, port, directory):
         p = ns.popen([PY, "-m", "http.server", "--bind", "::", "--directory", directory, str(port)],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

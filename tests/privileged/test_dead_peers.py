@@ -85,47 +85,32 @@ def hold(ns, host, mode):
     return p
 
 
+# (direction, client's mode, bound in s): outbound — the remote server stops acknowledging while
+# the client pushes data, the relay's upstream hits TCP_USER_TIMEOUT; inbound — the remote client
+# goes silent with nothing in flight, keepalive probes on the relay's downstream go unanswered
+# (released within keepalive-idle + the user timeout).
+CASES = [("outbound", "push", 1.5), ("inbound", "idle", 1 + 1.5)]
+
+
 @pytest.mark.parametrize("v6", [False, True])
-def test_upstream_that_stops_acknowledging_is_released(v6):
-    """Outbound: the remote server stops acknowledging while the client pushes data. The relay's
-    upstream hits TCP_USER_TIMEOUT; the connection is released (client reset) and counted."""
+@pytest.mark.parametrize("direction,mode,bound", CASES)
+def test_dead_peer_is_released_and_counted(direction, mode, bound, v6):
     with agent(FAST) as a, topology() as t:
-        t.serve(t.remote, APP)
+        server, client = (t.remote, t.pod) if direction == "outbound" else (t.pod, t.remote)
+        t.serve(server, APP)
         a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
         uid = t.pod.name
         t.wait_v6_ready()
-        p = hold(t.pod, t.remote_ip6 if v6 else t.remote_ip, "push")
+        dst = (t.remote_ip6 if v6 else t.remote_ip) if direction == "outbound" else (t.pod_ip6 if v6 else t.pod_ip)
+        p = hold(client, dst, mode)
         try:
-            assert relay(a, uid, "outbound")["active"] == 1
+            assert relay(a, uid, direction)["active"] == 1
             with silenced(t.remote):
                 start = time.time()
                 p.stdin.write("go\n")
                 p.stdin.flush()
-                took, r = wait_released(a, uid, "outbound", start, 1.5, t.pod)
-            assert r["dead_peers"] == 1, r
-            assert r["closed"] == 1
-        finally:
-            p.kill()
-            p.wait()
-
-
-@pytest.mark.parametrize("v6", [False, True])
-def test_vanished_idle_client_is_released_by_keepalive(v6):
-    """Inbound: the remote client goes silent with nothing in flight. Keepalive probes on the
-    relay's downstream go unanswered; the connection is released within keepalive-idle + the
-    user timeout, and counted."""
-    with agent(FAST) as a, topology() as t:
-        t.serve(t.pod, APP)
-        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
-        uid = t.pod.name
-        t.wait_v6_ready()
-        p = hold(t.remote, t.pod_ip6 if v6 else t.pod_ip, "idle")
-        try:
-            assert relay(a, uid, "inbound")["active"] == 1
-            with silenced(t.remote):
-                start = time.time()
-                took, r = wait_released(a, uid, "inbound", start, 1 + 1.5)
-            assert r["dead_peers"] == 1, r
+                took, r = wait_released(a, uid, direction, start, bound, t.pod)
+            assert r["dead_peers"] == 1 and r["closed"] == 1, r
         finally:
             p.kill()
             p.wait()
@@ -136,15 +121,12 @@ def test_half_closed_connection_times_out():
     half-close timeout (2 s here), not the hour-long idle timeout, and counted."""
     with agent(FAST) as a, topology() as t:
         # A server that reads and never answers or closes.
-        srv = t.remote.popen([nstest.PY, "-c",
-                              "import socket,time\n"
-                              f"s=socket.create_server(('::',{APP}),family=socket.AF_INET6,dualstack_ipv6=True)\n"
-                              "print('ready',flush=True)\n"
-                              "c,_=s.accept()\n"
-                              "while c.recv(65536): pass\n"
-                              "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
-        t.procs.append(srv)
-        assert srv.stdout.readline().strip() == "ready"
+        t.spawn(t.remote, "import socket,time\n"
+                          f"s=socket.create_server(('::',{APP}),family=socket.AF_INET6,dualstack_ipv6=True)\n"
+                          "print('ready',flush=True)\n"
+                          "c,_=s.accept()\n"
+                          "while c.recv(65536): pass\n"
+                          "time.sleep(60)\n")
         a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
         uid = t.pod.name
         code = ("import socket,sys,time\n"

@@ -70,7 +70,9 @@ def test_enrol_one_listeners_and_loopback_connect():
             assert key in p
         assert p["name"] == "web" and p["namespace"] == "default" and p["uid"] == ns.name
         assert p["netns_ino"] == os.stat(ns.path).st_ino
-        assert sorted(l["port"] for l in p["listeners"]) == sorted(PORTS)
+        # the three TCP listeners and the DNS socket (UDP 15053, on by default)
+        assert sorted(l["port"] for l in p["listeners"]) == sorted(PORTS | {15053})
+        assert ":15053 " in ns.exec(["ss", "-Hunl"]).stdout
         with open(os.path.join(a.state_dir, "state.json")) as f:
             state = json.load(f)
         assert [p["pod"]["uid"] for p in state["pods"]] == [ns.name]
@@ -78,6 +80,7 @@ def test_enrol_one_listeners_and_loopback_connect():
         assert state["pods"][0]["pod"]["netns_path"] == ns.path
         a.ctl("unenroll", "--uid", ns.name)
         assert not (PORTS & set(ns.listening_ports()))
+        assert not ns.exec(["ss", "-Hunl"]).stdout.strip()
         assert tcp_connect(ns, "127.0.0.1", 15006) == "refused"
         with open(os.path.join(a.state_dir, "state.json")) as f:
             assert json.load(f)["pods"] == []
@@ -147,7 +150,7 @@ def test_bad_inputs_answered_and_nothing_leaks():
             cases = [
                 ("no fd", _raw_add("x1"), (), None, "exactly one netns fd"),
                 ("two fds", _raw_add("x2"), (ns_fd, ns_fd), None, "got 2"),
-                ("too many fds", _raw_add("x3"), (ns_fd,) * 6, None, "truncated control data"),
+                ("too many fds", _raw_add("x3"), (ns_fd,) * 8, None, "truncated control data"),
                 ("regular file", _raw_add("x4"), (reg_fd,), None, "not a namespace"),
                 ("pid namespace", _raw_add("x5"), (pid_ns,), None, "not a network namespace"),
                 ("agent's own netns", _raw_add("x6"), (own,), None, "own (host) network namespace"),

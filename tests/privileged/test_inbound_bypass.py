@@ -147,3 +147,25 @@ def test_bypass_map_full_resets_and_is_counted():
         url = "http://" + a.call({"type": "status", "version": 1})["status"]["metrics"] + "/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
             assert 'netsteer_relay_bypass_full_total{direction="inbound"} 1' in resp.read().decode()
+
+
+def test_upstream_port_reuse_meets_the_apps_time_wait():
+    """The relay's upstream reuses a source port whose tuple is still in TIME_WAIT on the app's
+    side (the app closes first): the SYN meets the TIME_WAIT socket, which hands it to a listener
+    lookup (TCP_TW_SYN), so sk_lookup sees it again. Two ephemeral ports in the pod make the reuse
+    certain; every request must still reach the app with the client's address."""
+    with agent() as a, topology() as t:
+        t.pod.exec(["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40001"])
+        t.remote.exec(["sysctl", "-qw", "net.ipv4.ip_local_port_range=50000 60000"])  # never 40000/1
+        t.serve(t.pod, APP)  # replies to PEER and closes first: its side goes to TIME_WAIT
+        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+        for i in range(20):
+            host = t.pod_ip6 if i % 2 else t.pod_ip
+            seen = t.client(t.remote, host, APP, "peer").split()
+            assert seen[0] == (t.remote_ip6 if i % 2 else t.remote_ip), seen
+            assert seen[1] in ("40000", "40001"), seen  # the relay's upstream port, reused
+        tw = t.pod.exec(["ss", "-Htan", "state", "time-wait", "sport", f"= :{APP}"]).stdout
+        assert ":40000" in tw or ":40001" in tw, tw
+        r = a.inspect(t.pod.name)["relay"]["inbound"]
+        assert r["opened"] == 20 and r["failed"] == 0, r
+        assert wait_relay_idle(a, t.pod.name) == 0

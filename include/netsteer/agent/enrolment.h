@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <map>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -18,6 +19,7 @@
 #include "netsteer/bpf/features.h"
 #include "netsteer/capture/pod_capture.h"
 #include "netsteer/common/result.h"
+#include "netsteer/dns/dns.h"
 #include "netsteer/metrics/metrics.h"
 #include "netsteer/netns/netns.h"
 #include "netsteer/protocol/messages.h"
@@ -36,6 +38,8 @@ struct Dataplane {
   bool capture = true;
   // Per pod: concurrent inbound relay connections (the size of its sk_lookup bypass map).
   uint32_t max_inbound_conns = bpf::kDefaultMaxInboundConns;
+  // The DNS proxy for captured DNS (nullptr: no pod's DNS is captured).
+  dns::Proxy* dns = nullptr;
 };
 
 struct Pod {
@@ -44,6 +48,7 @@ struct Pod {
   PodListeners listeners;
   std::unique_ptr<capture::PodCapture> capture;
   std::shared_ptr<relay::PodContext> relay_ctx;
+  std::shared_ptr<dns::PodDns> dns_ctx;
   std::chrono::system_clock::time_point enrolled_at;
   double enrol_ms = 0;  // fd received → capture ready
   std::string state_record;  // its state-file entry, serialised once (see serialize_record)
@@ -61,6 +66,7 @@ struct EnrolStats {
 struct NodeTotals {
   relay::DirectionTotals relay[3];  // by relay::Direction
   bpf::PodBpfStats bpf;
+  dns::Totals dns;
 };
 
 class EnrolmentManager {
@@ -102,15 +108,21 @@ class EnrolmentManager {
   void clear(bool remove_capture = false);
 
  private:
+  // The pod's DNS is captured: a BPF data plane with a DNS proxy, and the pod did not opt out.
+  bool captures_dns(const protocol::PodSpec& spec) const { return dp_ && dp_->capture && dp_->dns && !spec.no_dns; }
   // `started`: when the request arrived (a pod's enrol_ms runs from there to capture ready).
   // Learns the netns cookie (into pod->netns.id()); with `recorded` (restore), fails with ESTALE
   // before binding or installing anything when the cookie shows `ns` is not the recorded netns.
+  // `identified` runs once the full identity (cookie included) is known and before anything is
+  // bound or installed: enrol writes its pending record there.
   Result<std::unique_ptr<Pod>> build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
                                      const capture::CaptureState* previous,
                                      std::optional<PodListeners> given = std::nullopt,
                                      std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now(),
-                                     const netns::NetnsId* recorded = nullptr);
+                                     const netns::NetnsId* recorded = nullptr,
+                                     const std::function<void(const netns::NetnsId&)>& identified = {});
   void teardown(Pod& pod, bool remove_capture);
+  Status attach_data_path(Pod& pod);
   void persist(const PodRecord* pending = nullptr);  // with mu_ held
   std::string pin_dir(const std::string& uid) const { return dp_ ? dp_->pin_root + "/" + uid : ""; }
 

@@ -28,6 +28,7 @@ struct HandoverPod {
   PodRecord record;
   std::string family;  // the listeners' family ("dual" or "ipv4")
   UniqueFd netns, outbound, inbound, tunnel;
+  UniqueFd dns;  // the UDP 15053 socket, when the pod's DNS is captured (a 5th fd)
 };
 
 struct Handover {

@@ -31,6 +31,7 @@ struct PodBpfConfig {
   bool strict = false;
   uint32_t mark = protocol::kAgentMark;
   uint32_t mark_mask = protocol::kAgentMarkMask;
+  bool dns = false;  // NS_CFG_DNS: UDP to port 53 onto the 15053 socket
 };
 
 // Steering and guard counters, summed over CPUs (field names as in bpf/netsteer_common.h).
@@ -97,7 +98,8 @@ class PodBpf {
   Status detach_guard(int ifindex, TcMode mode);
 
   // Slot 0: the 15001 listener, slot 1: the 15006 listener.
-  Status set_listeners(int outbound_fd, int inbound_fd);
+  // dns_fd < 0: the pod's DNS is not captured (its slot stays empty).
+  Status set_listeners(int outbound_fd, int inbound_fd, int dns_fd = -1);
   // The relay's inbound upstream socket bound to the client's address: let its segments reach
   // the app for the connection's whole life. A full map is E2BIG.
   Status add_bypass(const SockAddr& local);

@@ -37,6 +37,7 @@ struct CaptureConfig {
   std::vector<IpAddr> pod_ips;
   protocol::Exclusions exclusions;
   bool strict = false;
+  bool dns = false;  // capture UDP to port 53 (rule `ipproto udp dport 53 lookup 133`, NS_CFG_DNS)
   bpf::TcMode tc_mode = bpf::TcMode::tcx;
   std::string pin_dir;
   // Where the pod's BPF objects come from already loaded (nullptr: loaded during install).

@@ -50,6 +50,8 @@ struct NetConf {
   std::string log_level = "info";
   protocol::Exclusions exclusions;
   bool strict = false;
+  bool capture_dns = true;                      // "captureDns"
+  std::optional<SockAddr> dns_upstream;         // "dnsUpstream": ADDR[:PORT]
   std::vector<std::string> exclude_namespaces;  // pods in these namespaces are not enrolled
   std::vector<std::string> exclude_pods;        // "namespace/name" patterns, '*' wildcards
   // "key" / "key=value" label requirements; evaluated by the agent against the pod's labels in

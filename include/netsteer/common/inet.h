@@ -48,6 +48,8 @@ struct SockAddr {
   socklen_t len = 0;
 
   static SockAddr make(const IpAddr& ip, uint16_t port);
+  // "ADDR", "ADDR:PORT" (IPv4), "V6" or "[V6]:PORT"; default_port when no port is given.
+  static Result<SockAddr> parse(std::string_view s, uint16_t default_port);
   IpAddr ip() const { return IpAddr::from_sockaddr(ss); }
   uint16_t port() const;
   std::string str() const;  // "1.2.3.4:80" or "[::1]:80"

@@ -24,6 +24,7 @@ inline constexpr uint32_t kAgentMarkMask = 0xfff;
 inline constexpr uint16_t kPortOutbound = 15001;
 inline constexpr uint16_t kPortInbound = 15006;
 inline constexpr uint16_t kPortTunnel = 15008;
+inline constexpr uint16_t kPortDns = 15053;
 
 // kHandover: a new agent asks the running one for its pods and sockets (agent/handover.h).
 enum class MsgType { kHello, kAdd, kDel, kList, kStatus, kSnapshot, kCheck, kInspect, kHandover };
@@ -49,6 +50,10 @@ struct PodSpec {
   // Label requirements ("key" or "key=value"): the agent looks the pod's labels up in the
   // Kubernetes API and does not capture a pod that matches any of them (see labels.h).
   std::vector<std::string> skip_labels;
+  // DNS capture (UDP to port 53 onto the agent's 15053 socket) is on unless no_dns; answers are
+  // fetched from dns_upstream when set (else the agent-wide --dns-upstream, else the server asked).
+  bool no_dns = false;
+  std::optional<SockAddr> dns_upstream;
 };
 
 struct Request {
