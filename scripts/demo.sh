@@ -4,7 +4,8 @@
 #      with an HTTP server in each,
 #   2. starts netsteerd and enrols the pod netns over the SCM_RIGHTS hand-off (netsteerctl enroll),
 #   3. curls from the pod to the remote and from the remote to the pod, showing the BPF and relay
-#      counters move and the app seeing the real client address,
+#      counters move and the app seeing the real client address; a DNS lookup (getent) answered
+#      by dnsmasq in the remote through the agent's 15053,
 #   4. SIGKILLs the agent (inbound fails closed), restarts it (pod steered again, no re-enrol),
 #   5. unenrols and shows nothing is left (rules, routes, pins).
 # Everything it creates is removed on exit. Run as root.
@@ -27,6 +28,8 @@ cleanup() {
   [[ -n $AGENT_PID ]] && "$B/netsteerctl" --socket "$SOCK" unenroll --uid demo-web >/dev/null 2>&1
   [[ -n $AGENT_PID ]] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
   for p in "${SERVERS[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  [[ -s $RUN/dnsmasq.pid ]] && kill "$(cat "$RUN/dnsmasq.pid")" 2>/dev/null
+  rm -rf "/etc/netns/$POD"
   ip netns del $POD 2>/dev/null; ip netns del $REM 2>/dev/null
   rm -rf "$PINS" "$RUN"
 }
@@ -101,6 +104,15 @@ counters
 
 say "tunnel: curl -p -x http://10.250.0.1:15008 (HTTP CONNECT to the pod's app)"
 inrem curl -sS --max-time 5 -p -x http://10.250.0.1:15008 http://10.250.0.1:8080/pod.txt
+
+say "DNS: getent (glibc) in the pod asks dnsmasq in the remote; sk_lookup steers it to 15053, the agent answers from 10.250.0.2:53"
+nsenter --net=/var/run/netns/$REM dnsmasq --no-resolv --no-hosts --bind-interfaces --listen-address=10.250.0.2 \
+  --address=/web.demo/10.250.0.80 --pid-file="$RUN/dnsmasq.pid" --user=root
+mkdir -p "/etc/netns/$POD"; echo "nameserver 10.250.0.2" >"/etc/netns/$POD/resolv.conf"
+ip netns exec $POD getent hosts web.demo
+"$B/netsteerctl" --socket "$SOCK" inspect --uid demo-web --json | /usr/bin/python3 -c '
+import json,sys; d=json.load(sys.stdin)["dns"]
+print("  dns: queries=%d answers=%d NOERROR=%d (no iptables rule, no conntrack entry)" % (d["queries"], d["answers"], d["rcodes"]["NOERROR"]))'
 
 say "fail closed: SIGKILL netsteerd; inbound to the pod is dropped in BPF, not delivered around the relay"
 kill -9 "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""

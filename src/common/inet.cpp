@@ -126,6 +126,7 @@ SockAddr SockAddr::make(const IpAddr& ip, uint16_t port) {
 
 Result<SockAddr> SockAddr::parse(std::string_view s, uint16_t default_port) {
   std::string_view host = s, port;
+  bool has_port = false;
   if (!s.empty() && s.front() == '[') {  // [v6] or [v6]:port
     auto close = s.find(']');
     if (close == std::string_view::npos) return Error::msg("address '" + std::string(s) + "': missing ']'", EINVAL);
@@ -133,14 +134,16 @@ Result<SockAddr> SockAddr::parse(std::string_view s, uint16_t default_port) {
     if (close + 1 < s.size()) {
       if (s[close + 1] != ':') return Error::msg("address '" + std::string(s) + "': expected ':' after ']'", EINVAL);
       port = s.substr(close + 2);
+      has_port = true;
     }
   } else if (auto colon = s.find(':'); colon != std::string_view::npos && s.find(':', colon + 1) == std::string_view::npos) {
     host = s.substr(0, colon);  // v4:port (a bare v6 address has several colons)
     port = s.substr(colon + 1);
+    has_port = true;
   }
   auto ip = IpAddr::parse(host);
   if (!ip.ok()) return Error::msg("address '" + std::string(s) + "': not an IP address", EINVAL);
-  if (port.empty()) return SockAddr::make(*ip, default_port);
+  if (!has_port) return SockAddr::make(*ip, default_port);
   unsigned p = 0;
   auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
   if (ec != std::errc() || end != port.data() + port.size() || p == 0 || p > 65535)

@@ -14,6 +14,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 @pytest.fixture(autouse=True)
 def _root():
     nstest.require_root()
+    nstest.require_tool("dnsmasq")
 
 
 def demo_processes():
@@ -41,6 +42,7 @@ def test_demo_runs_and_leaves_nothing():
     try:
         assert p.returncode == 0, out
         for want in ("hello from the remote", "hello from the pod's app", "(timed out, as it should)",
+                     "10.250.0.80     web.demo", "dns: queries=",
                      "pins left under /sys/fs/bpf/netsteer-demo: 0"):
             assert want in out, f"demo output lacks {want!r}:\n{out}"
         left = demo_processes()
@@ -49,6 +51,7 @@ def test_demo_runs_and_leaves_nothing():
         assert "netsteer-demo" not in netns, netns
         assert not os.path.exists("/sys/fs/bpf/netsteer-demo")
         assert not glob.glob("/tmp/netsteer-demo.*")
+        assert not os.path.exists("/etc/netns/netsteer-demo-pod")
     finally:
         for pid in demo_processes():  # our own leftovers only (the demo's), by pid
             try:

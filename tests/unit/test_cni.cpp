@@ -32,6 +32,8 @@ TEST(CniNetconf, ParsesDefaultsAndOptions) {
   j["failurePolicy"] = "ignore";
   j["timeoutMs"] = 1500;
   j["strict"] = true;
+  j["captureDns"] = false;
+  j["dnsUpstream"] = "169.254.20.10";
   j["excludeInboundPorts"] = {15021, 9090};
   j["excludeOutboundPorts"] = {53};
   j["excludeOutboundCIDRs"] = {"10.96.0.0/12"};
@@ -43,6 +45,9 @@ TEST(CniNetconf, ParsesDefaultsAndOptions) {
   EXPECT_EQ(c->failure_policy, FailurePolicy::kIgnore);
   EXPECT_EQ(c->timeout.count(), 1500);
   EXPECT_TRUE(c->strict);
+  EXPECT_FALSE(c->capture_dns);
+  ASSERT_TRUE(c->dns_upstream);
+  EXPECT_EQ(c->dns_upstream->str(), "169.254.20.10:53");
   EXPECT_EQ(c->exclusions.inbound_ports, (std::vector<uint16_t>{9090, 15021}));  // normalised (sorted)
   EXPECT_EQ(c->exclusions.outbound_cidrs.at(0).str(), "10.96.0.0/12");
   EXPECT_EQ(c->exclusions.inbound_sources.at(0).str(), "169.254.1.1/32");
@@ -56,6 +61,8 @@ TEST(CniNetconf, ParsesDefaultsAndOptions) {
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(d->socket_path, "/var/run/netsteer/cni.sock");
   EXPECT_EQ(d->failure_policy, FailurePolicy::kFail);
+  EXPECT_TRUE(d->capture_dns);  // DNS is captured unless the netconf says otherwise
+  EXPECT_FALSE(d->dns_upstream);
   EXPECT_TRUE(d->prev_result.is_null());
 }
 

@@ -16,6 +16,8 @@ TEST(Protocol, AddRoundTrip) {
   r.pod.exclusions.outbound_cidrs = {*Prefix::parse("10.96.0.0/12")};
   r.pod.exclusions.inbound_sources = {*Prefix::parse("169.254.7.127")};
   r.pod.strict = true;
+  r.pod.no_dns = true;
+  r.pod.dns_upstream = *SockAddr::parse("[fd00::53]:5353", 53);
   auto d = decode_request(encode_request(r));
   ASSERT_TRUE(d.ok()) << d.error().message;
   EXPECT_EQ(d->type, MsgType::kAdd);
@@ -28,6 +30,9 @@ TEST(Protocol, AddRoundTrip) {
   EXPECT_EQ(d->pod.exclusions.outbound_cidrs[0].str(), "10.96.0.0/12");
   EXPECT_EQ(d->pod.exclusions.inbound_sources[0].str(), "169.254.7.127/32");
   EXPECT_TRUE(d->pod.strict);
+  EXPECT_TRUE(d->pod.no_dns);
+  ASSERT_TRUE(d->pod.dns_upstream);
+  EXPECT_EQ(d->pod.dns_upstream->str(), "[fd00::53]:5353");
 }
 
 TEST(Protocol, DelByNetnsRoundTrip) {
@@ -90,6 +95,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","ips":"10.0.0.1"}})", "'ips' must be an array"},
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","ips":["10.0.0.300"]}})", "invalid IP address"},
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","strict":"yes"}})", "'strict' must be a boolean"},
+        BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","no_dns":1}})", "'no_dns' must be a boolean"},
+        BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","dns_upstream":"10.0.0.1:0"}})", "bad port"},
+        BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","dns_upstream":"resolver:53"}})", "not an IP address"},
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","exclusions":{"inbound_ports":[0]}}})",
                 "ports 1..65535"},
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","exclusions":{"inbound_ports":[70000]}}})",
@@ -137,4 +145,14 @@ TEST(Inet, ParseAndContain) {
   auto sa = SockAddr::make(*IpAddr::parse("fd00::1"), 8080);
   EXPECT_EQ(sa.str(), "[fd00::1]:8080");
   EXPECT_EQ(sa.port(), 8080);
+}
+
+TEST(Inet, SockAddrParse) {
+  EXPECT_EQ(SockAddr::parse("10.0.0.10", 53)->str(), "10.0.0.10:53");
+  EXPECT_EQ(SockAddr::parse("10.0.0.10:5353", 53)->str(), "10.0.0.10:5353");
+  EXPECT_EQ(SockAddr::parse("fd00::a", 53)->str(), "[fd00::a]:53");
+  EXPECT_EQ(SockAddr::parse("[fd00::a]:54", 53)->str(), "[fd00::a]:54");
+  EXPECT_EQ(SockAddr::parse("[fd00::a]", 53)->str(), "[fd00::a]:53");
+  for (const char* bad : {"", "10.0.0.1:", "10.0.0.1:65536", "10.0.0.1:x", "[fd00::a", "[fd00::a]54", "host:53"})
+    EXPECT_FALSE(SockAddr::parse(bad, 53).ok()) << bad;
 }

@@ -4,6 +4,7 @@ before) and say which ran; capture and fail-closed must hold on every kernel."""
 import json
 import os
 import signal
+import subprocess
 
 import pytest
 
@@ -66,3 +67,21 @@ def test_capture_both_ways_and_fail_closed(v6):
         assert a.inspect(uid)["capture"]["bpf_stats"]["drop_no_listener"] >= 1
         a.ctl("unenroll", "--uid", uid)
         assert "lookup 133" not in t.pod.exec(["ip", "rule"]).stdout
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_dns_captured_without_fields_newer_than_the_kernel(v6):
+    """The DNS path (UDP to port 53 -> 15053, answered from the server's address) on this kernel:
+    it uses no sk_lookup field 5.10 lacks (ingress_ifindex is 5.17+)."""
+    with agent() as a, topology() as t:
+        srv = t.remote.popen([nstest.PY, os.path.join(nstest.LIB, "dns_server.py"), "::", "53", "quiet"],
+                             stdout=subprocess.PIPE, text=True)
+        t.procs.append(srv)
+        assert srv.stdout.readline().strip() == "ready"
+        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+        t.wait_v6_ready()
+        server = t.remote_ip6 if v6 else t.remote_ip
+        out = t.pod.exec([nstest.PY, os.path.join(nstest.LIB, "dns_client.py"), server, "53", "query", "a.test"])
+        assert out.stdout.strip() == "NOERROR 10.53.0.1 udp"
+        d = a.inspect(t.pod.name)
+        assert d["capture"]["bpf_stats"]["dns_assigned"] >= 1 and d["dns"]["answers"] == 1, d["dns"]
