@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -225,6 +226,78 @@ def data_path(args, tmp):
     return results
 
 
+DNS_ARMS = ("direct", "netsteer", "redirect")
+
+
+def dnsperf(ns, server, qfile, secs, qps=None):
+    """dnsperf from ns: queries/s, lost, and p50/p99 latency from its per-query lines (-v)."""
+    cmd = ["dnsperf", "-s", server, "-d", qfile, "-l", str(secs), "-c", "4", "-q", "200", "-t", "2", "-v"]
+    if qps:
+        cmd += ["-Q", str(qps)]
+    out = ns.exec(cmd, timeout=secs + 60).stdout
+    lat = sorted(float(l.split()[-1]) for l in out.splitlines() if l.startswith("> "))
+    num = lambda pat: float(re.search(pat, out).group(1))  # noqa: E731
+    pick = lambda q: lat[min(len(lat) - 1, int(len(lat) * q))] * 1000 if lat else None  # noqa: E731
+    return {"qps": num(r"Queries per second:\s+([\d.]+)"), "sent": int(num(r"Queries sent:\s+(\d+)")),
+            "lost": int(num(r"Queries lost:\s+(\d+)")), "p50_ms": pick(0.5), "p99_ms": pick(0.99)}
+
+
+def dns_path(args, tmp):
+    """The pod's DNS through each arm to dnsmasq in the remote: direct; netsteer (sk_lookup onto
+    the agent's 15053 proxy); iptables REDIRECT of udp/53 to a forwarder on 15053 in the pod
+    (Istio's way; the forwarder is dnsmasq with its cache off, running as nobody so its own
+    upstream queries skip the rule, forwarding to the same remote dnsmasq). Two loads per arm:
+    as fast as dnsperf goes (200 outstanding), and a fixed rate the direct arm answers fully."""
+    t = nstest.Topology()
+    pids = []
+    results = {}
+    try:
+        t.wait_v6_ready()
+        qfile = os.path.join(tmp, "dns-queries")
+        with open(qfile, "w") as f:
+            f.writelines(f"q{i}.bench.test A\n" for i in range(2000))
+        remote_pid = os.path.join(tmp, "dnsmasq-remote.pid")
+        t.remote.exec(["dnsmasq", "--no-resolv", "--no-hosts", "--bind-interfaces", f"--listen-address={t.remote_ip}",
+                       "--address=/bench.test/10.9.9.9", "--dns-forward-max=10000", f"--pid-file={remote_pid}",
+                       "--user=root"])
+        pids.append(remote_pid)
+        for arm in DNS_ARMS:
+            a = None
+            try:
+                if arm == "netsteer":
+                    a = nstest.Agent()
+                    a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+                elif arm == "redirect":
+                    fwd_pid = os.path.join(tmp, "dnsmasq-fwd.pid")
+                    t.pod.exec(["dnsmasq", "--no-resolv", "--no-hosts", "--port=15053", "--listen-address=127.0.0.1",
+                                "--bind-interfaces", "--cache-size=0", f"--server={t.remote_ip}",
+                                "--dns-forward-max=10000", f"--pid-file={fwd_pid}", "--user=nobody"])
+                    pids.append(fwd_pid)
+                    for r in ("-t nat -A OUTPUT -p udp --dport 53 -m owner --uid-owner 65534 -j RETURN",
+                              "-t nat -A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053"):
+                        t.pod.exec(["iptables"] + r.split())
+                r = {"max": dnsperf(t.pod, t.remote_ip, qfile, args.secs),
+                     "fixed": dnsperf(t.pod, t.remote_ip, qfile, args.secs, qps=args.dns_qps)}
+                if a is not None:
+                    r["agent"] = a.inspect(t.pod.name)["dns"]
+                    r["agent"].pop("upstream_latency", None)
+                results[arm] = r
+                print(f"  dns {arm}: done", flush=True)
+            finally:
+                if a is not None:
+                    a.ctl("unenroll", "--uid", t.pod.name, check=False)
+                    a.close()
+                t.pod.exec(["iptables", "-t", "nat", "-F"], check=False)
+    finally:
+        for pf in pids:
+            try:
+                os.kill(int(open(pf).read()), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+        t.close()
+    return results
+
+
 def bpf_runtime(tmp):
     """ns per run of the sk_lookup and tc guard programs while traffic flows (bpf_stats_enabled)."""
     old = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
@@ -340,6 +413,21 @@ def table(res):
     for d, rs in ratios.items():
         for k, v in rs.items():
             lines.append(f"- {d}: {k}: {v:.2f}" if v is not None else f"- {d}: {k}: n/a")
+    dn = res.get("dns_path")
+    if dn:
+        lines += ["", "| DNS arm | load | queries/s | p50 ms | p99 ms | lost of sent |", "|---|---|---:|---:|---:|---:|"]
+        for arm, r in dn.items():
+            for load in ("max", "fixed"):
+                x = r[load]
+                fmt = lambda v: f"{v:.3f}" if v is not None else "n/a"  # noqa: E731
+                lines.append(f"| {arm} | {load} | {x['qps']:.0f} | {fmt(x['p50_ms'])} | {fmt(x['p99_ms'])} | "
+                             f"{x['lost']} of {x['sent']} |")
+        if "netsteer" in dn and "redirect" in dn:
+            n, rd = dn["netsteer"], dn["redirect"]
+            lines.append(f"- netsteer/redirect queries/s at max load (target >= 1.2): {n['max']['qps'] / rd['max']['qps']:.2f}")
+            if n["fixed"]["p99_ms"] and rd["fixed"]["p99_ms"]:
+                lines.append(f"- netsteer/redirect p99 at the fixed load (target <= 1): "
+                             f"{n['fixed']['p99_ms'] / rd['fixed']['p99_ms']:.2f}")
     if res.get("bpf"):
         lines.append("")
         for k, v in res["bpf"].items():
@@ -366,6 +454,8 @@ def main():
     ap.add_argument("--pods", default=None, help="comma list of control-plane sizes")
     ap.add_argument("--json", default="bench/result.json")
     ap.add_argument("--tc-modes", default="tcx,clsact", help="tc guard attach modes measured in the control plane")
+    ap.add_argument("--dns", action="store_true", help="also the DNS path (dnsperf; direct, netsteer, REDIRECT)")
+    ap.add_argument("--dns-qps", type=int, default=5000, help="the fixed DNS load (queries/s)")
     ap.add_argument("--agent-args", default="", help="extra netsteerd flags for the control-plane agents "
                     "(A/B runs, e.g. --max-inbound-connections 4096)")
     args = ap.parse_args()
@@ -386,6 +476,10 @@ def main():
         if args.arms:
             print("data path ...", flush=True)
             res["data_path"] = data_path(args, tmp)
+            save()
+        if args.dns:
+            print("dns path ...", flush=True)
+            res["dns_path"] = dns_path(args, tmp)
             save()
         print("bpf run time ...", flush=True)
         res["bpf"] = bpf_runtime(tmp)

@@ -19,7 +19,7 @@ PKGS=(
   # vm: Debian kernels under qemu (scripts/vm)
   qemu-system-x86 cpio xz-utils
   # bench/ (its servers are started by the bench only; see the policy-rc.d guard below)
-  wrk nginx-light haproxy
+  wrk nginx-light haproxy dnsperf
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -205,6 +205,18 @@ Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir) {
   for (const char* need : {kProgSteer, kLinkSteer, "map_ns_sockets", "map_ns_bypass", "map_ns_stats"}) {
     if (!objs.has(need)) return Error::msg("pin " + pin_dir + "/" + need + " is missing", ENOENT);
   }
+  // Pins of an agent from before DNS capture: a socket map without the DNS slot, and a program
+  // that would not assign the DNS the new rules route to it. Replace them (the caller installs
+  // anew); the old link detaches with its last reference.
+  bpf_map_info info{};
+  uint32_t len = sizeof info;
+  if (::bpf_obj_get_info_by_fd(objs.ref("map_ns_sockets").get(), &info, &len) == 0 && info.max_entries < NS_SLOT_MAX) {
+    objs = BpfObjects(pin_dir, resident);  // our fds go before the pins
+    (void)remove_pins(pin_dir);
+    return Error::msg("pins of an older agent (socket map of " + std::to_string(info.max_entries) + " slots, " +
+                          std::to_string(NS_SLOT_MAX) + " needed): replaced",
+                      ENOEXEC);
+  }
   std::unique_ptr<PodBpf> pb(new PodBpf(std::move(objs)));
   NS_TRY_STATUS(pb->open_bypass());
   return pb;

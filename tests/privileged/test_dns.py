@@ -244,3 +244,22 @@ def test_takeover_upgrade_answers_dns_in_flight():
         assert ask(t, t.remote_ip6, "query", "a.test") == "NOERROR 10.53.0.1 udp"
         assert dns(a, uid)["answers"] == 1  # the new agent's counters: the query after the upgrade
         assert old.wait(15) == 0
+
+
+def test_restart_over_pins_of_an_agent_without_dns():
+    """An agent from before DNS capture left pins whose socket map has no DNS slot. The restarted
+    agent must not adopt them (its rule would route DNS to a program that does not assign it):
+    it replaces them and the pod's DNS works."""
+    with agent() as a, topology() as t:
+        dns_server(t, log=False)
+        uid = enrol_pod(t, a)
+        a.kill()
+        sockets = os.path.join(a.pin_root, uid, "map_ns_sockets")
+        os.unlink(sockets)
+        nstest.run(["bpftool", "map", "create", sockets, "type", "sockmap", "key", "4", "value", "8", "entries", "2",
+                    "name", "ns_sockets"])
+        a.restart()
+        assert "pins of an older agent (socket map of 2 slots, 3 needed): replaced" in a.logs()
+        assert [p["uid"] for p in a.pods()] == [uid]
+        assert ask(t, t.remote_ip, "query", "a.test") == "NOERROR 10.53.0.1 udp"
+        assert a.inspect(uid)["capture"]["bpf_stats"]["dns_assigned"] == 1
