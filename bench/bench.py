@@ -235,7 +235,9 @@ def dnsperf(ns, server, qfile, secs, qps=None):
     if qps:
         cmd += ["-Q", str(qps)]
     out = ns.exec(cmd, timeout=secs + 60).stdout
-    lat = sorted(float(l.split()[-1]) for l in out.splitlines() if l.startswith("> "))
+    # "> NOERROR name A 0.000165" per answered query; a lost one ("> T name A") has no latency.
+    lat = sorted(float(l.split()[-1]) for l in out.splitlines()
+                 if l.startswith("> ") and re.fullmatch(r"[\d.]+", l.split()[-1]))
     num = lambda pat: float(re.search(pat, out).group(1))  # noqa: E731
     pick = lambda q: lat[min(len(lat) - 1, int(len(lat) * q))] * 1000 if lat else None  # noqa: E731
     return {"qps": num(r"Queries per second:\s+([\d.]+)"), "sent": int(num(r"Queries sent:\s+(\d+)")),
