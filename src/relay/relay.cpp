@@ -94,6 +94,7 @@ int sock_error(int fd) {
 }
 
 // Every relayed socket, both sides: no Nagle, and dead-peer detection (keepalive, user timeout).
+// Upstreams get it at socket(); the client side inherits it from the listeners (Relay::add_pod).
 void tune_socket(int fd, const RelayOptions& o) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -294,7 +295,8 @@ class Worker {
       auto& ctr = l.pod->of(l.dir);
       ctr.opened++;
       ctr.active++;
-      tune_socket(fd, opts_);
+      // No setsockopt here: accepted sockets inherit TCP_NODELAY, keepalive and the user timeout
+      // from the listener (tuned once in add_pod).
       if (l.dir == Direction::tunnel) {
         raw->state = Conn::kRequest;
         raw->deadline_ms = now_ms() + opts_.connect_timeout_ms;
@@ -662,6 +664,7 @@ void Relay::broadcast(const std::function<void(Worker&)>& fn) {
 
 Status Relay::add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, int inbound_fd, int tunnel_fd) {
   if (!pod->bypass) return Error::msg("pod context without a bypass hook", EINVAL);
+  for (int fd : {outbound_fd, inbound_fd, tunnel_fd}) tune_socket(fd, opts_);
   broadcast([&](Worker& w) {
     w.add_listener(pod, Direction::outbound, outbound_fd);
     w.add_listener(pod, Direction::inbound, inbound_fd);
