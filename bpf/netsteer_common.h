@@ -13,6 +13,9 @@
 #define NS_PORT_INBOUND 15006
 #define NS_PORT_TUNNEL 15008
 #define NS_PORT_DNS 15053
+/* General UDP capture: the agent's UDP sockets share the TCP listeners' port numbers. */
+#define NS_PORT_UDP_OUTBOUND 15001
+#define NS_PORT_UDP_INBOUND 15006
 /* Relay-bypass entries per pod: one per inbound (and tunnel) upstream connection for its whole
  * life. sk_lookup sees the relay's own segments again whenever the app's listener has no socket
  * for the flow (SYN-cookie ACKs, segments after an accept-queue overflow, a SYN meeting the app's
@@ -27,8 +30,10 @@
 enum ns_slot {
 	NS_SLOT_OUTBOUND = 0,
 	NS_SLOT_INBOUND = 1,
-	NS_SLOT_DNS = 2, /* the 15053 UDP socket */
-	NS_SLOT_MAX = 3,
+	NS_SLOT_DNS = 2,         /* the 15053 UDP socket */
+	NS_SLOT_UDP_OUTBOUND = 3, /* the 15001 UDP socket: outbound UDP to the pod's listed ports */
+	NS_SLOT_UDP_INBOUND = 4,  /* the 15006 UDP socket: inbound UDP to the pod's listed ports */
+	NS_SLOT_MAX = 5,
 };
 
 /* Counter fields, listed once (X-macros) so the BPF structs, the agent's summing and its JSON
@@ -43,7 +48,11 @@ enum ns_slot {
 	X(drop_no_listener)   /* NS_DROP_NO_LISTENER: fail closed, the listener is gone */        \
 	X(drop_assign_failed) /* NS_DROP_ASSIGN_FAILED */                                       \
 	X(dns_assigned)       /* UDP to port 53 assigned to the 15053 socket */                   \
-	X(drop_no_dns_socket) /* NS_DROP_NO_LISTENER for DNS: fail closed, the socket is gone */
+	X(drop_no_dns_socket) /* NS_DROP_NO_LISTENER for DNS: fail closed, the socket is gone */ \
+	X(udp_outbound_assigned) /* UDP to a listed outbound port assigned to the 15001 UDP socket */ \
+	X(udp_inbound_assigned)  /* UDP to a listed pod port assigned to the 15006 UDP socket */   \
+	X(passed_udp_delivery)   /* the agent's own delivery of an inbound datagram, over lo */     \
+	X(drop_no_udp_socket)    /* NS_DROP_NO_LISTENER for UDP: fail closed, the socket is gone */
 
 /* "marked" = skb->mark & mark_mask == mark (the agent's own sockets). */
 #define NS_GUARD_COUNTER_FIELDS(X)                                                              \
@@ -57,7 +66,11 @@ enum ns_slot {
 	X(ingress_unmarked_bytes)                                                                 \
 	X(passed_strict_excluded) /* unmarked but excluded (or a bare RST): allowed when strict */ \
 	X(drop_strict)            /* NS_DROP_STRICT */                                            \
-	X(drop_spoofed)           /* NS_DROP_SPOOFED */
+	X(drop_spoofed)           /* NS_DROP_SPOOFED */                                           \
+	X(egress_udp_pkts)                                                                        \
+	X(ingress_udp_pkts)                                                                       \
+	X(egress_other_pkts)  /* IP packets neither TCP nor UDP (SCTP, ICMP, ...): never steered */ \
+	X(ingress_other_pkts)
 
 #define NS_U64_FIELD(name) __u64 name;
 
@@ -109,6 +122,9 @@ struct ns_config {
 #define NS_CFG_STRICT (1u << 0)
 /* Capture the pod's DNS (UDP to port 53 delivered by the capture route) onto 15053. */
 #define NS_CFG_DNS (1u << 5)
+/* General UDP: outbound to ns_udp_out_port, inbound to ns_udp_in_port (non-empty sets). */
+#define NS_CFG_UDP_OUT (1u << 6)
+#define NS_CFG_UDP_IN (1u << 7)
 /* Set when the exclusion map is non-empty: the fast path skips lookups in empty maps. */
 #define NS_CFG_EX_IN_PORT (1u << 1)
 #define NS_CFG_EX_IN_SRC (1u << 2)

@@ -4,8 +4,10 @@
  *
  * egress:  counts TCP leaving the pod with and without the agent's mark; in strict mode drops
  *          unmarked app TCP (capture was bypassed, e.g. the routing rule was deleted) unless an
- *          exclusion allows it or it is a bare RST.
- * ingress: counts arriving TCP; drops packets from outside that claim one of the pod's own
+ *          exclusion allows it or it is a bare RST, and unmarked UDP of a captured kind (DNS,
+ *          listed outbound ports, replies from listed inbound ports). Counts UDP and other IP
+ *          protocols (SCTP, ICMP: never steered) by packets.
+ * ingress: counts arriving TCP, UDP and other IP packets; drops packets from outside that claim one of the pod's own
  *          addresses as source (accept_local=1, which the capture path needs, would let them in).
  *
  * Returns TC_ACT_UNSPEC (-1, "next" for tcx and clsact) to pass and TC_ACT_SHOT (2) to drop.
@@ -24,6 +26,7 @@
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
 #define IPPROTO_ICMPV6 58
 
 struct {
@@ -38,6 +41,7 @@ struct ns_pkt {
 	struct ns_addr src, dst;
 	__u16 sport, dport; /* host byte order */
 	__u8 tcp;
+	__u8 udp;
 	__u8 rst_only;
 	__u8 icmpv6;
 };
@@ -72,6 +76,15 @@ static __always_inline int ns_parse(struct __sk_buff *skb, struct ns_pkt *p)
 		return -1;
 	}
 	p->icmpv6 = proto == IPPROTO_ICMPV6;
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *uh = (void *)th;
+		if ((void *)(uh + 1) > end)
+			return 0;
+		p->udp = 1;
+		p->sport = bpf_ntohs(uh->source);
+		p->dport = bpf_ntohs(uh->dest);
+		return 0;
+	}
 	if (proto != IPPROTO_TCP)
 		return 0;
 	if ((void *)(th + 1) > end)
@@ -94,6 +107,30 @@ static __always_inline int ns_is_marked(struct __sk_buff *skb, const struct ns_c
 	return cfg && (skb->mark & cfg->mark_mask) == cfg->mark;
 }
 
+/* Strict mode, UDP: what capture would have taken (DNS, a listed outbound port, a reply from a
+ * listed inbound port) may not leave unmarked, unless an exclusion allows it. Other UDP was never
+ * captured and passes. */
+static __always_inline int egress_udp(struct __sk_buff *skb, const struct ns_pkt *p, struct ns_guard_counters *c,
+				      const struct ns_config *cfg)
+{
+	c->egress_udp_pkts++;
+	if (!cfg || !(cfg->flags & NS_CFG_STRICT) || ns_is_marked(skb, cfg))
+		return NS_TC_NEXT;
+	__u32 f = cfg->flags;
+	int captured = (p->dport == 53 && (f & NS_CFG_DNS)) ||
+		       ((f & NS_CFG_UDP_OUT) && bpf_map_lookup_elem(&ns_udp_out_port, &p->dport)) ||
+		       ((f & NS_CFG_UDP_IN) && bpf_map_lookup_elem(&ns_udp_in_port, &p->sport));
+	if (!captured)
+		return NS_TC_NEXT;
+	if (bpf_map_lookup_elem(&ns_ex_in_port, &p->sport) || bpf_map_lookup_elem(&ns_ex_out_port, &p->dport) ||
+	    ns_in_prefixes(&ns_ex_out_cidr, &p->dst) || ns_in_prefixes(&ns_ex_in_src, &p->dst)) {
+		c->passed_strict_excluded++;
+		return NS_TC_NEXT;
+	}
+	c->drop_strict++;
+	return NS_TC_DROP;
+}
+
 SEC("tc")
 int netsteer_guard_egress(struct __sk_buff *skb)
 {
@@ -101,8 +138,14 @@ int netsteer_guard_egress(struct __sk_buff *skb)
 	struct ns_guard_counters *c = ns_counters();
 	struct ns_config *cfg = ns_get_config();
 
-	if (ns_parse(skb, &p) < 0 || !p.tcp || !c)
+	if (ns_parse(skb, &p) < 0 || !c)
 		return NS_TC_NEXT;
+	if (p.udp)
+		return egress_udp(skb, &p, c, cfg);
+	if (!p.tcp) {
+		c->egress_other_pkts++;
+		return NS_TC_NEXT;
+	}
 	if (ns_is_marked(skb, cfg)) {
 		c->egress_marked_pkts++;
 		c->egress_marked_bytes += skb->len;
@@ -137,8 +180,14 @@ int netsteer_guard_ingress(struct __sk_buff *skb)
 		c->drop_spoofed++;
 		return NS_TC_DROP;
 	}
-	if (!p.tcp)
+	if (p.udp) {
+		c->ingress_udp_pkts++;
 		return NS_TC_NEXT;
+	}
+	if (!p.tcp) {
+		c->ingress_other_pkts++;
+		return NS_TC_NEXT;
+	}
 	if (ns_is_marked(skb, cfg)) {
 		c->ingress_marked_pkts++;
 		c->ingress_marked_bytes += skb->len;

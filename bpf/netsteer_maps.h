@@ -38,6 +38,8 @@ NS_PORT_SET(ns_ex_in_port);    /* inbound destination ports not captured */
 NS_PORT_SET(ns_ex_out_port);   /* outbound destination ports not captured */
 NS_PREFIX_SET(ns_ex_out_cidr); /* outbound destinations not captured */
 NS_PREFIX_SET(ns_ex_in_src);   /* inbound sources not captured (kubelet probes) */
+NS_PORT_SET(ns_udp_out_port);  /* UDP captured outbound: remote ports */
+NS_PORT_SET(ns_udp_in_port);   /* UDP captured inbound: the pod's ports */
 
 /* One entry: struct ns_config (strict flag, the agent's mark). */
 struct {

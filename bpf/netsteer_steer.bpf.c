@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* netsteer_steer: per-pod sk_lookup program.
  *
- * Runs in the pod netns for every TCP SYN delivered locally (and every UDP datagram no connected
- * socket matched: the pod's DNS to port 53 is assigned to the 15053 socket). Connections to the pod's own
+ * Runs in the pod netns for every TCP SYN delivered locally, and every UDP datagram no connected
+ * socket matched: the pod's DNS to port 53 is assigned to the 15053 socket, UDP to listed outbound
+ * ports to the 15001 UDP socket, UDP to listed pod ports to the 15006 UDP socket (see steer_udp).
+ * Connections to the pod's own
  * addresses (inbound) are assigned to the 15006 listener; connections that are local only because
  * of the outbound policy route (table 133: local 0/0 via lo) are assigned to the 15001 listener.
  * When the listener is gone the SYN is dropped (fail closed) and counted.
@@ -68,6 +70,10 @@ static __always_inline int is_link_local(const struct ns_addr *a)
 	return b[0] == 0 && b[10] == 0xff && b[11] == 0xff && b[12] == 169 && b[13] == 254;
 }
 
+/* Set by the loader before load: the kernel has bpf_sk_lookup.ingress_ifindex (Linux 5.17).
+ * While 0 the verifier never visits the read of that field, so the program loads on 5.10. */
+const volatile __u8 ns_have_ingress_ifindex = 0;
+
 static __always_inline int is_loopback(const struct ns_addr *a)
 {
 	const __u8 *b = a->bytes;
@@ -81,6 +87,92 @@ static __always_inline int is_loopback(const struct ns_addr *a)
 	if (zero && !b[10] && !b[11] && !b[12] && !b[13] && !b[14] && b[15] == 1)
 		return 1;
 	return 0;
+}
+
+/* Assigns the socket of `slot`; a missing socket drops (fail closed) and is counted. */
+static __always_inline int assign(struct bpf_sk_lookup *ctx, struct ns_steer_counters *stats, __u32 slot)
+{
+	struct bpf_sock *sk = bpf_map_lookup_elem(&ns_sockets, &slot);
+	if (!sk) {
+		/* Fail closed: the agent's listener is gone. The SYN (or datagram) is dropped. */
+		if (slot == NS_SLOT_DNS)
+			stat_inc(drop_no_dns_socket);
+		else if (slot == NS_SLOT_UDP_OUTBOUND || slot == NS_SLOT_UDP_INBOUND)
+			stat_inc(drop_no_udp_socket);
+		else
+			stat_inc(drop_no_listener);
+		return SK_DROP;
+	}
+	/* NO_REUSEPORT: the socket in our map is the one meant; skip the kernel's reuseport group
+	 * selection after the program (and it lets BPF_PROG_TEST_RUN measure this path). */
+	long err = bpf_sk_assign(ctx, sk, BPF_SK_LOOKUP_F_NO_REUSEPORT);
+	bpf_sk_release(sk);
+	if (err) {
+		stat_inc(drop_assign_failed);
+		return SK_DROP;
+	}
+	switch (slot) {
+	case NS_SLOT_INBOUND: stat_inc(inbound_assigned); break;
+	case NS_SLOT_DNS: stat_inc(dns_assigned); break;
+	case NS_SLOT_UDP_OUTBOUND: stat_inc(udp_outbound_assigned); break;
+	case NS_SLOT_UDP_INBOUND: stat_inc(udp_inbound_assigned); break;
+	default: stat_inc(outbound_assigned);
+	}
+	return SK_PASS;
+}
+
+/* The slot for a UDP datagram no connected socket took, or NS_SLOT_MAX to pass it untouched.
+ *   Not to a pod address: it was delivered locally only by a capture rule (table 133), so it is
+ *   the pod's own outbound traffic: DNS (port 53) → 15053; a listed outbound port → 15001/udp; and
+ *   what the app sends from a listed inbound port (the `sport` rule brings it here) to a peer with
+ *   no session → 15001/udp as an outbound flow. Outbound exclusions apply.
+ *   To a pod address on a listed inbound port, from outside the pod → 15006/udp, unless it came in
+ *   on lo: that is the agent delivering a captured datagram to the app (SO_BINDTODEVICE lo, with
+ *   the client's address as source, so the address cannot tell it from the client's own next
+ *   datagram; the interface can). Inbound exclusions apply. Needs ingress_ifindex (5.17): the
+ *   agent refuses inbound UDP ports on older kernels, and this branch then never assigns. */
+static __always_inline __u32 udp_slot(struct bpf_sk_lookup *ctx, struct ns_steer_counters *stats, __u32 flags,
+				      const struct ns_addr *local, const struct ns_addr *remote, __u16 lport,
+				      __u16 rport)
+{
+	__u32 slot;
+
+	if (!bpf_map_lookup_elem(&ns_pod_addrs, local)) {
+		if (is_link_local(local)) {
+			stat_inc(passed_local);
+			return NS_SLOT_MAX;
+		}
+		if (lport == 53 && (flags & NS_CFG_DNS))
+			slot = NS_SLOT_DNS;
+		else if (((flags & NS_CFG_UDP_OUT) && bpf_map_lookup_elem(&ns_udp_out_port, &lport)) ||
+			 ((flags & NS_CFG_UDP_IN) && bpf_map_lookup_elem(&ns_udp_in_port, &rport)))
+			slot = NS_SLOT_UDP_OUTBOUND;
+		else {
+			stat_inc(passed_local);
+			return NS_SLOT_MAX;
+		}
+		if (((flags & NS_CFG_EX_OUT_PORT) && bpf_map_lookup_elem(&ns_ex_out_port, &lport)) ||
+		    ((flags & NS_CFG_EX_OUT_CIDR) && ns_in_prefixes(&ns_ex_out_cidr, local))) {
+			stat_inc(passed_excluded);
+			return NS_SLOT_MAX;
+		}
+		return slot;
+	}
+	if (!(flags & NS_CFG_UDP_IN) || !bpf_map_lookup_elem(&ns_udp_in_port, &lport) || is_loopback(remote) ||
+	    bpf_map_lookup_elem(&ns_pod_addrs, remote)) {
+		stat_inc(passed_local);
+		return NS_SLOT_MAX;
+	}
+	if (!ns_have_ingress_ifindex || ctx->ingress_ifindex == 1 /* lo */) {
+		stat_inc(passed_udp_delivery);
+		return NS_SLOT_MAX;
+	}
+	if (((flags & NS_CFG_EX_IN_PORT) && bpf_map_lookup_elem(&ns_ex_in_port, &lport)) ||
+	    ((flags & NS_CFG_EX_IN_SRC) && ns_in_prefixes(&ns_ex_in_src, remote))) {
+		stat_inc(passed_excluded);
+		return NS_SLOT_MAX;
+	}
+	return NS_SLOT_UDP_INBOUND;
 }
 
 SEC("sk_lookup")
@@ -119,19 +211,14 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 	cfg = ns_get_config();
 	flags = cfg ? cfg->flags : 0;
 
-	slot = NS_SLOT_MAX; /* not chosen yet */
 	if (ctx->protocol == IPPROTO_UDP) {
-		/* Only the pod's DNS: UDP to port 53 of another address, delivered locally by the
-		 * capture rule (`ipproto udp dport 53 lookup 133`); from here on it is outbound. Other
-		 * UDP passes (a datagram the rule does not route here never was captured). */
-		if (lport != 53 || !(flags & NS_CFG_DNS) || bpf_map_lookup_elem(&ns_pod_addrs, &local)) {
-			stat_inc(passed_local);
+		slot = udp_slot(ctx, stats, flags, &local, &remote, lport, rport);
+		if (slot == NS_SLOT_MAX)
 			return SK_PASS;
-		}
-		slot = NS_SLOT_DNS;
+		return assign(ctx, stats, slot);
 	}
 
-	if (slot != NS_SLOT_DNS && bpf_map_lookup_elem(&ns_pod_addrs, &local)) {
+	if (bpf_map_lookup_elem(&ns_pod_addrs, &local)) {
 		/* To the pod's own address from loopback or from the pod itself: pod-local, not captured. */
 		if (is_loopback(&remote) || bpf_map_lookup_elem(&ns_pod_addrs, &remote)) {
 			stat_inc(passed_local);
@@ -165,34 +252,9 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 			stat_inc(passed_excluded);
 			return SK_PASS;
 		}
-		if (slot != NS_SLOT_DNS)
-			slot = NS_SLOT_OUTBOUND;
+		slot = NS_SLOT_OUTBOUND;
 	}
-
-	struct bpf_sock *sk = bpf_map_lookup_elem(&ns_sockets, &slot);
-	if (!sk) {
-		/* Fail closed: the agent's listener is gone. The SYN (or datagram) is dropped. */
-		if (slot == NS_SLOT_DNS)
-			stat_inc(drop_no_dns_socket);
-		else
-			stat_inc(drop_no_listener);
-		return SK_DROP;
-	}
-	/* NO_REUSEPORT: the socket in our map is the one meant; skip the kernel's reuseport group
-	 * selection after the program (and it lets BPF_PROG_TEST_RUN measure this path). */
-	long err = bpf_sk_assign(ctx, sk, BPF_SK_LOOKUP_F_NO_REUSEPORT);
-	bpf_sk_release(sk);
-	if (err) {
-		stat_inc(drop_assign_failed);
-		return SK_DROP;
-	}
-	if (slot == NS_SLOT_INBOUND)
-		stat_inc(inbound_assigned);
-	else if (slot == NS_SLOT_DNS)
-		stat_inc(dns_assigned);
-	else
-		stat_inc(outbound_assigned);
-	return SK_PASS;
+	return assign(ctx, stats, slot);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -24,7 +24,8 @@ json Pod::to_json(bool detail) const {
   if (detail) {
     j["capture"] = capture ? capture->to_json() : json();
     j["relay"] = relay_ctx ? relay_ctx->counters_json() : json();
-    j["dns"] = dns_ctx ? dns_ctx->to_json() : json();
+    j["dns"] = udp_ctx && udp_ctx->dns ? udp_ctx->dns->to_json() : json();
+    j["udp"] = udp_ctx && !spec.udp.empty() ? udp_ctx->to_json() : json();
   }
   return j;
 }
@@ -92,7 +93,9 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     if (given) {
       pod->listeners = std::move(*given);  // the previous agent's sockets (handover)
     } else {
-      auto listeners = create_listeners(protocol::kAgentMark, captures_dns(pod->spec));
+      NS_TRY(auto udp, udp_ports(pod->spec));
+      ListenerWants want{captures_dns(pod->spec), !udp.empty(), !udp.inbound_ports.empty()};
+      auto listeners = create_listeners(protocol::kAgentMark, want);
       if (!listeners.ok()) return std::move(listeners).error().wrap("create listeners in pod netns");
       pod->listeners = std::move(*listeners);
     }
@@ -102,6 +105,8 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     cfg.exclusions = pod->spec.exclusions;
     cfg.strict = pod->spec.strict;
     cfg.dns = captures_dns(pod->spec) && pod->listeners.dns.fd.valid();
+    if (pod->listeners.udp_outbound.fd) cfg.udp.outbound_ports = pod->spec.udp.outbound_ports;
+    if (pod->listeners.udp_outbound.fd && pod->listeners.udp_inbound.fd) cfg.udp.inbound_ports = pod->spec.udp.inbound_ports;
     cfg.tc_mode = dp_->tc_mode;
     cfg.pin_dir = pin_dir(pod->spec.uid);
     cfg.bpf_pool = bpf_pool_.get();
@@ -111,6 +116,9 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     pod->capture = std::move(*cap);
     auto set = pod->capture->bpf().set_listeners(pod->listeners.outbound.fd.get(), pod->listeners.inbound.fd.get(),
                                                  cfg.dns ? pod->listeners.dns.fd.get() : -1);
+    for (auto [l, slot] : {std::pair{&pod->listeners.udp_outbound, NS_SLOT_UDP_OUTBOUND},
+                           {&pod->listeners.udp_inbound, NS_SLOT_UDP_INBOUND}})
+      if (set.ok() && l->fd) set = pod->capture->bpf().set_socket(slot, l->fd.get(), l->role.c_str());
     if (!set.ok()) {
       (void)pod->capture->remove();
       return std::move(set).error().wrap("put listeners into the socket map");
@@ -147,6 +155,7 @@ Status EnrolmentManager::attach_data_path(Pod& pod) {
   ctx->uid = pod.spec.uid;
   NS_TRY(ctx->netns, pod.netns.dup());
   ctx->pod_ips = pod.spec.ips;
+  if (captures_dns(pod.spec)) ctx->dns_upstream = pod.spec.dns_upstream ? pod.spec.dns_upstream : dp_->dns_upstream;
   // The relay only calls this while the pod is registered; remove_pod waits for the workers.
   if (pod.capture) {
     bpf::PodBpf* bpf = &pod.capture->bpf();
@@ -159,15 +168,32 @@ Status EnrolmentManager::attach_data_path(Pod& pod) {
       !st.ok())
     return std::move(st).error().wrap("register pod with the relay");
   pod.relay_ctx = std::move(ctx);
-  if (!dp_->dns || !pod.listeners.dns.fd.valid()) return {};
-  auto d = std::make_shared<dns::PodDns>();
-  d->uid = pod.spec.uid;
-  NS_TRY(d->netns, pod.netns.dup());
-  d->upstream = pod.spec.dns_upstream;
-  if (auto st = dp_->dns->add_pod(d, pod.listeners.dns.fd.get()); !st.ok())
-    return std::move(st).error().wrap("register pod with the DNS proxy");
-  pod.dns_ctx = std::move(d);
+  const auto& l = pod.listeners;
+  if (!dp_->udp || (!l.dns.fd && !l.udp_outbound.fd && !l.udp_inbound.fd)) return {};
+  auto u = std::make_shared<udp::PodUdp>();
+  u->uid = pod.spec.uid;
+  NS_TRY(u->netns, pod.netns.dup());
+  if (l.dns.fd) {
+    u->dns = std::make_shared<dns::PodDns>();
+    u->dns->upstream = pod.spec.dns_upstream;
+  }
+  if (auto st = dp_->udp->add_pod(u, {l.dns.fd ? l.dns.fd.get() : -1, l.udp_outbound.fd ? l.udp_outbound.fd.get() : -1,
+                                      l.udp_inbound.fd ? l.udp_inbound.fd.get() : -1});
+      !st.ok())
+    return std::move(st).error().wrap("register pod with the UDP proxy");
+  pod.udp_ctx = std::move(u);
   return {};
+}
+
+Result<protocol::UdpPorts> EnrolmentManager::udp_ports(const protocol::PodSpec& spec) const {
+  if (spec.udp.empty()) return spec.udp;
+  if (!dp_ || !dp_->capture || !dp_->udp)
+    return Error::msg("pod " + spec.uid + " lists UDP ports, but this agent captures no UDP (--capture none)", EOPNOTSUPP);
+  if (!spec.udp.inbound_ports.empty() && !bpf::have_sk_lookup_ingress_ifindex())
+    return Error::msg("inbound UDP capture (udp inbound ports) needs bpf_sk_lookup.ingress_ifindex, Linux >= 5.17; "
+                      "this kernel lacks it (outbound UDP and DNS capture work here)",
+                      EOPNOTSUPP);
+  return spec.udp;
 }
 
 namespace {
@@ -175,7 +201,10 @@ namespace {
 void add_pod_totals(NodeTotals& t, const Pod& pod) {
   if (pod.relay_ctx)
     for (int d = 0; d < 3; ++d) t.relay[d] += pod.relay_ctx->counters[d].snapshot();
-  if (pod.dns_ctx) t.dns += pod.dns_ctx->snapshot();
+  if (pod.udp_ctx) {
+    t.udp += pod.udp_ctx->snapshot();
+    if (pod.udp_ctx->dns) t.dns += pod.udp_ctx->dns->snapshot();
+  }
   if (pod.capture)
     if (auto st = pod.capture->bpf().stats(); st.ok()) t.bpf += *st;
 }
@@ -205,8 +234,8 @@ void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
   // only then may the capture object go (found by ASan: use after free in clear_bypass).
   if (pod.relay_ctx) dp_->relay->remove_pod(pod.relay_ctx);
   pod.relay_ctx.reset();
-  if (pod.dns_ctx) dp_->dns->remove_pod(pod.dns_ctx);
-  pod.dns_ctx.reset();
+  if (pod.udp_ctx) dp_->udp->remove_pod(pod.udp_ctx);
+  pod.udp_ctx.reset();
   pod.capture.reset();
   pod.listeners = {};  // the SOCKMAP entries vanish with the sockets
 }
@@ -351,11 +380,13 @@ std::vector<HandoverPod> EnrolmentManager::export_pods() const {
     h.record = PodRecord{p->spec, p->netns.id(), false, p->capture ? p->capture->state().to_json() : json::object()};
     h.family = p->listeners.family;
     h.netns = dup_fd(p->netns.fd());
-    h.outbound = dup_fd(p->listeners.outbound.fd.get());
-    h.inbound = dup_fd(p->listeners.inbound.fd.get());
-    h.tunnel = dup_fd(p->listeners.tunnel.fd.get());
-    if (p->listeners.dns.fd) h.dns = dup_fd(p->listeners.dns.fd.get());
-    if (!h.netns || !h.outbound || !h.inbound || !h.tunnel || (p->listeners.dns.fd && !h.dns)) {
+    bool ok = h.netns.valid();
+    for (const Listener* l : p->listeners.all()) {
+      if (!l->fd) continue;
+      h.sockets.emplace_back(l->role, dup_fd(l->fd.get()));
+      ok = ok && h.sockets.back().second.valid();
+    }
+    if (!ok) {
       spdlog::error("pod {}: cannot hand over: dup: {}", uid, std::strerror(errno));
       continue;
     }
@@ -376,10 +407,19 @@ void EnrolmentManager::adopt(std::vector<HandoverPod> pods) {
     }
     PodListeners given;
     given.family = h.family;
-    given.outbound = {std::move(h.outbound), protocol::kPortOutbound, "outbound"};
-    given.inbound = {std::move(h.inbound), protocol::kPortInbound, "inbound"};
-    given.tunnel = {std::move(h.tunnel), protocol::kPortTunnel, "tunnel"};
-    if (h.dns) given.dns = {std::move(h.dns), protocol::kPortDns, "dns"};
+    bool known = true;
+    for (auto& [role, fd] : h.sockets) {
+      Listener* l = given.slot_of_role(role);
+      if (!l) {
+        known = false;
+        break;
+      }
+      *l = {std::move(fd), port_of_role(role), role};
+    }
+    if (!known) {
+      spdlog::error("pod {}: handed-over sockets include an unknown role; skipped", uid);
+      continue;
+    }
     auto prev = capture::CaptureState::from_json(h.record.capture);
     auto pod = build(h.record.spec, std::move(*ns), &prev, std::move(given));
     if (!pod.ok()) {

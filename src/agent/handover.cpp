@@ -1,6 +1,7 @@
 #include "netsteer/agent/handover.h"
 
 #include <fcntl.h>
+#include <algorithm>
 #include <sys/socket.h>
 
 #include <nlohmann/json.hpp>
@@ -14,7 +15,6 @@ using nlohmann::json;
 namespace {
 
 constexpr size_t kMaxPacket = protocol::kMaxMessageSize;
-constexpr size_t kFdsPerPod = 4;  // + the DNS socket when the pod has one
 
 // Blocking with deadlines for the duration of the exchange (the control server's sockets are
 // non-blocking): a stuck peer costs at most `timeout` per packet.
@@ -47,9 +47,13 @@ Status send_handover(protocol::SeqpacketChannel& ch, const std::vector<HandoverP
   NS_TRY_STATUS(make_blocking(ch.fd(), timeout));
   NS_TRY_STATUS(ch.send(json{{"ok", true}, {"error", ""}, {"pods", pods.size()}}.dump()));
   for (const auto& p : pods) {
-    json j{{"record", record_to_json(p.record)}, {"family", p.family}};
-    std::vector<int> fds{p.netns.get(), p.outbound.get(), p.inbound.get(), p.tunnel.get()};
-    if (p.dns) fds.push_back(p.dns.get());
+    json names = json::array();
+    std::vector<int> fds{p.netns.get()};
+    for (const auto& [role, fd] : p.sockets) {
+      names.push_back(role);
+      fds.push_back(fd.get());
+    }
+    json j{{"record", record_to_json(p.record)}, {"family", p.family}, {"sockets", names}};
     NS_TRY_STATUS(ch.send(j.dump(), fds));
   }
   NS_TRY_STATUS(ch.send(json{{"control", true}}.dump(), {control_fd}));
@@ -75,17 +79,25 @@ Result<Handover> request_handover(const std::string& socket_path, std::chrono::m
     return Error::msg("handover: header without a pod count", EPROTO);
   for (uint64_t i = 0, count = n->get<uint64_t>(); i < count; ++i) {
     NS_TRY(auto p, recv_packet(h.channel, timeout, "a pod"));
-    if (p.fds.size() != kFdsPerPod && p.fds.size() != kFdsPerPod + 1)
-      return Error::msg("handover: pod packet with " + std::to_string(p.fds.size()) + " fds (want 4 or 5)", EPROTO);
     NS_TRY(json j, parse_object(p, "pod"));
+    std::vector<std::string> names{"outbound", "inbound", "tunnel", "dns"};  // before "sockets" existed
+    if (auto s = j.find("sockets"); s != j.end()) {
+      if (!s->is_array()) return Error::msg("handover: pod packet with malformed socket names", EPROTO);
+      names.clear();
+      for (const auto& n : *s) names.push_back(n.is_string() ? n.get<std::string>() : "");
+    } else {
+      names.resize(std::min(names.size(), p.fds.size() > 0 ? p.fds.size() - 1 : 0));
+    }
+    if (p.fds.size() != names.size() + 1 || names.size() < 3 || names[0] != "outbound" || names[1] != "inbound" ||
+        names[2] != "tunnel")
+      return Error::msg("handover: pod packet with " + std::to_string(p.fds.size()) + " fds for " +
+                            std::to_string(names.size()) + " named sockets (want the netns, outbound, inbound, tunnel...)",
+                        EPROTO);
     HandoverPod hp;
     NS_TRY(hp.record, record_from_json(j.value("record", json::object())));
     hp.family = j.value("family", "dual");
     hp.netns = std::move(p.fds[0]);
-    hp.outbound = std::move(p.fds[1]);
-    hp.inbound = std::move(p.fds[2]);
-    hp.tunnel = std::move(p.fds[3]);
-    if (p.fds.size() > kFdsPerPod) hp.dns = std::move(p.fds[4]);
+    for (size_t i = 0; i < names.size(); ++i) hp.sockets.emplace_back(names[i], std::move(p.fds[i + 1]));
     h.pods.push_back(std::move(hp));
   }
   NS_TRY(auto last, recv_packet(h.channel, timeout, "the control socket"));

@@ -50,12 +50,39 @@ nlohmann::json PodListeners::to_json() const {
   auto one = [&](const Listener& l) {
     return nlohmann::json{{"port", l.port}, {"role", l.role}, {"family", family}, {"open", l.fd.valid()}};
   };
-  auto a = nlohmann::json::array({one(outbound), one(inbound), one(tunnel)});
-  if (dns.fd) a.push_back(one(dns));
+  auto a = nlohmann::json::array();
+  for (const Listener* l : all())
+    if (l->fd || l == &outbound || l == &inbound || l == &tunnel) a.push_back(one(*l));
   return a;
 }
 
-Result<PodListeners> create_listeners(uint32_t mark, bool dns) {
+std::vector<Listener*> PodListeners::all() { return {&outbound, &inbound, &tunnel, &dns, &udp_outbound, &udp_inbound}; }
+std::vector<const Listener*> PodListeners::all() const {
+  return {&outbound, &inbound, &tunnel, &dns, &udp_outbound, &udp_inbound};
+}
+Listener* PodListeners::by_role(std::string_view role) {
+  for (Listener* l : all())
+    if (l->role == role) return l;
+  return nullptr;
+}
+
+Listener* PodListeners::slot_of_role(std::string_view role) {
+  static constexpr std::string_view kRoles[] = {"outbound", "inbound", "tunnel", "dns", "udp_outbound", "udp_inbound"};
+  auto slots = all();
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (kRoles[i] == role) return slots[i];
+  return nullptr;
+}
+
+uint16_t port_of_role(std::string_view role) {
+  if (role == "outbound" || role == "udp_outbound") return protocol::kPortOutbound;
+  if (role == "inbound" || role == "udp_inbound") return protocol::kPortInbound;
+  if (role == "tunnel") return protocol::kPortTunnel;
+  if (role == "dns") return protocol::kPortDns;
+  return 0;
+}
+
+Result<PodListeners> create_listeners(uint32_t mark, const ListenerWants& want) {
   // Dual-stack first; a netns without IPv6 (ipv6.disable=1 on the kernel) gets IPv4 sockets.
   for (int family : {AF_INET6, AF_INET}) {
     PodListeners pl;
@@ -69,10 +96,14 @@ Result<PodListeners> create_listeners(uint32_t mark, bool dns) {
     } wants[] = {{&pl.outbound, protocol::kPortOutbound, "outbound", true},
                  {&pl.inbound, protocol::kPortInbound, "inbound", true},
                  {&pl.tunnel, protocol::kPortTunnel, "tunnel", false},
-                 {&pl.dns, protocol::kPortDns, "dns", true, SOCK_DGRAM}};
+                 {&pl.dns, protocol::kPortDns, "dns", true, SOCK_DGRAM},
+                 {&pl.udp_outbound, protocol::kPortUdpOutbound, "udp_outbound", true, SOCK_DGRAM},
+                 {&pl.udp_inbound, protocol::kPortUdpInbound, "udp_inbound", true, SOCK_DGRAM}};
     Status st;
     for (auto& w : wants) {
-      if (w.l == &pl.dns && !dns) continue;
+      if ((w.l == &pl.dns && !want.dns) || (w.l == &pl.udp_outbound && !want.udp_outbound) ||
+          (w.l == &pl.udp_inbound && !want.udp_inbound))
+        continue;
       auto fd = make_listener(family, w.port, w.transparent, mark, w.type);
       if (!fd.ok()) {
         st = std::move(fd).error().wrap(std::string(w.role) + " listener");

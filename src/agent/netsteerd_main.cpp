@@ -77,19 +77,27 @@ int main(int argc, char** argv) {
   app.add_option("--pipe-size", ropts.pipe_size, "splice pipe size in bytes")->capture_default_str();
   bool no_dns = false;
   app.add_flag("--no-dns", no_dns, "capture no pod's DNS (by default UDP to port 53 goes to the 15053 proxy)");
-  dns::Options dopts;
+  udp::Options dopts;
   std::string dns_upstream;
   app.add_option("--dns-upstream", dns_upstream,
                  "ADDR[:PORT]: answer captured DNS from this resolver (e.g. a node-local cache) instead of the "
                  "server the pod asked; the pod still sees the answer come from that server (a pod's own wins)");
-  app.add_option("--dns-query-timeout-ms", dopts.query_timeout_ms, "a DNS query unanswered this long counts as an upstream timeout")
+  app.add_option("--dns-query-timeout-ms", dopts.dns_query_timeout_ms, "a DNS query unanswered this long counts as an upstream timeout")
       ->capture_default_str()
       ->check(CLI::Range(100, 60000));
-  app.add_option("--dns-session-idle-ms", dopts.session_idle_ms, "a DNS flow (client socket, server) idle this long is closed")
+  app.add_option("--dns-session-idle-ms", dopts.dns_session_idle_ms, "a DNS flow (client socket, server) idle this long is closed")
       ->capture_default_str()
       ->check(CLI::Range(100, 3600000));
-  app.add_option("--dns-max-sessions", dopts.max_sessions_per_pod,
+  app.add_option("--dns-max-sessions", dopts.dns_max_sessions_per_pod,
                  "per pod: DNS flows kept at once; beyond it the least recently used is closed (counted)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  int udp_idle_s = 60;
+  app.add_option("--udp-idle-s", udp_idle_s, "a captured UDP flow with no datagram either way this long is closed")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 86400));
+  app.add_option("--udp-max-flows", dopts.udp_max_flows_per_pod,
+                 "per pod: UDP flows (both directions) kept at once; beyond it the least recently used is closed (counted)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
   bool cleanup_on_exit = false;
@@ -211,23 +219,25 @@ int main(int argc, char** argv) {
     spdlog::critical("cannot start the relay: {}", relay.error().message);
     return 1;
   }
-  std::unique_ptr<dns::Proxy> dns_proxy;
-  if (capture_mode == "bpf" && !no_dns) {
+  // One thread for every captured UDP flow: DNS (unless --no-dns) and the pods' listed UDP ports.
+  std::unique_ptr<udp::Proxy> udp_proxy;
+  if (capture_mode == "bpf") {
     dopts.mark = protocol::kAgentMark;
+    dopts.udp_idle_ms = udp_idle_s * 1000;
     if (!dns_upstream.empty()) {
       auto a = SockAddr::parse(dns_upstream, 53);
       if (!a.ok()) {
         spdlog::critical("--dns-upstream: {}", a.error().message);
         return 2;
       }
-      dopts.upstream = *a;
+      dopts.dns_upstream = *a;
     }
-    auto d = dns::Proxy::start(dopts);
+    auto d = udp::Proxy::start(dopts);
     if (!d.ok()) {
-      spdlog::critical("cannot start the DNS proxy: {}", d.error().message);
+      spdlog::critical("cannot start the UDP proxy: {}", d.error().message);
       return 1;
     }
-    dns_proxy = std::move(*d);
+    udp_proxy = std::move(*d);
   }
   std::unique_ptr<agent::KubeApiClient> kube_client;
   if (!kube_api.empty()) {
@@ -255,7 +265,7 @@ int main(int argc, char** argv) {
     spdlog::info("pod labels from the Kubernetes API at {} (excludePodLabels)", kube.server);
   }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, dns_proxy.get()});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream});
   // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
   std::optional<agent::Handover> handover;
   if (takeover) {
@@ -299,7 +309,9 @@ int main(int argc, char** argv) {
         {"relay_workers", (*relay)->workers()},
         {"relay", (*relay)->stats()},
         {"relay_timeouts", (*relay)->timeouts()},
-        {"dns", dns_proxy ? dns_proxy->options() : nlohmann::json()},
+        {"udp_proxy", udp_proxy ? udp_proxy->options() : nlohmann::json()},
+        {"dns_capture", udp_proxy && !no_dns},
+        {"udp_inbound_capture", bpf::have_sk_lookup_ingress_ifindex()},
         {"max_inbound_connections", max_inbound_conns},
         {"tc_mode", bpf::to_string(tc_mode)},
         {"kernel", features.kernel_release},
@@ -368,9 +380,9 @@ int main(int argc, char** argv) {
     // relaying what is established until it finishes, the drain timeout, or SIGTERM/SIGINT.
     manager.detach_store();
     (*relay)->stop_accepting();
-    if (dns_proxy) dns_proxy->stop_accepting();  // its sessions answer what is in flight
+    if (udp_proxy) udp_proxy->stop_accepting();  // its flows answer what is in flight
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(drain_timeout_s);
-    auto in_flight = [&] { return (*relay)->connections() + (dns_proxy ? dns_proxy->pending_queries() : 0); };
+    auto in_flight = [&] { return (*relay)->connections() + (udp_proxy ? udp_proxy->pending_queries() : 0); };
     size_t left = in_flight();
     spdlog::info("handed over to the new agent; draining {} connections and DNS queries (at most {} s)", left,
                  drain_timeout_s);

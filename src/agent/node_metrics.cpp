@@ -83,15 +83,35 @@ std::string render_node_metrics(const NodeMetricsInput& in) {
   }
   w.histogram("netsteer_dns_upstream_latency_seconds", "Upstream DNS answer latency.", lat);
 
+  const udp::Totals& u = t.udp;
+  w.family("netsteer_udp_flows_total", "counter", "Captured UDP flows opened (DNS not included), by direction.");
+  w.sample("netsteer_udp_flows_total", static_cast<double>(u.outbound_flows), {{"direction", "outbound"}});
+  w.sample("netsteer_udp_flows_total", static_cast<double>(u.inbound_flows), {{"direction", "inbound"}});
+  w.family("netsteer_udp_datagrams_total", "counter", "Datagrams carried for captured UDP flows (up: from the flow's client).");
+  w.sample("netsteer_udp_datagrams_total", static_cast<double>(u.datagrams_up), {{"way", "up"}});
+  w.sample("netsteer_udp_datagrams_total", static_cast<double>(u.datagrams_down), {{"way", "down"}});
+  w.family("netsteer_udp_bytes_total", "counter", "Payload bytes carried for captured UDP flows.");
+  w.sample("netsteer_udp_bytes_total", static_cast<double>(u.bytes_up), {{"way", "up"}});
+  w.sample("netsteer_udp_bytes_total", static_cast<double>(u.bytes_down), {{"way", "down"}});
+  w.family("netsteer_udp_flows_evicted_total", "counter", "UDP flows closed because the per-pod bound was reached.");
+  w.sample("netsteer_udp_flows_evicted_total", static_cast<double>(u.flows_evicted));
+  w.family("netsteer_udp_icmp_reflected_total", "counter", "ICMP errors from upstream given to the pod's app.");
+  w.sample("netsteer_udp_icmp_reflected_total", static_cast<double>(u.icmp_reflected));
+  w.family("netsteer_udp_flows", "gauge", "Captured UDP flows open now.");
+  w.sample("netsteer_udp_flows", static_cast<double>(u.active_flows));
+
   const bpf::PodBpfStats& b = t.bpf;
   w.family("netsteer_bpf_sk_lookup_total", "counter", "sk_lookup program runs for TCP, by outcome.");
   w.sample("netsteer_bpf_sk_lookup_total", static_cast<double>(b.lookups), {{"outcome", "all"}});
   for (auto [o, v] : {std::pair{"inbound_assigned", b.inbound_assigned}, {"outbound_assigned", b.outbound_assigned},
                       {"passed_local", b.passed_local}, {"passed_excluded", b.passed_excluded},
-                      {"passed_bypass", b.passed_bypass}, {"dns_assigned", b.dns_assigned}})
+                      {"passed_bypass", b.passed_bypass}, {"dns_assigned", b.dns_assigned},
+                      {"udp_outbound_assigned", b.udp_outbound_assigned}, {"udp_inbound_assigned", b.udp_inbound_assigned},
+                      {"passed_udp_delivery", b.passed_udp_delivery}})
     w.sample("netsteer_bpf_sk_lookup_total", static_cast<double>(v), {{"outcome", o}});
   w.family("netsteer_bpf_drops_total", "counter", "Connections or packets dropped in BPF, by reason (ns_drop_reason).");
   for (auto [r, v] : {std::pair{"no_listener", b.drop_no_listener}, {"no_dns_socket", b.drop_no_dns_socket},
+                      {"no_udp_socket", b.drop_no_udp_socket},
                       {"assign_failed", b.drop_assign_failed},
                       {"strict", b.drop_strict}, {"spoofed", b.drop_spoofed}})
     w.sample("netsteer_bpf_drops_total", static_cast<double>(v), {{"reason", r}});

@@ -22,6 +22,7 @@ const char* cap_name(int c) {
     case CAP_BPF: return "CAP_BPF";
     case CAP_SYS_RESOURCE: return "CAP_SYS_RESOURCE";
     case CAP_NET_BIND_SERVICE: return "CAP_NET_BIND_SERVICE";
+    case CAP_NET_RAW: return "CAP_NET_RAW";
     default: return "?";
   }
 }
@@ -41,7 +42,10 @@ int last_cap() {
 
 const std::vector<int>& kept_capabilities() {
   // CAP_NET_BIND_SERVICE: the DNS proxy answers from the server's address and port 53.
-  static const std::vector<int> v{CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF, CAP_SYS_RESOURCE, CAP_NET_BIND_SERVICE};
+  // CAP_NET_RAW: the UDP proxy's raw sockets (replies to inbound UDP clients from the port the app
+  // holds, ICMP errors reflected to apps) and SO_BINDTODEVICE on inbound delivery sockets.
+  static const std::vector<int> v{CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF, CAP_SYS_RESOURCE, CAP_NET_BIND_SERVICE,
+                                  CAP_NET_RAW};
   return v;
 }
 

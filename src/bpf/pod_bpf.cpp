@@ -5,6 +5,7 @@
 #include <net/if.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
@@ -103,6 +104,7 @@ Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns) {
   auto& sm = s->steer.p->maps;
   if (int r = bpf_map__set_max_entries(sm.ns_bypass, max_inbound_conns); r < 0)
     return Error::from_libbpf(r, "size the bypass map");
+  s->steer.p->rodata->ns_have_ingress_ifindex = have_sk_lookup_ingress_ifindex() ? 1 : 0;
   if (int r = netsteer_steer__load(s->steer.p); r < 0) return Error::from_libbpf(r, "load sk_lookup program netsteer_steer");
 
   // The guard shares the pod's address, exclusion and config maps with the steering program.
@@ -111,7 +113,9 @@ Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns) {
   auto& gm = s->guard.p->maps;
   std::pair<bpf_map*, bpf_map*> shared[] = {{gm.ns_pod_addrs, sm.ns_pod_addrs},   {gm.ns_ex_in_port, sm.ns_ex_in_port},
                                             {gm.ns_ex_out_port, sm.ns_ex_out_port}, {gm.ns_ex_out_cidr, sm.ns_ex_out_cidr},
-                                            {gm.ns_ex_in_src, sm.ns_ex_in_src},   {gm.ns_config, sm.ns_config}};
+                                            {gm.ns_ex_in_src, sm.ns_ex_in_src},   {gm.ns_config, sm.ns_config},
+                                            {gm.ns_udp_out_port, sm.ns_udp_out_port},
+                                            {gm.ns_udp_in_port, sm.ns_udp_in_port}};
   for (auto [g, m] : shared) {
     int r = bpf_map__reuse_fd(g, bpf_map__fd(m));
     if (r < 0) return Error::from_libbpf(r, std::string("share map ") + bpf_map__name(g));
@@ -163,11 +167,16 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
     NS_TRY_STATUS(BpfMap<ns_lpm_key, uint8_t>(bpf_map__fd(sm.ns_ex_out_cidr)).put(to_lpm(p), one));
   for (const auto& p : cfg.exclusions.inbound_sources)
     NS_TRY_STATUS(BpfMap<ns_lpm_key, uint8_t>(bpf_map__fd(sm.ns_ex_in_src)).put(to_lpm(p), one));
+  for (uint16_t p : cfg.udp_outbound_ports)
+    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(bpf_map__fd(sm.ns_udp_out_port)).put(p, one));
+  for (uint16_t p : cfg.udp_inbound_ports)
+    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(bpf_map__fd(sm.ns_udp_in_port)).put(p, one));
   ns_config c{};
   c.flags = (cfg.strict ? NS_CFG_STRICT : 0) | (cfg.exclusions.inbound_ports.empty() ? 0 : NS_CFG_EX_IN_PORT) |
             (cfg.exclusions.inbound_sources.empty() ? 0 : NS_CFG_EX_IN_SRC) |
             (cfg.exclusions.outbound_ports.empty() ? 0 : NS_CFG_EX_OUT_PORT) |
-            (cfg.exclusions.outbound_cidrs.empty() ? 0 : NS_CFG_EX_OUT_CIDR) | (cfg.dns ? NS_CFG_DNS : 0);
+            (cfg.exclusions.outbound_cidrs.empty() ? 0 : NS_CFG_EX_OUT_CIDR) | (cfg.dns ? NS_CFG_DNS : 0) |
+            (cfg.udp_outbound_ports.empty() ? 0 : NS_CFG_UDP_OUT) | (cfg.udp_inbound_ports.empty() ? 0 : NS_CFG_UDP_IN);
   c.mark = cfg.mark;
   c.mark_mask = cfg.mark_mask;
   NS_TRY_STATUS(BpfMap<uint32_t, ns_config>(bpf_map__fd(sm.ns_config)).put(0, c));
@@ -189,7 +198,8 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
   NS_TRY_STATUS(pin_dup(kProgGuardIngress, bpf_program__fd(guard.p->progs.netsteer_guard_ingress)));
   NS_TRY_STATUS(pin_dup(kProgGuardEgress, bpf_program__fd(guard.p->progs.netsteer_guard_egress)));
   for (bpf_map* m : {sm.ns_sockets, sm.ns_pod_addrs, sm.ns_bypass, sm.ns_ex_in_port, sm.ns_ex_out_port,
-                     sm.ns_ex_out_cidr, sm.ns_ex_in_src, sm.ns_config, sm.ns_stats, gm.ns_guard_stats})
+                     sm.ns_ex_out_cidr, sm.ns_ex_in_src, sm.ns_udp_out_port, sm.ns_udp_in_port, sm.ns_config, sm.ns_stats,
+                     gm.ns_guard_stats})
     NS_TRY_STATUS(pin_dup(map_pin(bpf_map__name(m)), bpf_map__fd(m)));
   NS_TRY_STATUS(pb->open_bypass());
 
@@ -285,6 +295,29 @@ Status PodBpf::set_listeners(int outbound_fd, int inbound_fd, int dns_fd) {
       return std::move(st).error().wrap("put the DNS socket into the socket map");
   }
   return {};
+}
+
+Status PodBpf::set_socket(uint32_t slot, int fd, const char* what) {
+  if (auto st = BpfMap<uint32_t, uint64_t>(objs_.fd("map_ns_sockets")).put(slot, static_cast<uint64_t>(fd)); !st.ok())
+    return std::move(st).error().wrap(std::string("put the ") + what + " socket into the socket map");
+  return {};
+}
+
+bool have_sk_lookup_ingress_ifindex() {
+  static const bool have = [] {
+    // r0 = *(u32 *)(r1 + offsetof(ingress_ifindex)); r0 = 1; exit. Rejected before 5.17.
+    bpf_insn insns[] = {
+        {BPF_LDX | BPF_MEM | BPF_W, BPF_REG_0, BPF_REG_1, static_cast<int16_t>(offsetof(bpf_sk_lookup, ingress_ifindex)), 0},
+        {BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 1},
+        {BPF_JMP | BPF_EXIT, 0, 0, 0, 0},
+    };
+    LIBBPF_OPTS(bpf_prog_load_opts, o, .expected_attach_type = BPF_SK_LOOKUP);
+    int fd = bpf_prog_load(BPF_PROG_TYPE_SK_LOOKUP, "ns_probe_ifidx", "GPL", insns, 3, &o);
+    if (fd < 0) return false;
+    ::close(fd);
+    return true;
+  }();
+  return have;
 }
 
 Status PodBpf::add_bypass(const SockAddr& local) {

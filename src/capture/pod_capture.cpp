@@ -103,7 +103,7 @@ std::vector<RuleSpec> capture_rules(const CaptureConfig& cfg) {
     };
     auto excluded = [&](uint32_t prio) {  // TCP (and DNS) that matches goes by the main table: not captured
       auto r = rule(prio, RT_TABLE_MAIN);
-      if (!cfg.dns) r.ipproto = IPPROTO_TCP;
+      if (!cfg.dns && cfg.udp.empty()) r.ipproto = IPPROTO_TCP;
       return r;
     };
     for (uint16_t p : cfg.exclusions.inbound_ports) rules.emplace_back(excluded(kExInboundPortPriority)).sport = p;
@@ -126,6 +126,22 @@ std::vector<RuleSpec> capture_rules(const CaptureConfig& cfg) {
       dns.ipproto = IPPROTO_UDP;
       dns.dport = 53;
       rules.push_back(dns);
+    }
+    auto udp = [&](uint16_t sport, uint16_t dport) {
+      auto r = rule(kCapturePriority, kCaptureTable);
+      r.ipproto = IPPROTO_UDP;
+      r.sport = sport;
+      r.dport = dport;
+      rules.push_back(r);
+    };
+    for (uint16_t p : cfg.udp.outbound_ports) udp(0, p);
+    for (uint16_t p : cfg.udp.inbound_ports) udp(p, 0);
+    if (family == AF_INET6 && !cfg.udp.inbound_ports.empty()) {
+      auto d = rule(kDeliveryPriority, kCaptureTable);
+      d.fwmark = cfg.mark;
+      d.fwmask = cfg.mark_mask;
+      d.oifname = "lo";
+      rules.push_back(d);
     }
   }
   return rules;
@@ -178,7 +194,8 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
       spdlog::warn("re-opening pins under {} failed ({}): installing anew", cfg.pin_dir, adopted.error().message);
     }
   }
-  bpf::PodBpfConfig bc{cfg.pod_ips, cfg.exclusions, cfg.strict, cfg.mark, cfg.mark_mask, cfg.dns};
+  bpf::PodBpfConfig bc{cfg.pod_ips, cfg.exclusions, cfg.strict, cfg.mark, cfg.mark_mask, cfg.dns,
+                       cfg.udp.outbound_ports, cfg.udp.inbound_ports};
   auto t0 = std::chrono::steady_clock::now();
   if (!pc->bpf_) {
     NS_TRY(bpf::LoadedPodBpf loaded, cfg.bpf_pool ? cfg.bpf_pool->take() : bpf::LoadedPodBpf::load(cfg.max_inbound_conns));

@@ -32,6 +32,7 @@ std::string RuleSpec::str() const {
   std::string s = std::string(fam(family)) + "rule priority " + std::to_string(priority);
   if (fwmark) s += " fwmark " + hex(*fwmark) + "/" + hex(fwmask);
   if (dst) s += " to " + dst->str();
+  if (!oifname.empty()) s += " oif " + oifname;
   if (ipproto) s += " ipproto " + proto_name(ipproto);
   if (sport) s += " sport " + std::to_string(sport);
   if (dport) s += " dport " + std::to_string(dport);
@@ -122,6 +123,7 @@ nlmsghdr* rule_msg(char* buf, uint16_t type, uint16_t flags, const RuleSpec& r) 
     fib_rule_port_range pr{r.dport, r.dport};
     mnl_attr_put(nlh, FRA_DPORT_RANGE, sizeof pr, &pr);
   }
+  if (!r.oifname.empty()) mnl_attr_put_strz(nlh, FRA_OIFNAME, r.oifname.c_str());
   if (r.dst) {
     frh->dst_len = r.dst->len;
     put_addr(nlh, FRA_DST, r.dst->addr);

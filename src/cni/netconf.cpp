@@ -95,6 +95,14 @@ Result<NetConf> parse_netconf(std::string_view bytes) {
   auto exr = protocol::exclusions_from_json(ex);
   if (!exr.ok()) return Error::msg("netconf exclusions: " + exr.error().message, kInvalidConfig);
   c.exclusions = std::move(*exr);
+  json udp = json::object();
+  for (auto [from, to] : {std::pair{"udpOutboundPorts", "outbound_ports"}, {"udpInboundPorts", "inbound_ports"}}) {
+    auto it = j.find(from);
+    if (it != j.end() && !it->is_null()) udp[to] = *it;
+  }
+  auto udpr = protocol::udp_ports_from_json(udp);
+  if (!udpr.ok()) return Error::msg("netconf udpOutboundPorts/udpInboundPorts: " + udpr.error().message, kInvalidConfig);
+  c.udp = std::move(*udpr);
 
   if (auto it = j.find("prevResult"); it != j.end() && !it->is_null()) {
     if (!it->is_object()) return config_error("prevResult", "an object");

@@ -91,6 +91,7 @@ class Command {
     pod.strict = conf_.strict;
     pod.no_dns = !conf_.capture_dns;
     pod.dns_upstream = conf_.dns_upstream;
+    pod.udp = conf_.udp;
     pod.skip_labels = skip_labels();
     Outcome out;
     auto c = connect(&out, prev_result());

@@ -104,6 +104,10 @@ int main(int argc, char** argv) {
   enroll->add_option("--exclude-inbound-source", ex_in_sources, "client prefix not captured inbound (repeat)");
   enroll->add_flag("--strict", pod.strict, "drop app TCP that leaves the pod without capture");
   enroll->add_flag("--no-dns", pod.no_dns, "do not capture the pod's DNS (UDP to port 53) onto 15053");
+  enroll->add_option("--udp-outbound-port", pod.udp.outbound_ports,
+                     "remote UDP port whose traffic goes through the agent (repeat; opt-in)");
+  enroll->add_option("--udp-inbound-port", pod.udp.inbound_ports,
+                     "pod UDP port whose inbound traffic goes through the agent (repeat; opt-in, Linux >= 5.17)");
   std::string dns_upstream;
   enroll->add_option("--dns-upstream", dns_upstream,
                      "ADDR[:PORT]: answer the pod's DNS from this resolver (default: the agent's, else the server asked)");

@@ -131,6 +131,9 @@ Result<PodSpec> pod_from_json(const json& j) {
   if (ex != j.end() && !ex->is_null()) {
     NS_TRY(p.exclusions, exclusions_from_json(*ex));
   }
+  if (auto u = j.find("udp"); u != j.end() && !u->is_null()) {
+    NS_TRY(p.udp, udp_ports_from_json(*u));
+  }
   return p;
 }
 
@@ -170,6 +173,26 @@ Result<Exclusions> exclusions_from_json(const json& j) {
   return e;
 }
 
+json udp_ports_to_json(const UdpPorts& u) {
+  return json{{"outbound_ports", u.outbound_ports}, {"inbound_ports", u.inbound_ports}};
+}
+
+Result<UdpPorts> udp_ports_from_json(const json& j) {
+  if (!j.is_object()) return field_error("udp", "an object");
+  UdpPorts u;
+  for (auto [field, to] : {std::pair{"outbound_ports", &u.outbound_ports}, {"inbound_ports", &u.inbound_ports}}) {
+    auto ports = get_ports(j, field);
+    if (!ports.ok()) return std::move(ports).error().wrap("udp");
+    *to = std::move(*ports);
+  }
+  // 53 is DNS (captureDns / no_dns); the agent's own ports cannot be captured.
+  for (const auto* v : {&u.outbound_ports, &u.inbound_ports})
+    for (uint16_t port : *v)
+      if (port == 53 || port == kPortOutbound || port == kPortInbound || port == kPortTunnel || port == kPortDns)
+        return field_error("udp", "ports other than 53 (DNS has its own switch) and the agent's 15001/15006/15008/15053");
+  return u;
+}
+
 json pod_to_json(const PodSpec& p) {
   json ips = json::array();
   for (const auto& a : p.ips) ips.push_back(a.str());
@@ -179,6 +202,7 @@ json pod_to_json(const PodSpec& p) {
   if (!p.skip_labels.empty()) j["skip_labels"] = p.skip_labels;
   if (p.no_dns) j["no_dns"] = true;
   if (p.dns_upstream) j["dns_upstream"] = p.dns_upstream->str();
+  if (!p.udp.empty()) j["udp"] = udp_ports_to_json(p.udp);
   return j;
 }
 

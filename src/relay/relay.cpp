@@ -326,6 +326,7 @@ class Worker {
           raw->redirected = true;
         }
       }
+      if (l.dir == Direction::outbound && dst.port() == 53 && l.pod->dns_upstream) dst = *l.pod->dns_upstream;
       start_upstream(*raw, dst, client);
     }
   }

@@ -37,7 +37,7 @@ expect_refused() {  # $1: what, $2: sed expression applied to daemonset.yaml
   echo "refused ($1): $(tail -n1 "$TMP/out")"
 }
 expect_refused "a numeric image" 's|image: ghcr.io/netsteer/netsteer:0.1.0|image: 42|'
-expect_refused "an extra capability" 's|- NET_BIND_SERVICE|- NET_BIND_SERVICE\n                - NET_RAW|'
+expect_refused "an extra capability" 's|- NET_BIND_SERVICE|- NET_BIND_SERVICE\n                - SYS_PTRACE|'
 expect_refused "hostPID" 's|hostPID: false|hostPID: true|'
 expect_refused "maxSurge 1 without --takeover" '/- --takeover$/d'
 expect_refused "maxSurge 2" 's|maxSurge: 1|maxSurge: 2|'

@@ -18,7 +18,7 @@ const models = {
     require("kubernetes-models/rbac.authorization.k8s.io/v1").ClusterRoleBinding,
 };
 // The agent's documented capability set (deploy/README.md explains each).
-const AGENT_CAPS = ["BPF", "NET_ADMIN", "NET_BIND_SERVICE", "SYS_ADMIN", "SYS_RESOURCE"];
+const AGENT_CAPS = ["BPF", "NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW", "SYS_ADMIN", "SYS_RESOURCE"];
 
 function fail(file, doc, msg) {
   console.error(`FAIL ${file}: ${doc}: ${msg}`);

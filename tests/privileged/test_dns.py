@@ -259,7 +259,7 @@ def test_restart_over_pins_of_an_agent_without_dns():
         nstest.run(["bpftool", "map", "create", sockets, "type", "sockmap", "key", "4", "value", "8", "entries", "2",
                     "name", "ns_sockets"])
         a.restart()
-        assert "pins of an older agent (socket map of 2 slots, 3 needed): replaced" in a.logs()
+        assert "pins of an older agent (socket map of 2 slots, 5 needed): replaced" in a.logs()
         assert [p["uid"] for p in a.pods()] == [uid]
         assert ask(t, t.remote_ip, "query", "a.test") == "NOERROR 10.53.0.1 udp"
         assert a.inspect(uid)["capture"]["bpf_stats"]["dns_assigned"] == 1

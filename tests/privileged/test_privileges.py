@@ -10,7 +10,7 @@ import nstest
 from nstest import agent, topology
 
 APP = 8080
-KEPT = {"CAP_SYS_ADMIN": 21, "CAP_NET_ADMIN": 12, "CAP_BPF": 39, "CAP_SYS_RESOURCE": 24, "CAP_NET_BIND_SERVICE": 10}
+KEPT = {"CAP_SYS_ADMIN": 21, "CAP_NET_ADMIN": 12, "CAP_BPF": 39, "CAP_SYS_RESOURCE": 24, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_RAW": 13}
 
 
 @pytest.fixture(autouse=True)

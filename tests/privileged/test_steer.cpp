@@ -84,7 +84,7 @@ class SteerTest : public ::testing::Test {
 TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
   auto pns = ns(pod);
   netns::NetnsExecutor exec(1);
-  auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539, false); });
+  auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539, {}); });
   ASSERT_TRUE(listeners.ok()) << listeners.error().message;
   // The pod's app on 8080.
   auto app = exec.run(pns, []() -> Result<UniqueFd> {
@@ -162,7 +162,7 @@ TEST_F(SteerTest, PoolSpareIsLoadedOnceAndSteers) {
   };
   auto pns = ns(pod);
   netns::NetnsExecutor exec(1);
-  auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539, false); });
+  auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539, {}); });
   ASSERT_TRUE(listeners.ok()) << listeners.error().message;
 
   bpf::PodBpfPool pool;

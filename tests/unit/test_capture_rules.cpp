@@ -71,6 +71,25 @@ TEST(CaptureRules, ExclusionsGetRulesAheadOfCapture) {
     EXPECT_TRUE(r.table != RT_TABLE_MAIN || r.fwmark || r.priority < kCapturePriority) << r.str();
 }
 
+TEST(CaptureRules, UdpPortsGetRulesAndInboundV6GetsTheDeliveryRule) {
+  auto c = cfg_with({"10.1.0.5", "fd00::5"});
+  c.udp.outbound_ports = {9000};
+  c.udp.inbound_ports = {7100};
+  c.exclusions.outbound_ports = {9001};
+  auto s = strs(capture_rules(c));
+  auto has = [&](const std::string& x) { return std::find(s.begin(), s.end(), x) != s.end(); };
+  EXPECT_TRUE(has("rule priority 100 ipproto udp dport 9000 lookup 133"));
+  EXPECT_TRUE(has("-6 rule priority 100 ipproto udp dport 9000 lookup 133"));
+  EXPECT_TRUE(has("rule priority 100 ipproto udp sport 7100 lookup 133"));  // the app's replies
+  EXPECT_TRUE(has("-6 rule priority 98 fwmark 0x539/0xfff oif lo lookup 133"));
+  EXPECT_FALSE(has("rule priority 98 fwmark 0x539/0xfff oif lo lookup 133"));  // v4 needs none
+  // With UDP captured, exclusions cover every protocol (not TCP only).
+  EXPECT_TRUE(has("rule priority 92 dport 9001 lookup main"));
+  c.udp.inbound_ports.clear();
+  s = strs(capture_rules(c));
+  EXPECT_FALSE(has("-6 rule priority 98 fwmark 0x539/0xfff oif lo lookup 133"));
+}
+
 TEST(CaptureState, RoundTripsAndIgnoresForeignSysctlKeys) {
   CaptureState st;
   st.sysctls = {{"net/ipv4/conf/eth0/accept_local", "0"}};

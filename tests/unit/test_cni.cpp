@@ -39,6 +39,8 @@ TEST(CniNetconf, ParsesDefaultsAndOptions) {
   j["excludeOutboundCIDRs"] = {"10.96.0.0/12"};
   j["excludeInboundSources"] = {"169.254.1.1/32"};
   j["excludeNamespaces"] = {"kube-system"};
+  j["udpOutboundPorts"] = {4789};
+  j["udpInboundPorts"] = {7100, 7101};
   auto c = parse_netconf(j.dump());
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_EQ(c->socket_path, "/run/x.sock");
@@ -48,6 +50,12 @@ TEST(CniNetconf, ParsesDefaultsAndOptions) {
   EXPECT_FALSE(c->capture_dns);
   ASSERT_TRUE(c->dns_upstream);
   EXPECT_EQ(c->dns_upstream->str(), "169.254.20.10:53");
+  EXPECT_EQ(c->udp.outbound_ports, (std::vector<uint16_t>{4789}));
+  EXPECT_EQ(c->udp.inbound_ports, (std::vector<uint16_t>{7100, 7101}));
+  j["udpInboundPorts"] = {53};
+  auto bad = parse_netconf(j.dump());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("udpInboundPorts"), std::string::npos) << bad.error().message;
   EXPECT_EQ(c->exclusions.inbound_ports, (std::vector<uint16_t>{9090, 15021}));  // normalised (sorted)
   EXPECT_EQ(c->exclusions.outbound_cidrs.at(0).str(), "10.96.0.0/12");
   EXPECT_EQ(c->exclusions.inbound_sources.at(0).str(), "169.254.1.1/32");

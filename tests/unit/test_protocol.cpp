@@ -18,6 +18,8 @@ TEST(Protocol, AddRoundTrip) {
   r.pod.strict = true;
   r.pod.no_dns = true;
   r.pod.dns_upstream = *SockAddr::parse("[fd00::53]:5353", 53);
+  r.pod.udp.outbound_ports = {9000, 4789};
+  r.pod.udp.inbound_ports = {7100};
   auto d = decode_request(encode_request(r));
   ASSERT_TRUE(d.ok()) << d.error().message;
   EXPECT_EQ(d->type, MsgType::kAdd);
@@ -33,6 +35,8 @@ TEST(Protocol, AddRoundTrip) {
   EXPECT_TRUE(d->pod.no_dns);
   ASSERT_TRUE(d->pod.dns_upstream);
   EXPECT_EQ(d->pod.dns_upstream->str(), "[fd00::53]:5353");
+  EXPECT_EQ(d->pod.udp.outbound_ports, (std::vector<uint16_t>{4789, 9000}));
+  EXPECT_EQ(d->pod.udp.inbound_ports, (std::vector<uint16_t>{7100}));
 }
 
 TEST(Protocol, DelByNetnsRoundTrip) {
@@ -96,6 +100,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","ips":["10.0.0.300"]}})", "invalid IP address"},
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","strict":"yes"}})", "'strict' must be a boolean"},
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","no_dns":1}})", "'no_dns' must be a boolean"},
+        BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","udp":[7]}})", "'udp' must be an object"},
+        BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","udp":{"outbound_ports":[0]}}})", "udp: field 'outbound_ports'"},
+        BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","udp":{"inbound_ports":[53]}}})", "ports other than 53"},
+        BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","udp":{"outbound_ports":[15001]}}})", "ports other than 53"},
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","dns_upstream":"10.0.0.1:0"}})", "bad port"},
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","dns_upstream":"resolver:53"}})", "not an IP address"},
         BadCase{R"({"type":"add","version":1,"pod":{"uid":"a","exclusions":{"inbound_ports":[0]}}})",

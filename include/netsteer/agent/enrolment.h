@@ -20,6 +20,7 @@
 #include "netsteer/capture/pod_capture.h"
 #include "netsteer/common/result.h"
 #include "netsteer/dns/dns.h"
+#include "netsteer/udp/udp.h"
 #include "netsteer/metrics/metrics.h"
 #include "netsteer/netns/netns.h"
 #include "netsteer/protocol/messages.h"
@@ -38,8 +39,11 @@ struct Dataplane {
   bool capture = true;
   // Per pod: concurrent inbound relay connections (the size of its sk_lookup bypass map).
   uint32_t max_inbound_conns = bpf::kDefaultMaxInboundConns;
-  // The DNS proxy for captured DNS (nullptr: no pod's DNS is captured).
-  dns::Proxy* dns = nullptr;
+  // The UDP proxy for captured DNS and UDP (nullptr: no UDP of any pod is captured).
+  udp::Proxy* udp = nullptr;
+  bool dns = true;  // capture pods' DNS (agent-wide; a pod may opt out)
+  // The agent-wide --dns-upstream, which the relay also applies to TCP DNS (a pod's own wins).
+  std::optional<SockAddr> dns_upstream;
 };
 
 struct Pod {
@@ -48,7 +52,7 @@ struct Pod {
   PodListeners listeners;
   std::unique_ptr<capture::PodCapture> capture;
   std::shared_ptr<relay::PodContext> relay_ctx;
-  std::shared_ptr<dns::PodDns> dns_ctx;
+  std::shared_ptr<udp::PodUdp> udp_ctx;  // with its DNS counters when DNS is captured
   std::chrono::system_clock::time_point enrolled_at;
   double enrol_ms = 0;  // fd received → capture ready
   std::string state_record;  // its state-file entry, serialised once (see serialize_record)
@@ -67,6 +71,7 @@ struct NodeTotals {
   relay::DirectionTotals relay[3];  // by relay::Direction
   bpf::PodBpfStats bpf;
   dns::Totals dns;
+  udp::Totals udp;
 };
 
 class EnrolmentManager {
@@ -109,7 +114,11 @@ class EnrolmentManager {
 
  private:
   // The pod's DNS is captured: a BPF data plane with a DNS proxy, and the pod did not opt out.
-  bool captures_dns(const protocol::PodSpec& spec) const { return dp_ && dp_->capture && dp_->dns && !spec.no_dns; }
+  bool captures_dns(const protocol::PodSpec& spec) const {
+    return dp_ && dp_->capture && dp_->udp && dp_->dns && !spec.no_dns;
+  }
+  // The pod's listed UDP ports, when the agent can capture them (else an error naming why).
+  Result<protocol::UdpPorts> udp_ports(const protocol::PodSpec& spec) const;
   // `started`: when the request arrived (a pod's enrol_ms runs from there to capture ready).
   // Learns the netns cookie (into pod->netns.id()); with `recorded` (restore), fails with ESTALE
   // before binding or installing anything when the cookie shows `ns` is not the recorded netns.

@@ -27,8 +27,12 @@ namespace netsteer::agent {
 struct HandoverPod {
   PodRecord record;
   std::string family;  // the listeners' family ("dual" or "ipv4")
-  UniqueFd netns, outbound, inbound, tunnel;
-  UniqueFd dns;  // the UDP 15053 socket, when the pod's DNS is captured (a 5th fd)
+  UniqueFd netns;
+  // The pod's open sockets by role ("outbound", "inbound", "tunnel", then "dns", "udp_outbound",
+  // "udp_inbound" when open); the wire names them in the pod packet ("sockets"), fds in that order
+  // after the netns. A packet without names (an agent from before UDP capture) is 4 or 5 fds in
+  // the first order.
+  std::vector<std::pair<std::string, UniqueFd>> sockets;
 };
 
 struct Handover {

@@ -32,7 +32,13 @@ struct PodBpfConfig {
   uint32_t mark = protocol::kAgentMark;
   uint32_t mark_mask = protocol::kAgentMarkMask;
   bool dns = false;  // NS_CFG_DNS: UDP to port 53 onto the 15053 socket
+  std::vector<uint16_t> udp_outbound_ports;  // NS_CFG_UDP_OUT: remote ports onto the 15001 UDP socket
+  std::vector<uint16_t> udp_inbound_ports;   // NS_CFG_UDP_IN: pod ports onto the 15006 UDP socket
 };
+
+// bpf_sk_lookup.ingress_ifindex (Linux 5.17), which inbound UDP capture needs to tell the agent's
+// own delivery (over lo) from the client's next datagram. Probed once (a 3-instruction program).
+bool have_sk_lookup_ingress_ifindex();
 
 // Steering and guard counters, summed over CPUs (field names as in bpf/netsteer_common.h).
 struct PodBpfStats : ns_steer_counters, ns_guard_counters {
@@ -100,6 +106,8 @@ class PodBpf {
   // Slot 0: the 15001 listener, slot 1: the 15006 listener.
   // dns_fd < 0: the pod's DNS is not captured (its slot stays empty).
   Status set_listeners(int outbound_fd, int inbound_fd, int dns_fd = -1);
+  // Any other slot (NS_SLOT_UDP_*): the socket that captured datagrams of that kind go to.
+  Status set_socket(uint32_t slot, int fd, const char* what);
   // The relay's inbound upstream socket bound to the client's address: let its segments reach
   // the app for the connection's whole life. A full map is E2BIG.
   Status add_bypass(const SockAddr& local);

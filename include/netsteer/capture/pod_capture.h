@@ -26,6 +26,9 @@ namespace netsteer::capture {
 inline constexpr uint32_t kCaptureTable = 133;
 inline constexpr uint32_t kCapturePriority = 100;
 inline constexpr uint32_t kMarkedPriority = 99;
+// IPv6 inbound UDP: the agent's delivery to the app (marked, bound to lo) must route by table 133
+// (`local ::/0 dev lo`), the only IPv6 route out of lo for a remote-looking destination.
+inline constexpr uint32_t kDeliveryPriority = 98;
 // Exclusion rules sit ahead of the capture rule (see DESIGN.md: replies to traffic that bypassed
 // inbound capture would otherwise be swallowed by it).
 inline constexpr uint32_t kExInboundPortPriority = 90;
@@ -38,6 +41,9 @@ struct CaptureConfig {
   protocol::Exclusions exclusions;
   bool strict = false;
   bool dns = false;  // capture UDP to port 53 (rule `ipproto udp dport 53 lookup 133`, NS_CFG_DNS)
+  // General UDP: `ipproto udp dport P lookup 133` per outbound port, `ipproto udp sport P lookup
+  // 133` per inbound port (the app's replies reach the agent's delivery socket).
+  protocol::UdpPorts udp;
   bpf::TcMode tc_mode = bpf::TcMode::tcx;
   std::string pin_dir;
   // Where the pod's BPF objects come from already loaded (nullptr: loaded during install).

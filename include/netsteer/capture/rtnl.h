@@ -25,6 +25,7 @@ struct RuleSpec {
   uint8_t ipproto = 0;
   uint16_t sport = 0, dport = 0;
   std::optional<Prefix> dst;
+  std::string oifname;  // "lo": packets of sockets bound to that device (SO_BINDTODEVICE)
   std::string str() const;  // in `ip rule` syntax, for logs and inspect
   bool operator==(const RuleSpec&) const = default;
 };

@@ -1,21 +1,10 @@
-// The DNS proxy: answers the pod's captured DNS over UDP (sk_lookup assigns every datagram to
-// port 53 that the capture route delivers locally to the pod's 15053 socket).
-//
-// One thread with one epoll for every pod (DNS is light; no thread per pod or per query). Each
-// flow (client address and port, original destination) is a session with two sockets born in the
-// pod netns: an upstream socket (SO_MARK 0x539, connected to the original destination or the
-// configured upstream) and a reply socket (IP(V6)_TRANSPARENT + SO_REUSEADDR + mark, bound to the
-// original destination and connected to the client), so the answer comes from exactly the address
-// and port the app asked. While the reply socket exists it matches the client's 4-tuple, so the
-// client's next queries arrive on it (not on 15053): the session reads it too. Sessions end after
-// an idle time; a per-pod bound evicts the least recently used one (counted). No NAT, no conntrack.
+// DNS as the UDP proxy (udp/udp.h) sees it: the header fields it reads, and per-pod counters.
 #pragma once
 
 #include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <cstdint>
-#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -24,7 +13,6 @@
 #include "netsteer/common/inet.h"
 #include "netsteer/common/result.h"
 #include "netsteer/metrics/metrics.h"
-#include "netsteer/netns/netns.h"
 
 namespace netsteer::dns {
 
@@ -58,10 +46,8 @@ struct Totals {
 // Upstream latency buckets (seconds), shared by the per-pod and node histograms.
 const std::vector<double>& latency_buckets();
 
-// One pod as the DNS proxy sees it. Shared by the enrolment manager and the proxy thread.
+// One pod's DNS counters and upstream. Shared by the enrolment manager and the proxy thread.
 struct PodDns {
-  std::string uid;
-  netns::NetnsHandle netns;               // session sockets are born here
   std::optional<SockAddr> upstream;       // forward here instead of the original destination
 #define NS_DNS_ATOMIC(n) std::atomic<uint64_t> n{0};
   NS_DNS_COUNTER_FIELDS(NS_DNS_ATOMIC)
@@ -71,36 +57,6 @@ struct PodDns {
   metrics::Histogram latency{latency_buckets()};
   Totals snapshot() const;
   nlohmann::json to_json() const;  // counters, rcodes and the latency histogram (inspect)
-};
-
-struct Options {
-  uint32_t mark = 0x539;
-  std::optional<SockAddr> upstream;  // agent-wide --dns-upstream (a pod's own wins)
-  int query_timeout_ms = 5000;       // an unanswered query counts as an upstream timeout
-  int session_idle_ms = 30000;       // a flow with nothing pending and no traffic this long ends
-  size_t max_sessions_per_pod = 1024;
-};
-
-class Proxy {
- public:
-  static Result<std::unique_ptr<Proxy>> start(const Options& opts);
-  ~Proxy();  // stops the thread; every session closes
-
-  // Starts reading the pod's 15053 socket (borrowed: keep it open until remove_pod returns).
-  Status add_pod(const std::shared_ptr<PodDns>& pod, int udp_fd);
-  // Stops reading it and closes the pod's sessions; returns when the thread is done with it.
-  void remove_pod(const std::shared_ptr<PodDns>& pod);
-  // Hitless upgrade, old agent: stop reading the 15053 sockets; sessions go on until idle.
-  void stop_accepting();
-  size_t pending_queries();  // queries sent upstream and not answered yet, all pods
-  nlohmann::json options() const;
-
-  class Loop;
-
- private:
-  Proxy() = default;
-  std::unique_ptr<Loop> loop_;
-  Options opts_;
 };
 
 }  // namespace netsteer::dns

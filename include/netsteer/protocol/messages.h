@@ -25,6 +25,8 @@ inline constexpr uint16_t kPortOutbound = 15001;
 inline constexpr uint16_t kPortInbound = 15006;
 inline constexpr uint16_t kPortTunnel = 15008;
 inline constexpr uint16_t kPortDns = 15053;
+inline constexpr uint16_t kPortUdpOutbound = 15001;  // UDP sockets, beside the TCP listeners
+inline constexpr uint16_t kPortUdpInbound = 15006;
 
 // kHandover: a new agent asks the running one for its pods and sockets (agent/handover.h).
 enum class MsgType { kHello, kAdd, kDel, kList, kStatus, kSnapshot, kCheck, kInspect, kHandover };
@@ -38,6 +40,16 @@ struct Exclusions {
   std::vector<Prefix> inbound_sources;   // client prefixes never captured inbound (kubelet probes)
   bool operator==(const Exclusions&) const = default;
 };
+
+// General UDP capture, opt-in per pod ("udp" on the wire).
+struct UdpPorts {
+  std::vector<uint16_t> outbound_ports;  // remote ports whose UDP goes through the agent (15001/udp)
+  std::vector<uint16_t> inbound_ports;   // pod ports whose inbound UDP goes through it (15006/udp)
+  bool empty() const { return outbound_ports.empty() && inbound_ports.empty(); }
+  bool operator==(const UdpPorts&) const = default;
+};
+nlohmann::json udp_ports_to_json(const UdpPorts& u);
+Result<UdpPorts> udp_ports_from_json(const nlohmann::json& j);
 
 struct PodSpec {
   std::string uid;        // required; the enrolment key
@@ -54,6 +66,7 @@ struct PodSpec {
   // fetched from dns_upstream when set (else the agent-wide --dns-upstream, else the server asked).
   bool no_dns = false;
   std::optional<SockAddr> dns_upstream;
+  UdpPorts udp;
 };
 
 struct Request {

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,9 @@ struct PodContext {
   std::string uid;
   netns::NetnsHandle netns;      // upstream sockets are born here
   std::vector<IpAddr> pod_ips;   // tunnel targets must be one of these
+  // TCP DNS (outbound to port 53) goes here instead of the original destination when set (the
+  // pod's or the agent's DNS upstream, as for DNS over UDP).
+  std::optional<SockAddr> dns_upstream;
   // Registers (add=true) / removes the relay's inbound upstream local address in the pod's
   // sk_lookup bypass map, for the upstream connection's whole life (E2BIG: the map is full).
   std::function<Status(const SockAddr&, bool add)> bypass;
