@@ -300,6 +300,52 @@ def dns_path(args, tmp):
     return results
 
 
+def iperf_udp(ns, ip, secs, rate):
+    """iperf3 -u from ns to ip (1400-byte datagrams at `rate`, "0" = as fast as it goes): what the
+    server received (Gbit/s), datagram loss and the client's CPU seconds per GB."""
+    c0 = cpu_busy()
+    out = ns.exec(["iperf3", "-u", "-c", ip, "-p", str(IPERF), "-b", rate, "-l", "1400", "-t", str(secs), "-J"],
+                  timeout=secs + 30).stdout
+    cpu = cpu_busy() - c0
+    s = json.loads(out)["end"]["sum"]
+    gb = s["bytes"] * (1 - s["lost_percent"] / 100) / 1e9
+    return {"gbit_s": s["bits_per_second"] * (1 - s["lost_percent"] / 100) / 1e9, "lost_percent": s["lost_percent"],
+            "packets": s["packets"], "cpu_s_per_gb": cpu / gb if gb else None}
+
+
+def udp_path(args, tmp):
+    """UDP bulk from the pod to iperf3 in the remote: direct, and through netsteer's UDP proxy
+    (the port listed with --udp-outbound-port; iperf3's TCP control connection goes through the
+    relay). Two loads: 200 Mbit/s (what a busy UDP app sends) and as fast as iperf3 goes."""
+    t = nstest.Topology()
+    results = {}
+    try:
+        t.wait_v6_ready()
+        srv = Servers(t.remote, tmp)
+        try:
+            for arm in ("direct", "netsteer"):
+                a = None
+                try:
+                    if arm == "netsteer":
+                        a = nstest.Agent()
+                        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6], udp_outbound_port=IPERF)
+                    r = {"200M": iperf_udp(t.pod, t.remote_ip, args.secs, "200M"),
+                         "max": iperf_udp(t.pod, t.remote_ip, args.secs, "0")}
+                    if a is not None:
+                        r["agent"] = a.inspect(t.pod.name)["udp"]
+                    results[arm] = r
+                    print(f"  udp {arm}: done", flush=True)
+                finally:
+                    if a is not None:
+                        a.ctl("unenroll", "--uid", t.pod.name, check=False)
+                        a.close()
+        finally:
+            srv.close()
+    finally:
+        t.close()
+    return results
+
+
 def bpf_runtime(tmp):
     """ns per run of the sk_lookup and tc guard programs while traffic flows (bpf_stats_enabled)."""
     old = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
@@ -430,6 +476,19 @@ def table(res):
             if n["fixed"]["p99_ms"] and rd["fixed"]["p99_ms"]:
                 lines.append(f"- netsteer/redirect p99 at the fixed load (target <= 1): "
                              f"{n['fixed']['p99_ms'] / rd['fixed']['p99_ms']:.2f}")
+    up = res.get("udp_path")
+    if up:
+        lines += ["", "| UDP arm (pod → remote, iperf3 -u, 1400 B) | load | received Gbit/s | lost % | CPU s/GB |",
+                  "|---|---|---:|---:|---:|"]
+        for arm, r in up.items():
+            for load in ("200M", "max"):
+                x = r[load]
+                lines.append(f"| {arm} | {load} | {x['gbit_s']:.3f} | {x['lost_percent']:.2f} | {(x['cpu_s_per_gb'] or 0):.1f} |")
+        if "netsteer" in up and "direct" in up:
+            for load in ("200M", "max"):
+                d = up["direct"][load]["gbit_s"]
+                if d:
+                    lines.append(f"- UDP netsteer/direct received at {load}: {up['netsteer'][load]['gbit_s'] / d:.2f}")
     if res.get("bpf"):
         lines.append("")
         for k, v in res["bpf"].items():
@@ -458,6 +517,7 @@ def main():
     ap.add_argument("--tc-modes", default="tcx,clsact", help="tc guard attach modes measured in the control plane")
     ap.add_argument("--dns", action="store_true", help="also the DNS path (dnsperf; direct, netsteer, REDIRECT)")
     ap.add_argument("--dns-qps", type=int, default=5000, help="the fixed DNS load (queries/s)")
+    ap.add_argument("--udp", action="store_true", help="also UDP bulk (iperf3 -u; direct, netsteer)")
     ap.add_argument("--agent-args", default="", help="extra netsteerd flags for the control-plane agents "
                     "(A/B runs, e.g. --max-inbound-connections 4096)")
     args = ap.parse_args()
@@ -482,6 +542,10 @@ def main():
         if args.dns:
             print("dns path ...", flush=True)
             res["dns_path"] = dns_path(args, tmp)
+            save()
+        if args.udp:
+            print("udp path ...", flush=True)
+            res["udp_path"] = udp_path(args, tmp)
             save()
         print("bpf run time ...", flush=True)
         res["bpf"] = bpf_runtime(tmp)

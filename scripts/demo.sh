@@ -5,7 +5,8 @@
 #   2. starts netsteerd and enrols the pod netns over the SCM_RIGHTS hand-off (netsteerctl enroll),
 #   3. curls from the pod to the remote and from the remote to the pod, showing the BPF and relay
 #      counters move and the app seeing the real client address; a DNS lookup (getent) answered
-#      by dnsmasq in the remote through the agent's 15053,
+#      by dnsmasq in the remote through the agent's 15053, UDP both ways on opt-in ports (the
+#      pod's app sees the real client),
 #   4. SIGKILLs the agent (inbound fails closed), restarts it (pod steered again, no re-enrol),
 #   5. unenrols and shows nothing is left (rules, routes, pins).
 # Everything it creates is removed on exit. Run as root.
@@ -59,6 +60,9 @@ nsenter --net=/var/run/netns/$POD /usr/bin/python3 -m http.server --bind :: --di
   >"$RUN/pod-app.log" 2>&1 & SERVERS+=($!)
 nsenter --net=/var/run/netns/$REM /usr/bin/python3 -m http.server --bind :: --directory "$RUN/rwww" 8000 \
   >/dev/null 2>&1 & SERVERS+=($!)
+UDP_TOOL=$(cd "$(dirname "$0")/.." && pwd)/tests/lib/udp_tool.py  # UDP echo servers that say whom they saw
+nsenter --net=/var/run/netns/$POD /usr/bin/python3 "$UDP_TOOL" echo 7100 >/dev/null 2>&1 & SERVERS+=($!)
+nsenter --net=/var/run/netns/$REM /usr/bin/python3 "$UDP_TOOL" echo 7001 >/dev/null 2>&1 & SERVERS+=($!)
 
 start_agent() {
   "$B/netsteerd" --socket "$SOCK" --pin-root "$PINS" --state-dir "$RUN/state" >>"$RUN/agent.log" 2>&1 &
@@ -73,7 +77,7 @@ for _ in $(seq 100); do inpod ss -Htln | grep -q :8080 && inrem ss -Htln | grep 
 
 say "enrol the pod: netsteerctl opens /var/run/netns/$POD and sends the fd over SCM_RIGHTS"
 "$B/netsteerctl" --socket "$SOCK" enroll --netns /var/run/netns/$POD --uid demo-web --name web \
-  --namespace demo --ip 10.250.0.1 --ip fd00:250::1
+  --namespace demo --ip 10.250.0.1 --ip fd00:250::1 --udp-outbound-port 7001 --udp-inbound-port 7100
 "$B/netsteerctl" --socket "$SOCK" list
 
 counters() {
@@ -113,6 +117,15 @@ ip netns exec $POD getent hosts web.demo
 "$B/netsteerctl" --socket "$SOCK" inspect --uid demo-web --json | /usr/bin/python3 -c '
 import json,sys; d=json.load(sys.stdin)["dns"]
 print("  dns: queries=%d answers=%d NOERROR=%d (no iptables rule, no conntrack entry)" % (d["queries"], d["answers"], d["rcodes"]["NOERROR"]))'
+
+say "UDP (opt-in ports): pod -> remote:7001 through 15001/udp, remote:5555 -> the pod's app on 7100 through 15006/udp"
+echo "pod asks the remote (the echo says whom it saw: the agent's socket in the pod):"
+inpod /usr/bin/python3 "$UDP_TOOL" ask 10.250.0.2 7001 3
+echo "remote asks the pod's app from port 5555 (the app saw the real client 10.250.0.2 5555):"
+inrem /usr/bin/python3 "$UDP_TOOL" ask 10.250.0.1 7100 3 --bind 5555
+"$B/netsteerctl" --socket "$SOCK" inspect --uid demo-web --json | /usr/bin/python3 -c '
+import json,sys; u=json.load(sys.stdin)["udp"]
+print("  udp: outbound_flows=%d inbound_flows=%d datagrams up=%d down=%d" % (u["outbound_flows"], u["inbound_flows"], u["datagrams_up"], u["datagrams_down"]))'
 
 say "fail closed: SIGKILL netsteerd; inbound to the pod is dropped in BPF, not delivered around the relay"
 kill -9 "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""

@@ -168,11 +168,16 @@ def test_dns_upstream_agent_wide_and_per_pod():
             assert ask(t, nowhere, "query", "a.test") == "NOERROR 10.53.0.1 udp"
             assert agent_wide.stdout.readline().split()[:2] == ["udp", t.pod_ip]
             assert dns(a, uid)["upstream"] == ""  # the agent-wide one applies
+            # TCP DNS (the retry of a truncated answer) goes to the same upstream.
+            assert ask(t, nowhere, "query", "big.test") == "NOERROR 10.53.1.1 tcp"
+            assert [agent_wide.stdout.readline().split()[0] for _ in range(2)] == ["udp", "tcp"]
             a.ctl("unenroll", "--uid", uid)
             per_pod = dns_server(t, 5354)
             enrol_pod(t, a, dns_upstream=f"[{t.remote_ip6}]:5354")
             assert ask(t, nowhere, "query", "a.test") == "NOERROR 10.53.0.1 udp"
             assert per_pod.stdout.readline().split()[:2] == ["udp", t.pod_ip6]
+            assert ask(t, nowhere, "query", "big.test") == "NOERROR 10.53.1.1 tcp"
+            assert [per_pod.stdout.readline().split()[0] for _ in range(2)] == ["udp", "tcp"]
             assert dns(a, uid)["upstream"] == f"[{t.remote_ip6}]:5354"
 
 

@@ -150,7 +150,7 @@ def test_bad_inputs_answered_and_nothing_leaks():
             cases = [
                 ("no fd", _raw_add("x1"), (), None, "exactly one netns fd"),
                 ("two fds", _raw_add("x2"), (ns_fd, ns_fd), None, "got 2"),
-                ("too many fds", _raw_add("x3"), (ns_fd,) * 8, None, "truncated control data"),
+                ("too many fds", _raw_add("x3"), (ns_fd,) * 12, None, "truncated control data"),
                 ("regular file", _raw_add("x4"), (reg_fd,), None, "not a namespace"),
                 ("pid namespace", _raw_add("x5"), (pid_ns,), None, "not a network namespace"),
                 ("agent's own netns", _raw_add("x6"), (own,), None, "own (host) network namespace"),

@@ -2,7 +2,7 @@
 # Runs inside a matrix VM (scripts/vm/run.sh), chrooted into the host's root (read-only 9p).
 ROOT=$1 BUILD=$2
 mkdir -p /run/nstmp
-export CI=$3 NETSTEER_BUILD=$BUILD PYTHONDONTWRITEBYTECODE=1 HOME=/run/nstmp TMPDIR=/run/nstmp PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export CI=$3 NETSTEER_IN_VM=1 NETSTEER_BUILD=$BUILD PYTHONDONTWRITEBYTECODE=1 HOME=/run/nstmp TMPDIR=/run/nstmp PATH=/usr/sbin:/usr/bin:/sbin:/bin
 cd "$ROOT" || { echo "NETSTEER_VM_RESULT cannot enter $ROOT rc=1"; exit 1; }
 /usr/bin/python3 -m pytest -p no:cacheprovider -q -s -rfE tests/vm/test_kernel.py >/run/nstmp/out 2>&1
 rc=$?

@@ -85,3 +85,95 @@ def test_dns_captured_without_fields_newer_than_the_kernel(v6):
         assert out.stdout.strip() == "NOERROR 10.53.0.1 udp"
         d = a.inspect(t.pod.name)
         assert d["capture"]["bpf_stats"]["dns_assigned"] >= 1 and d["dns"]["answers"] == 1, d["dns"]
+
+
+UDP_TOOL = os.path.join(nstest.LIB, "udp_tool.py")
+
+
+def udp_ask(ns, host, port, n, *extra):
+    out = ns.exec([nstest.PY, UDP_TOOL, "ask", host, str(port), str(n)] + [str(e) for e in extra], timeout=60)
+    return json.loads(out.stdout)
+
+
+def udp_echo(t, ns, port):
+    p = ns.popen([nstest.PY, UDP_TOOL, "echo", str(port)], stdout=subprocess.PIPE, text=True)
+    t.procs.append(p)
+    assert p.stdout.readline().strip() == "ready"
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_udp_outbound_everywhere_inbound_from_5_17(v6):
+    """Outbound UDP capture uses no field 5.10 lacks. Inbound needs ingress_ifindex (5.17): it
+    works where the kernel has it, and is refused (naming the field and the kernel) where not."""
+    _, ver = kernel()
+    with agent() as a, topology() as t:
+        udp_echo(t, t.remote, 7001)
+        udp_echo(t, t.pod, 7100)
+        pod_ip, remote_ip = (t.pod_ip6, t.remote_ip6) if v6 else (t.pod_ip, t.remote_ip)
+        ips = ["--ip", t.pod_ip, "--ip", t.pod_ip6]
+        r = a.ctl("enroll", "--netns", t.pod.path, "--uid", "p", "--udp-outbound-port", "7001",
+                  "--udp-inbound-port", "7100", *ips, check=False)
+        if ver < (5, 17):
+            assert r.returncode != 0 and "ingress_ifindex" in r.stderr and "5.17" in r.stderr, r
+            assert a.pods() == []
+            a.ctl("enroll", "--netns", t.pod.path, "--uid", "p", "--udp-outbound-port", "7001", *ips)
+        else:
+            assert r.returncode == 0, r
+        t.wait_v6_ready()
+        out = udp_ask(t.pod, remote_ip, 7001, 5)
+        assert out["answers"] == 5 and out["from"] == [f"{remote_ip} 7001"], out
+        assert out["seen_as"][0].split()[1] != str(out["local_port"]), out  # relayed by the agent
+        u = a.inspect("p")["udp"]
+        assert u["outbound_flows"] == 1 and u["datagrams_down"] == 5, u
+        if ver >= (5, 17):
+            out = udp_ask(t.remote, pod_ip, 7100, 5, "--bind", 5555)
+            assert out["answers"] == 5 and out["seen_as"] == [f"{remote_ip} 5555"], out
+            assert a.inspect("p")["capture"]["bpf_stats"]["udp_inbound_assigned"] == 5
+
+
+def test_sctp_passes_untouched_and_the_guard_counts_it():
+    """sk_lookup is never run for SCTP: between an enrolled pod and a remote it works as without
+    netsteer, both ways, and the tc guard counts its packets (egress/ingress_other_pkts)."""
+    import socket
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+    except OSError as e:
+        if os.environ.get("NETSTEER_IN_VM"):
+            raise AssertionError(f"SCTP unavailable in the VM (the sctp module should be loaded): {e}")
+        pytest.skip(f"this kernel has no SCTP ({e}); the VM matrix runs this test")
+    code = """
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 9899)); s.listen(8)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    ip = peer[0][7:] if peer[0].startswith("::ffff:") else peer[0]
+    c.sendall(f"{ip} ".encode() + c.recv(100)); c.close()
+"""
+    client = """
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+c = socket.socket(fam, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+c.settimeout(10); c.connect((sys.argv[1], 9899)); c.sendall(b"hi"); print(c.recv(100).decode())
+"""
+    with agent() as a, topology() as t:
+        t.spawn(t.remote, code)
+        t.spawn(t.pod, code)
+        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+        t.wait_v6_ready()
+        before = a.inspect(t.pod.name)["capture"]["bpf_stats"]
+        for i, (src, dst_ip, src_ip) in enumerate(((t.pod, t.remote_ip, t.pod_ip), (t.remote, t.pod_ip, t.remote_ip),
+                                                   (t.pod, t.remote_ip6, t.pod_ip6))):
+            out = src.exec([nstest.PY, "-c", client, dst_ip], timeout=30).stdout.strip()
+            assert out == f"{src_ip} hi", out  # the peer saw the sender itself, not the agent
+            if i == 0:
+                # One IPv4 association (no neighbour discovery in IP): INIT, COOKIE ECHO, DATA,
+                # SACK, SHUTDOWN... each way, all counted as other IP protocols.
+                b = a.inspect(t.pod.name)["capture"]["bpf_stats"]
+                assert b["egress_other_pkts"] - before["egress_other_pkts"] >= 3, b
+                assert b["ingress_other_pkts"] - before["ingress_other_pkts"] >= 3, b
+        b = a.inspect(t.pod.name)["capture"]["bpf_stats"]
+        assert b["lookups"] == before["lookups"], "sk_lookup ran for SCTP"
+        assert a.inspect(t.pod.name)["relay"]["outbound"]["opened"] == 0
