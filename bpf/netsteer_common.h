@@ -33,7 +33,8 @@ enum ns_slot {
 	NS_SLOT_DNS = 2,         /* the 15053 UDP socket */
 	NS_SLOT_UDP_OUTBOUND = 3, /* the 15001 UDP socket: outbound UDP to the pod's listed ports */
 	NS_SLOT_UDP_INBOUND = 4,  /* the 15006 UDP socket: inbound UDP to the pod's listed ports */
-	NS_SLOT_MAX = 5,
+	NS_SLOT_DNS_TCP = 5,      /* the 15053 TCP listener: the pod's TCP DNS */
+	NS_SLOT_MAX = 6,
 };
 
 /* Counter fields, listed once (X-macros) so the BPF structs, the agent's summing and its JSON
@@ -47,7 +48,7 @@ enum ns_slot {
 	X(passed_bypass)      /* the relay's own inbound upstream */                              \
 	X(drop_no_listener)   /* NS_DROP_NO_LISTENER: fail closed, the listener is gone */        \
 	X(drop_assign_failed) /* NS_DROP_ASSIGN_FAILED */                                       \
-	X(dns_assigned)       /* UDP to port 53 assigned to the 15053 socket */                   \
+	X(dns_assigned)       /* UDP or TCP to port 53 assigned to the 15053 socket or listener */ \
 	X(drop_no_dns_socket) /* NS_DROP_NO_LISTENER for DNS: fail closed, the socket is gone */ \
 	X(udp_outbound_assigned) /* UDP to a listed outbound port assigned to the 15001 UDP socket */ \
 	X(udp_inbound_assigned)  /* UDP to a listed pod port assigned to the 15006 UDP socket */   \

@@ -95,7 +95,7 @@ static __always_inline int assign(struct bpf_sk_lookup *ctx, struct ns_steer_cou
 	struct bpf_sock *sk = bpf_map_lookup_elem(&ns_sockets, &slot);
 	if (!sk) {
 		/* Fail closed: the agent's listener is gone. The SYN (or datagram) is dropped. */
-		if (slot == NS_SLOT_DNS)
+		if (slot == NS_SLOT_DNS || slot == NS_SLOT_DNS_TCP)
 			stat_inc(drop_no_dns_socket);
 		else if (slot == NS_SLOT_UDP_OUTBOUND || slot == NS_SLOT_UDP_INBOUND)
 			stat_inc(drop_no_udp_socket);
@@ -113,7 +113,8 @@ static __always_inline int assign(struct bpf_sk_lookup *ctx, struct ns_steer_cou
 	}
 	switch (slot) {
 	case NS_SLOT_INBOUND: stat_inc(inbound_assigned); break;
-	case NS_SLOT_DNS: stat_inc(dns_assigned); break;
+	case NS_SLOT_DNS:
+	case NS_SLOT_DNS_TCP: stat_inc(dns_assigned); break;
 	case NS_SLOT_UDP_OUTBOUND: stat_inc(udp_outbound_assigned); break;
 	case NS_SLOT_UDP_INBOUND: stat_inc(udp_inbound_assigned); break;
 	default: stat_inc(outbound_assigned);
@@ -252,7 +253,8 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 			stat_inc(passed_excluded);
 			return SK_PASS;
 		}
-		slot = NS_SLOT_OUTBOUND;
+		/* The pod's TCP DNS goes to the 15053 listener, like its UDP DNS to the 15053 socket. */
+		slot = lport == 53 && (flags & NS_CFG_DNS) ? NS_SLOT_DNS_TCP : NS_SLOT_OUTBOUND;
 	}
 	return assign(ctx, stats, slot);
 }

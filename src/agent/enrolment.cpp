@@ -90,11 +90,14 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
       // No addresses given (netsteerctl without --ip): take the pod's global addresses.
       NS_TRY(pod->spec.ips, capture::discover_addresses());
     }
+    NS_TRY(auto udp, udp_ports(pod->spec));
+    ListenerWants want{captures_dns(pod->spec), !udp.empty(), !udp.inbound_ports.empty()};
     if (given) {
       pod->listeners = std::move(*given);  // the previous agent's sockets (handover)
+      // An older agent may not have had all of them (e.g. the TCP DNS listener).
+      if (auto st = add_missing_listeners(pod->listeners, protocol::kAgentMark, want); !st.ok())
+        return std::move(st).error().wrap("create listeners in pod netns");
     } else {
-      NS_TRY(auto udp, udp_ports(pod->spec));
-      ListenerWants want{captures_dns(pod->spec), !udp.empty(), !udp.inbound_ports.empty()};
       auto listeners = create_listeners(protocol::kAgentMark, want);
       if (!listeners.ok()) return std::move(listeners).error().wrap("create listeners in pod netns");
       pod->listeners = std::move(*listeners);
@@ -117,8 +120,9 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     auto set = pod->capture->bpf().set_listeners(pod->listeners.outbound.fd.get(), pod->listeners.inbound.fd.get(),
                                                  cfg.dns ? pod->listeners.dns.fd.get() : -1);
     for (auto [l, slot] : {std::pair{&pod->listeners.udp_outbound, NS_SLOT_UDP_OUTBOUND},
-                           {&pod->listeners.udp_inbound, NS_SLOT_UDP_INBOUND}})
-      if (set.ok() && l->fd) set = pod->capture->bpf().set_socket(slot, l->fd.get(), l->role.c_str());
+                           {&pod->listeners.udp_inbound, NS_SLOT_UDP_INBOUND},
+                           {cfg.dns ? &pod->listeners.dns_tcp : nullptr, NS_SLOT_DNS_TCP}})
+      if (set.ok() && l && l->fd) set = pod->capture->bpf().set_socket(slot, l->fd.get(), l->role.c_str());
     if (!set.ok()) {
       (void)pod->capture->remove();
       return std::move(set).error().wrap("put listeners into the socket map");
@@ -164,7 +168,8 @@ Status EnrolmentManager::attach_data_path(Pod& pod) {
     ctx->bypass = [](const SockAddr&, bool) { return Status{}; };
   }
   if (auto st = dp_->relay->add_pod(ctx, pod.listeners.outbound.fd.get(), pod.listeners.inbound.fd.get(),
-                                    pod.listeners.tunnel.fd.get());
+                                    pod.listeners.tunnel.fd.get(),
+                                    pod.listeners.dns_tcp.fd ? pod.listeners.dns_tcp.fd.get() : -1);
       !st.ok())
     return std::move(st).error().wrap("register pod with the relay");
   pod.relay_ctx = std::move(ctx);

@@ -56,9 +56,11 @@ nlohmann::json PodListeners::to_json() const {
   return a;
 }
 
-std::vector<Listener*> PodListeners::all() { return {&outbound, &inbound, &tunnel, &dns, &udp_outbound, &udp_inbound}; }
+std::vector<Listener*> PodListeners::all() {
+  return {&outbound, &inbound, &tunnel, &dns, &udp_outbound, &udp_inbound, &dns_tcp};
+}
 std::vector<const Listener*> PodListeners::all() const {
-  return {&outbound, &inbound, &tunnel, &dns, &udp_outbound, &udp_inbound};
+  return {&outbound, &inbound, &tunnel, &dns, &udp_outbound, &udp_inbound, &dns_tcp};
 }
 Listener* PodListeners::by_role(std::string_view role) {
   for (Listener* l : all())
@@ -67,7 +69,8 @@ Listener* PodListeners::by_role(std::string_view role) {
 }
 
 Listener* PodListeners::slot_of_role(std::string_view role) {
-  static constexpr std::string_view kRoles[] = {"outbound", "inbound", "tunnel", "dns", "udp_outbound", "udp_inbound"};
+  static constexpr std::string_view kRoles[] = {"outbound", "inbound", "tunnel",     "dns",
+                                                "udp_outbound", "udp_inbound", "dns_tcp"};
   auto slots = all();
   for (size_t i = 0; i < slots.size(); ++i)
     if (kRoles[i] == role) return slots[i];
@@ -78,8 +81,41 @@ uint16_t port_of_role(std::string_view role) {
   if (role == "outbound" || role == "udp_outbound") return protocol::kPortOutbound;
   if (role == "inbound" || role == "udp_inbound") return protocol::kPortInbound;
   if (role == "tunnel") return protocol::kPortTunnel;
-  if (role == "dns") return protocol::kPortDns;
+  if (role == "dns" || role == "dns_tcp") return protocol::kPortDns;
   return 0;
+}
+
+namespace {
+
+// Creates the wanted sockets `pl` lacks, in `family`.
+Status fill(PodListeners& pl, int family, uint32_t mark, const ListenerWants& want) {
+  struct Want {
+    Listener* l;
+    uint16_t port;
+    const char* role;
+    bool transparent;
+    bool wanted;
+    int type = SOCK_STREAM;
+  } wants[] = {{&pl.outbound, protocol::kPortOutbound, "outbound", true, true},
+               {&pl.inbound, protocol::kPortInbound, "inbound", true, true},
+               {&pl.tunnel, protocol::kPortTunnel, "tunnel", false, true},
+               {&pl.dns, protocol::kPortDns, "dns", true, want.dns, SOCK_DGRAM},
+               {&pl.udp_outbound, protocol::kPortUdpOutbound, "udp_outbound", true, want.udp_outbound, SOCK_DGRAM},
+               {&pl.udp_inbound, protocol::kPortUdpInbound, "udp_inbound", true, want.udp_inbound, SOCK_DGRAM},
+               {&pl.dns_tcp, protocol::kPortDns, "dns_tcp", true, want.dns}};
+  for (auto& w : wants) {
+    if (!w.wanted || w.l->fd) continue;
+    auto fd = make_listener(family, w.port, w.transparent, mark, w.type);
+    if (!fd.ok()) return std::move(fd).error().wrap(std::string(w.role) + " listener");
+    *w.l = {std::move(*fd), w.port, w.role};
+  }
+  return {};
+}
+
+}  // namespace
+
+Status add_missing_listeners(PodListeners& pl, uint32_t mark, const ListenerWants& want) {
+  return fill(pl, pl.family == "ipv4" ? AF_INET : AF_INET6, mark, want);
 }
 
 Result<PodListeners> create_listeners(uint32_t mark, const ListenerWants& want) {
@@ -87,32 +123,7 @@ Result<PodListeners> create_listeners(uint32_t mark, const ListenerWants& want) 
   for (int family : {AF_INET6, AF_INET}) {
     PodListeners pl;
     pl.family = family == AF_INET6 ? "dual" : "ipv4";
-    struct Want {
-      Listener* l;
-      uint16_t port;
-      const char* role;
-      bool transparent;
-      int type = SOCK_STREAM;
-    } wants[] = {{&pl.outbound, protocol::kPortOutbound, "outbound", true},
-                 {&pl.inbound, protocol::kPortInbound, "inbound", true},
-                 {&pl.tunnel, protocol::kPortTunnel, "tunnel", false},
-                 {&pl.dns, protocol::kPortDns, "dns", true, SOCK_DGRAM},
-                 {&pl.udp_outbound, protocol::kPortUdpOutbound, "udp_outbound", true, SOCK_DGRAM},
-                 {&pl.udp_inbound, protocol::kPortUdpInbound, "udp_inbound", true, SOCK_DGRAM}};
-    Status st;
-    for (auto& w : wants) {
-      if ((w.l == &pl.dns && !want.dns) || (w.l == &pl.udp_outbound && !want.udp_outbound) ||
-          (w.l == &pl.udp_inbound && !want.udp_inbound))
-        continue;
-      auto fd = make_listener(family, w.port, w.transparent, mark, w.type);
-      if (!fd.ok()) {
-        st = std::move(fd).error().wrap(std::string(w.role) + " listener");
-        break;
-      }
-      w.l->fd = std::move(*fd);
-      w.l->port = w.port;
-      w.l->role = w.role;
-    }
+    Status st = fill(pl, family, mark, want);
     if (st.ok()) return pl;
     // Only an unavailable address family is a reason to fall back; anything else is reported.
     if (family == AF_INET6 && (st.error().code == EAFNOSUPPORT || st.error().code == EADDRNOTAVAIL)) continue;

@@ -16,7 +16,7 @@ namespace netsteer::protocol {
 namespace {
 // Control buffer for up to this many fds; more is reported as MSG_CTRUNC (and the kernel closes
 // what did not fit), which we refuse.
-constexpr size_t kMaxFdsPerPacket = 7;  // a handed-over pod: netns, 3 listeners, DNS, UDP out and in
+constexpr size_t kMaxFdsPerPacket = 8;  // a handed-over pod: netns, 3 listeners, DNS (UDP+TCP), UDP out and in
 
 Result<sockaddr_un> unix_addr(const std::string& path) {
   sockaddr_un a{};

@@ -663,13 +663,16 @@ void Relay::broadcast(const std::function<void(Worker&)>& fn) {
   done.wait();
 }
 
-Status Relay::add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, int inbound_fd, int tunnel_fd) {
+Status Relay::add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, int inbound_fd, int tunnel_fd,
+                      int dns_tcp_fd) {
   if (!pod->bypass) return Error::msg("pod context without a bypass hook", EINVAL);
-  for (int fd : {outbound_fd, inbound_fd, tunnel_fd}) tune_socket(fd, opts_);
+  for (int fd : {outbound_fd, inbound_fd, tunnel_fd, dns_tcp_fd})
+    if (fd >= 0) tune_socket(fd, opts_);
   broadcast([&](Worker& w) {
     w.add_listener(pod, Direction::outbound, outbound_fd);
     w.add_listener(pod, Direction::inbound, inbound_fd);
     w.add_listener(pod, Direction::tunnel, tunnel_fd);
+    if (dns_tcp_fd >= 0) w.add_listener(pod, Direction::outbound, dns_tcp_fd);
   });
   return {};
 }

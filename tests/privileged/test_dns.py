@@ -125,7 +125,12 @@ def test_truncated_answer_retried_over_tcp_through_capture(v6):
         server = t.remote_ip6 if v6 else t.remote_ip
         assert ask(t, server, "query", "big.test") == "NOERROR 10.53.1.1 tcp"
         assert dns(a, uid)["answers"] == 1
-        assert a.inspect(uid)["relay"]["outbound"]["opened"] == 1  # the TCP retry went through 15001
+        st = a.inspect(uid)
+        # The TCP retry was steered to the 15053 TCP listener (dns_assigned: UDP then TCP), not to
+        # 15001, and relayed.
+        assert st["capture"]["bpf_stats"]["dns_assigned"] == 2 and st["capture"]["bpf_stats"]["outbound_assigned"] == 0
+        assert st["relay"]["outbound"]["opened"] == 1
+        assert [l["port"] for l in st["listeners"] if l["role"] == "dns_tcp"] == [15053]
         log = [srv.stdout.readline().split()[0] for _ in range(2)]
         assert log == ["udp", "tcp"], log
 
@@ -264,7 +269,7 @@ def test_restart_over_pins_of_an_agent_without_dns():
         nstest.run(["bpftool", "map", "create", sockets, "type", "sockmap", "key", "4", "value", "8", "entries", "2",
                     "name", "ns_sockets"])
         a.restart()
-        assert "pins of an older agent (socket map of 2 slots, 5 needed): replaced" in a.logs()
+        assert "pins of an older agent (socket map of 2 slots, 6 needed): replaced" in a.logs()
         assert [p["uid"] for p in a.pods()] == [uid]
         assert ask(t, t.remote_ip, "query", "a.test") == "NOERROR 10.53.0.1 udp"
         assert a.inspect(uid)["capture"]["bpf_stats"]["dns_assigned"] == 1

@@ -79,7 +79,7 @@ TEST(Channel, TooManyFdsIsControlTruncationAndLeaksNothing) {
   size_t base = open_fds();
   {
     UniqueFd f(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-    ASSERT_TRUE(p.a.send("{}", std::vector<int>(12, f.get())).ok());  // the limit is 7
+    ASSERT_TRUE(p.a.send("{}", std::vector<int>(12, f.get())).ok());  // the limit is 8
   }
   {
     auto pk = p.b.recv(kMaxMessageSize);

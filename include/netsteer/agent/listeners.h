@@ -21,7 +21,7 @@ struct Listener {
 
 // What a pod's sockets are for (create_listeners).
 struct ListenerWants {
-  bool dns = false;           // UDP 15053
+  bool dns = false;           // UDP and TCP 15053
   bool udp_outbound = false;  // UDP 15001: listed outbound ports, and app datagrams from listed inbound ports
   bool udp_inbound = false;   // UDP 15006: listed inbound ports
 };
@@ -30,6 +30,7 @@ struct PodListeners {
   Listener outbound, inbound, tunnel;
   Listener dns;  // UDP 15053; not open when the pod's DNS is not captured
   Listener udp_outbound, udp_inbound;  // UDP 15001 / 15006; open only with general UDP capture
+  Listener dns_tcp;  // TCP 15053, with dns: the pod's TCP DNS (relayed like outbound)
   // "dual" ([::] with IPV6_V6ONLY=0, serves v4 and v6) or "ipv4" (IPv6 unavailable in the netns).
   std::string family;
   nlohmann::json to_json() const;
@@ -51,5 +52,7 @@ uint16_t port_of_role(std::string_view role);
 // datagrams to other addresses, IP(V6)_RECVORIGDSTADDR for their original destination).
 // With udp_outbound/udp_inbound: the UDP 15001/15006 sockets, made the same way.
 Result<PodListeners> create_listeners(uint32_t mark, const ListenerWants& want);
+// Adds the wanted sockets `pl` lacks (sockets handed over by an older agent), in pl's family.
+Status add_missing_listeners(PodListeners& pl, uint32_t mark, const ListenerWants& want);
 
 }  // namespace netsteer::agent

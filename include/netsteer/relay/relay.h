@@ -102,7 +102,9 @@ class Relay {
   ~Relay();  // stops the workers and closes every connection
 
   // Starts accepting on a pod's listeners (borrowed: keep them open until remove_pod returns).
-  Status add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, int inbound_fd, int tunnel_fd);
+  // dns_tcp_fd >= 0: the pod's TCP DNS listener (15053), relayed like outbound (to its DNS upstream).
+  Status add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, int inbound_fd, int tunnel_fd,
+                 int dns_tcp_fd = -1);
   // Stops accepting for the pod and closes its connections; returns when every worker is done.
   void remove_pod(const std::shared_ptr<PodContext>& pod);
   // Hitless upgrade, old agent: stop accepting on every listener; relayed connections go on.
