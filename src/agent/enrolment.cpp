@@ -7,6 +7,7 @@
 #include <set>
 
 #include "netsteer/common/log.h"
+#include "netsteer/handoff/proxy_v2.h"
 
 namespace netsteer::agent {
 
@@ -160,6 +161,12 @@ Status EnrolmentManager::attach_data_path(Pod& pod) {
   NS_TRY(ctx->netns, pod.netns.dup());
   ctx->pod_ips = pod.spec.ips;
   if (captures_dns(pod.spec)) ctx->dns_upstream = pod.spec.dns_upstream ? pod.spec.dns_upstream : dp_->dns_upstream;
+  const protocol::ProxyHandoff& px = pod.spec.proxy.empty() ? dp_->proxy : pod.spec.proxy;
+  ctx->proxy[0] = px.outbound;
+  ctx->proxy[1] = px.inbound;
+  if (px.pod_tlvs || pod.spec.proxy.pod_tlvs) {
+    ctx->proxy_tlvs = {{handoff::kTlvPodName, pod.spec.namespace_ + "/" + pod.spec.name}, {handoff::kTlvPodUid, pod.spec.uid}};
+  }
   // The relay only calls this while the pod is registered; remove_pod waits for the workers.
   if (pod.capture) {
     bpf::PodBpf* bpf = &pod.capture->bpf();

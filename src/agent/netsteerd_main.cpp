@@ -92,6 +92,14 @@ int main(int argc, char** argv) {
                  "per pod: DNS flows kept at once; beyond it the least recently used is closed (counted)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
+  std::string proxy_out, proxy_in;
+  bool proxy_pod_tlvs = false;
+  app.add_option("--proxy-outbound", proxy_out,
+                 "ADDR:PORT: hand every pod's outbound connections to this proxy (e.g. a node-local HAProxy) with a "
+                 "PROXY v2 header, instead of dialling their destination (a pod's own setting wins)");
+  app.add_option("--proxy-inbound", proxy_in, "ADDR:PORT: the same for connections to the pods");
+  app.add_flag("--proxy-pod-tlvs", proxy_pod_tlvs,
+               "put the pod's namespace/name (0xE0) and uid (0xE1) in the PROXY v2 header");
   int udp_idle_s = 60;
   app.add_option("--udp-idle-s", udp_idle_s, "a captured UDP flow with no datagram either way this long is closed")
       ->capture_default_str()
@@ -264,8 +272,20 @@ int main(int argc, char** argv) {
     kube_client = std::make_unique<agent::KubeApiClient>(kube);
     spdlog::info("pod labels from the Kubernetes API at {} (excludePodLabels)", kube.server);
   }
+  protocol::ProxyHandoff proxy_defaults;
+  proxy_defaults.pod_tlvs = proxy_pod_tlvs;
+  for (auto [flag, from, to] : {std::tuple{"--proxy-outbound", &proxy_out, &proxy_defaults.outbound},
+                                {"--proxy-inbound", &proxy_in, &proxy_defaults.inbound}}) {
+    if (from->empty()) continue;
+    auto a = SockAddr::parse(*from, 0);
+    if (!a.ok() || a->port() == 0) {
+      spdlog::critical("{}: ADDR:PORT or [V6]:PORT, got '{}'", flag, *from);
+      return 2;
+    }
+    *to = *a;
+  }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults});
   // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
   std::optional<agent::Handover> handover;
   if (takeover) {
@@ -311,6 +331,7 @@ int main(int argc, char** argv) {
         {"relay_timeouts", (*relay)->timeouts()},
         {"udp_proxy", udp_proxy ? udp_proxy->options() : nlohmann::json()},
         {"dns_capture", udp_proxy && !no_dns},
+        {"proxy", protocol::proxy_to_json(proxy_defaults)},
         {"udp_inbound_capture", bpf::have_sk_lookup_ingress_ifindex()},
         {"max_inbound_connections", max_inbound_conns},
         {"tc_mode", bpf::to_string(tc_mode)},

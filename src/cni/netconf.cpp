@@ -103,6 +103,14 @@ Result<NetConf> parse_netconf(std::string_view bytes) {
   auto udpr = protocol::udp_ports_from_json(udp);
   if (!udpr.ok()) return Error::msg("netconf udpOutboundPorts/udpInboundPorts: " + udpr.error().message, kInvalidConfig);
   c.udp = std::move(*udpr);
+  json px = json::object();
+  for (auto [from, to] : {std::pair{"proxyOutbound", "outbound"}, {"proxyInbound", "inbound"}, {"proxyPodTlvs", "pod_tlvs"}}) {
+    auto it = j.find(from);
+    if (it != j.end() && !it->is_null()) px[to] = *it;
+  }
+  auto pxr = protocol::proxy_from_json(px);
+  if (!pxr.ok()) return Error::msg("netconf proxyOutbound/proxyInbound/proxyPodTlvs: " + pxr.error().message, kInvalidConfig);
+  c.proxy = std::move(*pxr);
 
   if (auto it = j.find("prevResult"); it != j.end() && !it->is_null()) {
     if (!it->is_object()) return config_error("prevResult", "an object");

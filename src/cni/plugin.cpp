@@ -92,6 +92,7 @@ class Command {
     pod.no_dns = !conf_.capture_dns;
     pod.dns_upstream = conf_.dns_upstream;
     pod.udp = conf_.udp;
+    pod.proxy = conf_.proxy;
     pod.skip_labels = skip_labels();
     Outcome out;
     auto c = connect(&out, prev_result());

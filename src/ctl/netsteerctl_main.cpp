@@ -108,6 +108,13 @@ int main(int argc, char** argv) {
                      "remote UDP port whose traffic goes through the agent (repeat; opt-in)");
   enroll->add_option("--udp-inbound-port", pod.udp.inbound_ports,
                      "pod UDP port whose inbound traffic goes through the agent (repeat; opt-in, Linux >= 5.17)");
+  std::string proxy_out, proxy_in;
+  enroll->add_option("--proxy-outbound", proxy_out,
+                     "ADDR:PORT: send the pod's outbound connections to this proxy with a PROXY v2 header");
+  enroll->add_option("--proxy-inbound", proxy_in,
+                     "ADDR:PORT: send connections to the pod to this proxy with a PROXY v2 header");
+  enroll->add_flag("--proxy-pod-tlvs", pod.proxy.pod_tlvs,
+                   "put the pod's namespace/name (0xE0) and uid (0xE1) in the PROXY v2 header");
   std::string dns_upstream;
   enroll->add_option("--dns-upstream", dns_upstream,
                      "ADDR[:PORT]: answer the pod's DNS from this resolver (default: the agent's, else the server asked)");
@@ -163,6 +170,13 @@ int main(int argc, char** argv) {
       auto a = SockAddr::parse(dns_upstream, 53);
       if (!a.ok()) return fail("--dns-upstream: " + a.error().message);
       pod.dns_upstream = *a;
+    }
+    for (auto [flag, from, to] : {std::tuple{"--proxy-outbound", &proxy_out, &pod.proxy.outbound},
+                                  {"--proxy-inbound", &proxy_in, &pod.proxy.inbound}}) {
+      if (from->empty()) continue;
+      auto a = SockAddr::parse(*from, 0);
+      if (!a.ok() || a->port() == 0) return fail(std::string(flag) + ": ADDR:PORT or [V6]:PORT, got '" + *from + "'");
+      *to = *a;
     }
   } else if (*unenroll) {
     req.type = protocol::MsgType::kDel;

@@ -134,6 +134,9 @@ Result<PodSpec> pod_from_json(const json& j) {
   if (auto u = j.find("udp"); u != j.end() && !u->is_null()) {
     NS_TRY(p.udp, udp_ports_from_json(*u));
   }
+  if (auto x = j.find("proxy"); x != j.end() && !x->is_null()) {
+    NS_TRY(p.proxy, proxy_from_json(*x));
+  }
   return p;
 }
 
@@ -193,6 +196,28 @@ Result<UdpPorts> udp_ports_from_json(const json& j) {
   return u;
 }
 
+json proxy_to_json(const ProxyHandoff& p) {
+  json j{{"pod_tlvs", p.pod_tlvs}};
+  if (p.outbound) j["outbound"] = p.outbound->str();
+  if (p.inbound) j["inbound"] = p.inbound->str();
+  return j;
+}
+
+Result<ProxyHandoff> proxy_from_json(const json& j) {
+  if (!j.is_object()) return field_error("proxy", "an object");
+  ProxyHandoff p;
+  for (auto [field, to] : {std::pair{"outbound", &p.outbound}, {"inbound", &p.inbound}}) {
+    NS_TRY(auto s, get_string(j, field));
+    if (s.empty()) continue;
+    auto a = SockAddr::parse(s, 0);
+    if (!a.ok() || a->port() == 0)
+      return Error::msg(std::string("field 'proxy.") + field + "' must be ADDR:PORT or [V6]:PORT", EINVAL);
+    *to = *a;
+  }
+  NS_TRY(p.pod_tlvs, get_bool(j, "pod_tlvs"));
+  return p;
+}
+
 json pod_to_json(const PodSpec& p) {
   json ips = json::array();
   for (const auto& a : p.ips) ips.push_back(a.str());
@@ -203,6 +228,7 @@ json pod_to_json(const PodSpec& p) {
   if (p.no_dns) j["no_dns"] = true;
   if (p.dns_upstream) j["dns_upstream"] = p.dns_upstream->str();
   if (!p.udp.empty()) j["udp"] = udp_ports_to_json(p.udp);
+  if (!p.proxy.empty() || p.proxy.pod_tlvs) j["proxy"] = proxy_to_json(p.proxy);
   return j;
 }
 

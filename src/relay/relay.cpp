@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 
 #include <atomic>
@@ -26,6 +27,7 @@
 #include "netsteer/common/accept.h"
 #include "netsteer/common/event_loop.h"
 #include "netsteer/common/log.h"
+#include "netsteer/handoff/proxy_v2.h"
 #include "netsteer/relay/http_connect.h"
 
 namespace netsteer::relay {
@@ -130,6 +132,19 @@ struct Listener {
   uint16_t port = 0;  // the listener's own port (15001/15006/15008)
 };
 
+constexpr uint16_t kDnsPort = 15053;  // the TCP DNS listener: relayed like outbound, never proxied
+
+// Connection ids are unique across agents and restarts: a random salt per process, XORed with the
+// worker and a per-worker sequence number.
+uint64_t conn_id_salt() {
+  static const uint64_t salt = [] {
+    uint64_t s = 0;
+    if (::getrandom(&s, sizeof s, 0) != sizeof s) s = static_cast<uint64_t>(::time(nullptr)) * 0x9E3779B97F4A7C15ull;
+    return s & 0x00ffffffffffffffull;
+  }();
+  return salt;
+}
+
 // One direction of a connection: src → pipe → dst.
 struct Flow {
   int src = -1, dst = -1;
@@ -152,6 +167,9 @@ struct Conn {
   bool bypass_set = false;
   bool redirected = false;  // arrived through a NAT redirect (SO_ORIGINAL_DST)
   bool half_closed = false;  // deadline_ms is the half-close timeout
+  bool proxied = false;      // sent to the pod's proxy (PROXY v2), not to the destination
+  SockAddr proxy;
+  uint64_t id = 0;           // the connection id (PROXY v2 UNIQUE_ID)
   int64_t deadline_ms = 0;  // connect deadline, then idle (or half-close) deadline
 };
 
@@ -327,6 +345,11 @@ class Worker {
         }
       }
       if (l.dir == Direction::outbound && dst.port() == 53 && l.pod->dns_upstream) dst = *l.pod->dns_upstream;
+      raw->id = conn_id_salt() ^ (static_cast<uint64_t>(id_) << 56 | ++conn_seq_);
+      if (l.port != kDnsPort && l.dir != Direction::tunnel && l.pod->proxy[static_cast<int>(l.dir)]) {
+        start_proxied(*raw, *l.pod->proxy[static_cast<int>(l.dir)], dst, client);
+        continue;
+      }
       start_upstream(*raw, dst, client);
     }
   }
@@ -384,6 +407,10 @@ class Worker {
     }
     int r = ::connect(up.get(), dst.sa(), dst.len);
     if (r < 0 && errno != EINPROGRESS) return fail(c, std::string("connect ") + dst.str() + ": " + std::strerror(errno));
+    watch_connecting(c, std::move(up));
+  }
+
+  void watch_connecting(Conn& c, UniqueFd up) {
     c.up = std::move(up);
     c.state = Conn::kConnecting;
     c.deadline_ms = now_ms() + opts_.connect_timeout_ms;
@@ -394,6 +421,39 @@ class Worker {
     if (c.dir == Direction::tunnel) {
       (void)ctl(EPOLL_CTL_MOD, c.down.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, &c.down_ep);
     }
+  }
+
+  // Hand-off: the connection goes to the pod's proxy, dialled from the agent's own netns (a
+  // node-local proxy), with the PROXY v2 header queued ahead of the client's bytes.
+  void start_proxied(Conn& c, const SockAddr& proxy, const SockAddr& dst, const SockAddr& client) {
+    handoff::ProxyV2Options o;
+    o.unique_id = fmt::format("{:016x}", c.id);
+    o.app_tlvs = c.pod->proxy_tlvs;
+    auto header = handoff::encode_proxy_v2(client, dst, o);
+    if (!header.ok()) return fail(c, header.error().message);
+    c.proxied = true;
+    c.pod->of(c.dir).proxied++;
+    UniqueFd up(::socket(proxy.ip().family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!up) return proxy_failed(c, proxy, errno);
+    tune_socket(up.get(), opts_);
+    if (::connect(up.get(), proxy.sa(), proxy.len) < 0 && errno != EINPROGRESS) return proxy_failed(c, proxy, errno);
+    c.to_up.pending.assign(header->begin(), header->end());
+    c.proxy = proxy;
+    watch_connecting(c, std::move(up));
+  }
+
+  // The proxy is down or refused: the client gets a reset (never a silent direct dial), counted
+  // per pod and logged (at most once a second).
+  void proxy_failed(Conn& c, const SockAddr& proxy, int err) {
+    c.pod->of(c.dir).proxy_failed++;
+    if (uint64_t now = now_ms(); now - last_proxy_warn_ms_ >= 1000) {
+      last_proxy_warn_ms_ = now;
+      log::PodScope scope(c.pod->uid);
+      spdlog::warn("pod {}: {} connection reset: proxy {} unreachable: {}", c.pod->uid, to_string(c.dir), proxy.str(),
+                   std::strerror(err));
+    }
+    c.pod->of(c.dir).failed++;
+    finish(c, true, false);
   }
 
   // The pod's bypass map holds one entry per live inbound upstream: when it is full the client
@@ -487,7 +547,10 @@ class Worker {
         return;
       }
       if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
-      if (int err = sock_error(c.up.get()); err != 0) return fail(c, std::string("connect: ") + std::strerror(err));
+      if (int err = sock_error(c.up.get()); err != 0) {
+        if (c.proxied) return proxy_failed(c, c.proxy, err);
+        return fail(c, std::string("connect: ") + std::strerror(err));
+      }
       // The bypass entry stays until the upstream is closed: the app may have no socket for the
       // flow yet (SYN cookie, accept queue overflow), and then every segment the relay sends goes
       // through the listener lookup, and so through sk_lookup, again.
@@ -633,7 +696,8 @@ class Worker {
   std::vector<std::unique_ptr<Pipe>> idle_;
   std::atomic<size_t> nconns_{0}, idle_pipes_{0}, pipes_in_use_{0};
   std::atomic<uint64_t> shed_{0};  // connections reset because the process was out of fds
-  uint64_t last_accept_warn_ms_ = 0, last_bypass_warn_ms_ = 0;
+  uint64_t last_accept_warn_ms_ = 0, last_bypass_warn_ms_ = 0, last_proxy_warn_ms_ = 0;
+  uint64_t conn_seq_ = 0;
 };
 
 Result<std::unique_ptr<Relay>> Relay::start(const RelayOptions& opts) {

@@ -44,6 +44,9 @@ struct Dataplane {
   bool dns = true;  // capture pods' DNS (agent-wide; a pod may opt out)
   // The agent-wide --dns-upstream, which the relay also applies to TCP DNS (a pod's own wins).
   std::optional<SockAddr> dns_upstream;
+  // Agent-wide hand-off defaults (--proxy-outbound/--proxy-inbound/--proxy-pod-tlvs); a pod's own
+  // "proxy" wins as a whole.
+  protocol::ProxyHandoff proxy;
 };
 
 struct Pod {

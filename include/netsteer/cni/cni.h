@@ -53,6 +53,7 @@ struct NetConf {
   bool capture_dns = true;                      // "captureDns"
   std::optional<SockAddr> dns_upstream;         // "dnsUpstream": ADDR[:PORT]
   protocol::UdpPorts udp;                       // "udpOutboundPorts", "udpInboundPorts"
+  protocol::ProxyHandoff proxy;                 // "proxyOutbound", "proxyInbound", "proxyPodTlvs"
   std::vector<std::string> exclude_namespaces;  // pods in these namespaces are not enrolled
   std::vector<std::string> exclude_pods;        // "namespace/name" patterns, '*' wildcards
   // "key" / "key=value" label requirements; evaluated by the agent against the pod's labels in

@@ -49,6 +49,17 @@ struct UdpPorts {
   bool operator==(const UdpPorts&) const = default;
 };
 nlohmann::json udp_ports_to_json(const UdpPorts& u);
+
+// Hand-off to a proxy with PROXY protocol v2 ("proxy" on the wire): outbound and/or inbound
+// connections go to this address (in the agent's netns) instead of their destination.
+struct ProxyHandoff {
+  std::optional<SockAddr> outbound, inbound;
+  bool pod_tlvs = false;  // the pod's identity in TLVs 0xE0 (namespace/name) and 0xE1 (uid)
+  bool empty() const { return !outbound && !inbound; }
+  bool operator==(const ProxyHandoff&) const = default;
+};
+nlohmann::json proxy_to_json(const ProxyHandoff& p);
+Result<ProxyHandoff> proxy_from_json(const nlohmann::json& j);
 Result<UdpPorts> udp_ports_from_json(const nlohmann::json& j);
 
 struct PodSpec {
@@ -67,6 +78,7 @@ struct PodSpec {
   bool no_dns = false;
   std::optional<SockAddr> dns_upstream;
   UdpPorts udp;
+  ProxyHandoff proxy;  // empty: the agent-wide --proxy-outbound/--proxy-inbound, if any
 };
 
 struct Request {

@@ -32,10 +32,12 @@ const char* to_string(Direction d);
 // reset on either side; timeouts: connect or idle timeout; half_close_timeouts: one side shut its
 // half and nothing moved for the half-close timeout; dead_peers: a peer stopped acknowledging
 // (TCP_USER_TIMEOUT) or answering keepalive probes; bypass_full: inbound connections reset because
-// the pod's bypass map was full (--max-inbound-connections); bytes_up: client → upstream.
+// the pod's bypass map was full (--max-inbound-connections); proxied: sent to the pod's proxy with
+// a PROXY v2 header; proxy_failed: of those, the proxy was down or refused (the client got a
+// reset; no direct dial instead); bytes_up: client → upstream.
 #define NS_RELAY_COUNTER_FIELDS(X)                                                                          \
   X(opened) X(failed) X(active) X(closed) X(resets) X(timeouts) X(half_close_timeouts) X(dead_peers) X(bypass_full) \
-  X(bytes_up) X(bytes_down)
+  X(proxied) X(proxy_failed) X(bytes_up) X(bytes_down)
 
 // A plain copy of one direction's counters (summable; what metrics and inspect read).
 struct DirectionTotals {
@@ -62,6 +64,11 @@ struct PodContext {
   // TCP DNS (outbound to port 53) goes here instead of the original destination when set (the
   // pod's or the agent's DNS upstream, as for DNS over UDP).
   std::optional<SockAddr> dns_upstream;
+  // Hand-off to a proxy: outbound (index 0) / inbound (1) connections go to this address, dialled
+  // from the agent's own netns, and carry a PROXY v2 header first (client, original destination,
+  // UNIQUE_ID = the connection id, CRC32C, and proxy_tlvs: the pod's identity when enabled).
+  std::optional<SockAddr> proxy[2];
+  std::vector<std::pair<uint8_t, std::string>> proxy_tlvs;
   // Registers (add=true) / removes the relay's inbound upstream local address in the pod's
   // sk_lookup bypass map, for the upstream connection's whole life (E2BIG: the map is full).
   std::function<Status(const SockAddr&, bool add)> bypass;
