@@ -349,6 +349,37 @@ def udp_path(args, tmp):
     return results
 
 
+def access_log_cost(args, tmp):
+    """New connections per second through netsteer (outbound, wrk with Connection: close) with the
+    access log off and on (a file), alternating twice in one run."""
+    t = nstest.Topology()
+    out = {"off": [], "on": []}
+    logdir = tempfile.mkdtemp(prefix="netsteer-access-")  # not `tmp`: nginx hands that to its worker user
+    try:
+        t.wait_v6_ready()
+        srv = Servers(t.remote, tmp)
+        try:
+            for mode in ("off", "on", "off", "on"):
+                extra = ["--access-log", os.path.join(logdir, "access.log")] if mode == "on" else []
+                a = nstest.Agent(extra)
+                try:
+                    a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+                    out[mode].append(wrk(t.pod, t.remote_ip, args.secs)["conn_per_s"])
+                    if mode == "on":
+                        out.setdefault("log", []).append(json.loads(a.ctl("status", "--json").stdout)["access_log"])
+                finally:
+                    a.ctl("unenroll", "--uid", t.pod.name, check=False)
+                    a.close()
+            print("  access log: done", flush=True)
+        finally:
+            srv.close()
+    finally:
+        t.close()
+        nstest.run(["rm", "-rf", logdir])
+    out["ratio_on_off"] = statistics.mean(out["on"]) / statistics.mean(out["off"])
+    return out
+
+
 def bpf_runtime(tmp):
     """ns per run of the sk_lookup and tc guard programs while traffic flows (bpf_stats_enabled)."""
     old = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
@@ -492,6 +523,10 @@ def table(res):
                 d = up["direct"][load]["gbit_s"]
                 if d:
                     lines.append(f"- UDP netsteer/direct received at {load}: {up['netsteer'][load]['gbit_s'] / d:.2f}")
+    al = res.get("access_log")
+    if al:
+        lines += ["", f"- access log: conn/s off {', '.join(f'{x:.0f}' for x in al['off'])}, on "
+                  f"{', '.join(f'{x:.0f}' for x in al['on'])}: on/off {al['ratio_on_off']:.2f} (target >= 0.9)"]
     if res.get("bpf"):
         lines.append("")
         for k, v in res["bpf"].items():
@@ -521,6 +556,7 @@ def main():
     ap.add_argument("--dns", action="store_true", help="also the DNS path (dnsperf; direct, netsteer, REDIRECT)")
     ap.add_argument("--dns-qps", type=int, default=5000, help="the fixed DNS load (queries/s)")
     ap.add_argument("--udp", action="store_true", help="also UDP bulk (iperf3 -u; direct, netsteer)")
+    ap.add_argument("--access-log", action="store_true", help="also conn/s with the access log off and on")
     ap.add_argument("--agent-args", default="", help="extra netsteerd flags for the control-plane agents "
                     "(A/B runs, e.g. --max-inbound-connections 4096)")
     args = ap.parse_args()
@@ -549,6 +585,10 @@ def main():
         if args.udp:
             print("udp path ...", flush=True)
             res["udp_path"] = udp_path(args, tmp)
+            save()
+        if args.access_log:
+            print("access log cost ...", flush=True)
+            res["access_log"] = access_log_cost(args, tmp)
             save()
         print("bpf run time ...", flush=True)
         res["bpf"] = bpf_runtime(tmp)

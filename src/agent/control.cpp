@@ -82,6 +82,11 @@ Reply RequestHandler::handle(protocol::Packet& packet) {
     }
     case MsgType::kHandover:
       return error_reply("'handover' is served on the control socket only", EINVAL);
+    case MsgType::kConns: {
+      if (!req->uid.empty() && mgr_.pod_json(req->uid).is_null()) return error_reply("unknown pod '" + req->uid + "'", ENOENT);
+      r.data = {{"connections", conns_ ? conns_(req->uid) : nlohmann::json::array()}};
+      return r;
+    }
     case MsgType::kSnapshot: {
       // The sender lists the pods that exist on the node; every other enrolment is stale.
       auto removed = mgr_.retain_only(std::set<std::string>(req->uids.begin(), req->uids.end()));

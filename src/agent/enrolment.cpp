@@ -158,6 +158,8 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
 Status EnrolmentManager::attach_data_path(Pod& pod) {
   auto ctx = std::make_shared<relay::PodContext>();
   ctx->uid = pod.spec.uid;
+  ctx->namespace_ = pod.spec.namespace_;
+  ctx->name = pod.spec.name;
   NS_TRY(ctx->netns, pod.netns.dup());
   ctx->pod_ips = pod.spec.ips;
   if (captures_dns(pod.spec)) ctx->dns_upstream = pod.spec.dns_upstream ? pod.spec.dns_upstream : dp_->dns_upstream;

@@ -16,6 +16,7 @@
 #include "netsteer/agent/control.h"
 #include "netsteer/agent/enrolment.h"
 #include "netsteer/bpf/features.h"
+#include "netsteer/relay/access_log.h"
 #include "netsteer/relay/relay.h"
 #include "netsteer/client/client.h"
 #include "netsteer/common/log.h"
@@ -100,6 +101,10 @@ int main(int argc, char** argv) {
   app.add_option("--proxy-inbound", proxy_in, "ADDR:PORT: the same for connections to the pods");
   app.add_flag("--proxy-pod-tlvs", proxy_pod_tlvs,
                "put the pod's namespace/name (0xE0) and uid (0xE1) in the PROXY v2 header");
+  std::string access_log_target = "off";
+  app.add_option("--access-log", access_log_target,
+                 "PATH|stderr|off: one JSON line per finished relayed connection (reopened on SIGHUP)")
+      ->capture_default_str();
   int udp_idle_s = 60;
   app.add_option("--udp-idle-s", udp_idle_s, "a captured UDP flow with no datagram either way this long is closed")
       ->capture_default_str()
@@ -168,6 +173,7 @@ int main(int argc, char** argv) {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);  // the access log reopens on it (its own signalfd); never fatal
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
   // Each pod holds 9 fds (netns, listeners, the maps used per connection) plus two per relayed
@@ -222,6 +228,16 @@ int main(int argc, char** argv) {
   netns::NetnsExecutor executor(executor_threads);
   ropts.mark = protocol::kAgentMark;
   ropts.preserve_client_source = capture_mode == "bpf";
+  std::unique_ptr<relay::AccessLog> access_log;
+  if (access_log_target != "off") {
+    auto l = relay::AccessLog::open(access_log_target);
+    if (!l.ok()) {
+      spdlog::critical("--access-log: {}", l.error().message);
+      return 2;
+    }
+    access_log = std::move(*l);
+    ropts.access_log = access_log.get();
+  }
   auto relay = relay::Relay::start(ropts);
   if (!relay.ok()) {
     spdlog::critical("cannot start the relay: {}", relay.error().message);
@@ -332,6 +348,9 @@ int main(int argc, char** argv) {
         {"udp_proxy", udp_proxy ? udp_proxy->options() : nlohmann::json()},
         {"dns_capture", udp_proxy && !no_dns},
         {"proxy", protocol::proxy_to_json(proxy_defaults)},
+        {"access_log", access_log ? nlohmann::json{{"target", access_log->target()}, {"written", access_log->written()},
+                                                   {"dropped", access_log->dropped()}, {"reopened", access_log->reopened()}}
+                                  : nlohmann::json()},
         {"udp_inbound_capture", bpf::have_sk_lookup_ingress_ifindex()},
         {"max_inbound_connections", max_inbound_conns},
         {"tc_mode", bpf::to_string(tc_mode)},
@@ -345,6 +364,7 @@ int main(int argc, char** argv) {
   copts.socket_path = socket_path;
   copts.allowed_uids = {allow_uids.begin(), allow_uids.end()};
   copts.client_idle_timeout = std::chrono::milliseconds(control_idle_ms);
+  handler.set_conns([&](const std::string& uid) { return (*relay)->connections_json(uid); });
   agent::ControlServer server(copts, handler);
   if (auto st = handover ? server.serve_on(std::move(handover->control_listener)) : server.listen(); !st.ok()) {
     spdlog::critical("cannot listen on the control socket: {}", st.error().message);

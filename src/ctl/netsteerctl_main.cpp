@@ -136,6 +136,11 @@ int main(int argc, char** argv) {
   inspect->add_option("--uid", in_uid, "pod uid")->required();
   inspect->add_flag("--json", as_json, "print JSON");
 
+  std::string conns_uid;
+  auto* conns = app.add_subcommand("conns", "the connections being relayed now (the relay's ss)");
+  conns->add_option("--uid", conns_uid, "only this pod's");
+  conns->add_flag("--json", as_json, "print JSON");
+
   std::vector<std::string> snap_uids;
   bool all_gone = false;
   auto* snapshot = app.add_subcommand("snapshot", "tell the agent which pods exist; it unenrols every other pod");
@@ -198,6 +203,9 @@ int main(int argc, char** argv) {
   } else if (*snapshot) {
     req.type = protocol::MsgType::kSnapshot;
     req.uids = snap_uids;
+  } else if (*conns) {
+    req.type = protocol::MsgType::kConns;
+    req.uid = conns_uid;
   }
 
   auto c = client::Client::connect(socket_path, std::chrono::milliseconds(timeout_ms));
@@ -206,6 +214,21 @@ int main(int argc, char** argv) {
   if (!r.ok()) return fail(r.error().message);
   const json& d = r->data;
 
+  if (*conns) {
+    if (as_json) {
+      std::cout << d["connections"].dump(2) << "\n";
+    } else {
+      std::printf("%-16s %-24s %-9s %-40s %-40s %-11s %8s %12s %12s\n", "ID", "POD", "DIR", "CLIENT", "DESTINATION",
+                  "STATE", "AGE_S", "BYTES_UP", "BYTES_DOWN");
+      for (const auto& c : d["connections"])
+        std::printf("%-16s %-24s %-9s %-40s %-40s %-11s %8.1f %12llu %12llu\n", c.value("id", "").c_str(),
+                    c.value("pod_uid", "").c_str(), c.value("direction", "").c_str(), c.value("client", "").c_str(),
+                    c.value("destination", "").c_str(), c.value("state", "").c_str(), c.value("age_s", 0.0),
+                    static_cast<unsigned long long>(c.value("bytes_up", 0ULL)),
+                    static_cast<unsigned long long>(c.value("bytes_down", 0ULL)));
+    }
+    return 0;
+  }
   if (*enroll) {
     std::printf("%s %s\n", d.value("result", "enrolled").c_str(), pod.uid.c_str());
   } else if (*unenroll) {

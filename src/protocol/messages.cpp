@@ -10,7 +10,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::array<std::pair<MsgType, std::string_view>, 9> kTypes{{
+constexpr std::array<std::pair<MsgType, std::string_view>, 10> kTypes{{
     {MsgType::kHello, "hello"},
     {MsgType::kAdd, "add"},
     {MsgType::kDel, "del"},
@@ -20,6 +20,7 @@ constexpr std::array<std::pair<MsgType, std::string_view>, 9> kTypes{{
     {MsgType::kCheck, "check"},
     {MsgType::kInspect, "inspect"},
     {MsgType::kHandover, "handover"},
+    {MsgType::kConns, "conns"},
 }};
 
 Error field_error(std::string_view field, std::string_view want) {
@@ -272,6 +273,11 @@ Result<Request> decode_request(std::string_view bytes) {
       }
       break;
     }
+    case MsgType::kConns: {
+      NS_TRY(r.uid, get_string(j, "uid"));
+      if (!r.uid.empty()) NS_TRY_STATUS(validate_uid(r.uid));
+      break;
+    }
     case MsgType::kSnapshot: {
       if (!j.contains("uids")) return Error::msg("missing field 'uids'", EINVAL);
       NS_TRY(r.uids, get_strings(j, "uids"));
@@ -300,6 +306,9 @@ std::string encode_request(const Request& r) {
       break;
     case MsgType::kSnapshot:
       j["uids"] = r.uids;
+      break;
+    case MsgType::kConns:
+      if (!r.uid.empty()) j["uid"] = r.uid;
       break;
     default:
       break;

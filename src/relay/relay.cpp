@@ -28,6 +28,7 @@
 #include "netsteer/common/event_loop.h"
 #include "netsteer/common/log.h"
 #include "netsteer/handoff/proxy_v2.h"
+#include "netsteer/relay/access_log.h"
 #include "netsteer/relay/http_connect.h"
 
 namespace netsteer::relay {
@@ -151,6 +152,7 @@ struct Flow {
   std::unique_ptr<Pipe> pipe;
   size_t in_pipe = 0;
   std::string pending;  // bytes to write to dst before spliced data (tunnel reply/leftover)
+  uint64_t moved = 0;   // bytes spliced src → dst over the connection's life
   bool src_eof = false, dst_shut = false;
   bool done() const { return src_eof && in_pipe == 0 && pending.empty() && dst_shut; }
 };
@@ -169,6 +171,9 @@ struct Conn {
   bool half_closed = false;  // deadline_ms is the half-close timeout
   bool proxied = false;      // sent to the pod's proxy (PROXY v2), not to the destination
   SockAddr proxy;
+  SockAddr client, dst;         // the client and the original destination (or DNS upstream)
+  int64_t started_ms = 0;
+  const char* reason = "closed";  // why it ended (access log)
   uint64_t id = 0;           // the connection id (PROXY v2 UNIQUE_ID)
   int64_t deadline_ms = 0;  // connect deadline, then idle (or half-close) deadline
 };
@@ -242,7 +247,24 @@ class Worker {
     std::vector<Conn*> victims;
     for (auto& [p, c] : conns_)
       if (c->pod.get() == pod) victims.push_back(p);
-    for (Conn* c : victims) finish(*c, true, false);
+    for (Conn* c : victims) {
+      c->reason = "evicted";  // the pod was unenrolled
+      finish(*c, true, false);
+    }
+  }
+
+  json connections_json(const std::string& uid) const {
+    json a = json::array();
+    int64_t now = now_ms();
+    for (const auto& [p, c] : conns_) {
+      if (!uid.empty() && c->pod->uid != uid) continue;
+      a.push_back({{"id", fmt::format("{:016x}", c->id)}, {"pod_uid", c->pod->uid}, {"direction", to_string(c->dir)},
+                   {"client", c->client.str()}, {"destination", c->dst.len ? c->dst.str() : ""},
+                   {"sent_to", sent_to(*c)}, {"state", c->state == Conn::kEstablished ? "established" : "connecting"},
+                   {"age_s", double(now - c->started_ms) / 1000.0}, {"bytes_up", c->to_up.moved},
+                   {"bytes_down", c->to_down.moved}});
+    }
+    return a;
   }
 
   json stats() const {
@@ -272,9 +294,14 @@ class Worker {
       auto& ctr = c->pod->of(c->dir);
       if (c->state == Conn::kEstablished && c->half_closed) {
         ctr.half_close_timeouts++;
+        c->reason = "half_close_timeout";
       } else {
         ctr.timeouts++;
-        if (c->state == Conn::kConnecting || c->state == Conn::kRequest) ctr.failed++;
+        c->reason = "idle_timeout";
+        if (c->state == Conn::kConnecting || c->state == Conn::kRequest) {
+          ctr.failed++;
+          c->reason = "connect_failed";
+        }
       }
       finish(*c, true, true);
     }
@@ -307,6 +334,7 @@ class Worker {
       c->down.reset(fd);
       c->pod = l.pod;
       c->dir = l.dir;
+      c->started_ms = now_ms();
       Conn* raw = c.get();
       conns_[raw] = std::move(c);
       nconns_++;
@@ -370,6 +398,7 @@ class Worker {
   // Inbound (and tunnel) upstreams keep the client's address as source — except after a NAT
   // redirect, where the pod has no route steering the app's replies back to the relay.
   void start_upstream(Conn& c, const SockAddr& dst, const SockAddr& client) {
+    note_ends(c, dst, client);
     bool keep_source = c.dir != Direction::outbound && !c.redirected && opts_.preserve_client_source;
     int family = dst.ip().family;
     UniqueFd up;
@@ -423,9 +452,15 @@ class Worker {
     }
   }
 
+  static void note_ends(Conn& c, const SockAddr& dst, const SockAddr& client) {
+    c.client = SockAddr::make(client.ip().unmapped(), client.port());
+    c.dst = SockAddr::make(dst.ip().unmapped(), dst.port());
+  }
+
   // Hand-off: the connection goes to the pod's proxy, dialled from the agent's own netns (a
   // node-local proxy), with the PROXY v2 header queued ahead of the client's bytes.
   void start_proxied(Conn& c, const SockAddr& proxy, const SockAddr& dst, const SockAddr& client) {
+    note_ends(c, dst, client);
     handoff::ProxyV2Options o;
     o.unique_id = fmt::format("{:016x}", c.id);
     o.app_tlvs = c.pod->proxy_tlvs;
@@ -453,6 +488,7 @@ class Worker {
                    std::strerror(err));
     }
     c.pod->of(c.dir).failed++;
+    c.reason = "connect_failed";
     finish(c, true, false);
   }
 
@@ -466,6 +502,7 @@ class Worker {
       spdlog::warn("pod {}: {} connection reset: bypass map full (raise --max-inbound-connections)", c.pod->uid,
                    to_string(c.dir));
     }
+    c.reason = "refused";
     finish(c, true, false);
   }
 
@@ -485,6 +522,7 @@ class Worker {
       spdlog::debug("pod {}: {} connection failed: {}", c.pod->uid, to_string(c.dir), why);
     }
     c.pod->of(c.dir).failed++;
+    c.reason = "connect_failed";
     finish(c, true, false);
   }
 
@@ -495,6 +533,7 @@ class Worker {
     std::string resp = http_response(status, why);
     (void)!::send(c.down.get(), resp.data(), resp.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     c.pod->of(c.dir).failed++;
+    c.reason = "refused";
     finish(c, false, false);
   }
 
@@ -542,6 +581,7 @@ class Worker {
         // The client gave up (or reset) before the upstream answered.
         if (events & (EPOLLERR | EPOLLHUP)) {
           c.pod->of(c.dir).failed++;
+          c.reason = "reset";
           finish(c, true, true);
         }
         return;
@@ -580,6 +620,7 @@ class Worker {
     auto& ctr = c.pod->of(c.dir);
     if (err == ETIMEDOUT) ctr.dead_peers++;
     else ctr.resets++;
+    c.reason = err == ETIMEDOUT ? "dead_peer" : "reset";
     finish(c, true, true);
   }
 
@@ -597,6 +638,7 @@ class Worker {
         if (n < 0) return (errno == EAGAIN || errno == EINTR) ? 0 : -errno;
         f.in_pipe -= static_cast<size_t>(n);
         bytes.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+        f.moved += static_cast<uint64_t>(n);
         continue;
       }
       if (f.src_eof) {
@@ -658,6 +700,26 @@ class Worker {
   }
 
   // Closes the connection (with RST on the requested sides) and retires it for this batch.
+  static std::string sent_to(const Conn& c) {
+    if (c.proxied) return "proxy " + c.proxy.str();
+    return c.dir == Direction::tunnel ? "tunnel" : "direct";
+  }
+
+  void log_access(const Conn& c) {
+    timespec ts{};
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    tm t{};
+    ::gmtime_r(&ts.tv_sec, &t);
+    // Formatted directly (on the worker, per connection): addresses and the fixed words need no
+    // escaping; the pod's identity was encoded once at add_pod.
+    opts_.access_log->push(fmt::format(
+        R"({{"end":"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z","id":"{:016x}",{},"direction":"{}","client":"{}",)"
+        R"("destination":"{}","sent_to":"{}","bytes_up":{},"bytes_down":{},"duration_ms":{},"reason":"{}"}})",
+        t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, ts.tv_nsec / 1000000, c.id,
+        c.pod->log_identity, to_string(c.dir), c.client.len ? c.client.str() : "", c.dst.len ? c.dst.str() : "",
+        sent_to(c), c.to_up.moved, c.to_down.moved, now_ms() - c.started_ms, c.reason));
+  }
+
   void finish(Conn& c, bool rst_down, bool rst_up) {
     if (c.state == Conn::kDead) return;
     c.state = Conn::kDead;
@@ -678,6 +740,7 @@ class Worker {
     auto& ctr = c.pod->of(c.dir);
     ctr.active--;
     ctr.closed++;
+    if (opts_.access_log) log_access(c);
     auto it = conns_.find(&c);
     if (it != conns_.end()) {
       graveyard_.push_back(std::move(it->second));
@@ -730,6 +793,8 @@ void Relay::broadcast(const std::function<void(Worker&)>& fn) {
 Status Relay::add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, int inbound_fd, int tunnel_fd,
                       int dns_tcp_fd) {
   if (!pod->bypass) return Error::msg("pod context without a bypass hook", EINVAL);
+  pod->log_identity = fmt::format(R"("pod_uid":{},"namespace":{},"name":{})", json(pod->uid).dump(),
+                                  json(pod->namespace_).dump(), json(pod->name).dump());
   for (int fd : {outbound_fd, inbound_fd, tunnel_fd, dns_tcp_fd})
     if (fd >= 0) tune_socket(fd, opts_);
   broadcast([&](Worker& w) {
@@ -747,6 +812,17 @@ void Relay::remove_pod(const std::shared_ptr<PodContext>& pod) {
 
 void Relay::stop_accepting() {
   broadcast([](Worker& w) { w.release_listeners(nullptr); });
+}
+
+json Relay::connections_json(const std::string& uid) {
+  std::mutex mu;
+  json all = json::array();
+  broadcast([&](Worker& w) {
+    json a = w.connections_json(uid);
+    std::lock_guard lk(mu);
+    for (auto& x : a) all.push_back(std::move(x));
+  });
+  return all;
 }
 
 size_t Relay::connections() {

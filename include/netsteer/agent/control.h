@@ -23,6 +23,9 @@ class RequestHandler {
   RequestHandler(EnrolmentManager& mgr, StatusFn status, PodLabelSource* labels = nullptr)
       : mgr_(mgr), status_(std::move(status)), labels_(labels) {}
   protocol::Reply handle(protocol::Packet& packet);
+  // "conns": the connections being relayed (all pods, or the request's uid).
+  using ConnsFn = std::function<nlohmann::json(const std::string& uid)>;
+  void set_conns(ConnsFn fn) { conns_ = std::move(fn); }
 
  private:
   protocol::Reply handle_add(const protocol::Request& req, protocol::Packet& packet);
@@ -30,6 +33,7 @@ class RequestHandler {
   Result<std::string> skip_reason(const protocol::PodSpec& pod);
   EnrolmentManager& mgr_;
   StatusFn status_;
+  ConnsFn conns_;
   PodLabelSource* labels_;
 };
 

@@ -29,7 +29,8 @@ inline constexpr uint16_t kPortUdpOutbound = 15001;  // UDP sockets, beside the 
 inline constexpr uint16_t kPortUdpInbound = 15006;
 
 // kHandover: a new agent asks the running one for its pods and sockets (agent/handover.h).
-enum class MsgType { kHello, kAdd, kDel, kList, kStatus, kSnapshot, kCheck, kInspect, kHandover };
+// kConns: the connections being relayed now (optional uid).
+enum class MsgType { kHello, kAdd, kDel, kList, kStatus, kSnapshot, kCheck, kInspect, kHandover, kConns };
 std::string_view to_string(MsgType t);
 
 // Per-pod capture exclusions (set at enrol time).

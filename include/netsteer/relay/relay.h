@@ -59,6 +59,8 @@ struct DirectionCounters {
 // One pod as the relay sees it. Shared by the enrolment manager and the relay workers.
 struct PodContext {
   std::string uid;
+  std::string namespace_, name;  // the pod's identity (access log)
+  std::string log_identity;      // its JSON members in access-log records (made by Relay::add_pod)
   netns::NetnsHandle netns;      // upstream sockets are born here
   std::vector<IpAddr> pod_ips;   // tunnel targets must be one of these
   // TCP DNS (outbound to port 53) goes here instead of the original destination when set (the
@@ -99,6 +101,7 @@ struct RelayOptions {
   // table 133). Off when something else captures (netsteerd --capture none: iptables REDIRECT or
   // TPROXY), where the app's replies to a foreign source would leave the pod.
   bool preserve_client_source = true;
+  class AccessLog* access_log = nullptr;  // one JSON record per finished connection (not owned)
 };
 
 class Worker;
@@ -121,6 +124,9 @@ class Relay {
 
   nlohmann::json stats() const;  // per worker: connections, pipes in use/idle
   nlohmann::json timeouts() const;  // the bounds in force (status)
+  // The connections being relayed now (all pods, or one): id, pod, direction, client, original
+  // destination, where it was sent, state, age and bytes each way (netsteerctl conns).
+  nlohmann::json connections_json(const std::string& uid);
   size_t workers() const { return workers_.size(); }
 
  private:
