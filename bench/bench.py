@@ -351,15 +351,16 @@ def udp_path(args, tmp):
 
 def access_log_cost(args, tmp):
     """New connections per second through netsteer (outbound, wrk with Connection: close) with the
-    access log off and on (a file), alternating twice in one run."""
-    t = nstest.Topology()
+    access log off and on (a file), alternating twice in one run; a fresh pod/remote pair each
+    time (a run leaves tens of thousands of TIME_WAIT sockets that would starve the next)."""
     out = {"off": [], "on": []}
     logdir = tempfile.mkdtemp(prefix="netsteer-access-")  # not `tmp`: nginx hands that to its worker user
     try:
-        t.wait_v6_ready()
-        srv = Servers(t.remote, tmp)
-        try:
-            for mode in ("off", "on", "off", "on"):
+        for mode in ("off", "on", "off", "on"):
+            t = nstest.Topology()
+            try:
+                t.wait_v6_ready()
+                srv = Servers(t.remote, tmp)
                 extra = ["--access-log", os.path.join(logdir, "access.log")] if mode == "on" else []
                 a = nstest.Agent(extra)
                 try:
@@ -370,11 +371,11 @@ def access_log_cost(args, tmp):
                 finally:
                     a.ctl("unenroll", "--uid", t.pod.name, check=False)
                     a.close()
-            print("  access log: done", flush=True)
-        finally:
-            srv.close()
+                    srv.close()
+            finally:
+                t.close()
+        print("  access log: done", flush=True)
     finally:
-        t.close()
         nstest.run(["rm", "-rf", logdir])
     out["ratio_on_off"] = statistics.mean(out["on"]) / statistics.mean(out["off"])
     return out

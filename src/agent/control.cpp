@@ -284,6 +284,10 @@ void ControlServer::serve_client(int fd) {
     drop_client(fd);
     return;
   }
+  if (auto req = protocol::decode_request(p->data); req.ok() && req->type == MsgType::kLease && p->fds.empty()) {
+    serve_lease(client, *req);
+    return;
+  }
   Reply r = handler_.handle(*p);
   if (!r.ok) spdlog::info("control: request refused: {}", r.error);
   auto st = client.ch.send(protocol::encode_reply(r));
@@ -294,16 +298,47 @@ void ControlServer::serve_client(int fd) {
   }
 }
 
+void ControlServer::serve_lease(Client& client, const protocol::Request& req) {
+  Reply r;
+  std::vector<int> fds;
+  Result<LeaseGrant> g = Error::msg("this agent does not lease listeners", EOPNOTSUPP);
+  if (client.release) {
+    g = Error::msg("this connection already holds a lease", EBUSY);
+  } else if (lease_) {
+    auto cred = client.ch.peer_cred();
+    g = lease_(req, cred.ok() ? "pid " + std::to_string(cred->pid) + " (uid " + std::to_string(cred->uid) + ")" : "a peer");
+  }
+  if (!g.ok()) {
+    r = error_reply(g.error());
+    spdlog::info("control: lease refused: {}", r.error);
+  } else {
+    r.data = g->data;
+    for (const auto& f : g->fds) fds.push_back(f.get());
+  }
+  if (auto st = client.ch.send(protocol::encode_reply(r), fds); !st.ok()) {
+    spdlog::warn("control: lease reply: {}", st.error().message);
+    if (g.ok()) g->release("the reply could not be sent");
+    return;
+  }
+  if (g.ok()) client.release = std::move(g->release);  // our copies of the fds close here
+}
+
 void ControlServer::drop_client(int fd) {
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
-  clients_.erase(fd);
+  if (auto it = clients_.find(fd); it != clients_.end() && it->second.release) {
+    auto release = std::move(it->second.release);
+    clients_.erase(it);
+    release("the holder closed the connection");
+  } else {
+    clients_.erase(fd);
+  }
   nclients_ = clients_.size();
 }
 
 void ControlServer::expire_idle() {
   auto now = std::chrono::steady_clock::now();
   for (auto it = clients_.begin(); it != clients_.end();) {
-    if (now - it->second.last > opts_.client_idle_timeout) {
+    if (!it->second.release && now - it->second.last > opts_.client_idle_timeout) {
       int fd = it->first;
       ++it;
       spdlog::info("control: closing idle client");

@@ -1,12 +1,15 @@
 #include "netsteer/agent/enrolment.h"
 
+#include <linux/rtnetlink.h>
 #include <spdlog/spdlog.h>
 
 #include <cstring>
 #include <filesystem>
+#include <algorithm>
 #include <set>
 
 #include "netsteer/common/log.h"
+#include <fmt/ranges.h>
 #include "netsteer/handoff/proxy_v2.h"
 
 namespace netsteer::agent {
@@ -27,6 +30,9 @@ json Pod::to_json(bool detail) const {
     j["relay"] = relay_ctx ? relay_ctx->counters_json() : json();
     j["dns"] = udp_ctx && udp_ctx->dns ? udp_ctx->dns->to_json() : json();
     j["udp"] = udp_ctx && !spec.udp.empty() ? udp_ctx->to_json() : json();
+    j["lease"] = lease ? json{{"listeners", lease->listeners}, {"holder", lease->holder},
+                              {"exempt_uid", lease->exempt_uid ? json(*lease->exempt_uid) : json()}}
+                       : json();
   }
   return j;
 }
@@ -127,6 +133,18 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     if (!set.ok()) {
       (void)pod->capture->remove();
       return std::move(set).error().wrap("put listeners into the socket map");
+    }
+    if (previous) {
+      // A lease does not survive the agent: remove any exempt-uid rule a dead agent left.
+      if (auto nl = capture::Rtnl::open(); nl.ok())
+        for (int family : {AF_INET, AF_INET6})
+          for (int i = 0; i < 4; ++i) {
+            capture::RuleSpec r;
+            r.family = family;
+            r.priority = capture::kExemptPriority;
+            r.table = RT_TABLE_MAIN;
+            (void)nl->del_rule(r);
+          }
     }
     if (previous && !given) {
       // Taking over from a dead agent: its relay connections died with it, so must their
@@ -239,6 +257,10 @@ NodeTotals EnrolmentManager::totals() const {
 void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
   log::PodScope scope(pod.spec.uid, pod.spec.namespace_, pod.spec.name);
   add_pod_totals(retired_, pod);  // read before the pins and the relay context go
+  if (pod.lease) {
+    spdlog::warn("pod {}: unenrolled while its listeners are leased to {}: the lease ends", pod.spec.uid, pod.lease->holder);
+    release_lease(pod);
+  }
   // New connections go direct first, then the relay lets go of the pod, then its sockets close.
   if (pod.capture && remove_capture) {
     auto st = exec_.run(pod.netns, [&] { return pod.capture->remove(); });
@@ -384,6 +406,96 @@ void EnrolmentManager::restore(const std::vector<PodRecord>& records) {
   }
   persist();
   refill_bpf_pool();
+}
+
+namespace {
+relay::Direction lease_dir(const std::string& name) {
+  return name == "inbound" ? relay::Direction::inbound : name == "tunnel" ? relay::Direction::tunnel : relay::Direction::outbound;
+}
+
+// The exempt-uid rules (one per family the pod has), in the calling thread's netns.
+Status exempt_rules(const Pod& pod, uint32_t uid, bool add) {
+  NS_TRY(capture::Rtnl nl, capture::Rtnl::open());
+  for (int family : {AF_INET, AF_INET6}) {
+    if (std::none_of(pod.spec.ips.begin(), pod.spec.ips.end(), [&](const IpAddr& a) { return a.family == family; }))
+      continue;
+    capture::RuleSpec r;
+    r.family = family;
+    r.priority = capture::kExemptPriority;
+    r.table = RT_TABLE_MAIN;
+    r.uid = uid;
+    NS_TRY_STATUS(add ? nl.add_rule(r) : nl.del_rule(r));
+  }
+  return {};
+}
+}  // namespace
+
+Result<EnrolmentManager::Granted> EnrolmentManager::lease(const protocol::Request& req, const std::string& holder) {
+  std::lock_guard lk(mu_);
+  Pod* pod = nullptr;
+  for (auto& [uid, p] : pods_)
+    if (req.uid.empty() ? p->spec.namespace_ + "/" + p->spec.name == req.pod_name : uid == req.uid) pod = p.get();
+  if (!pod) return Error::msg("unknown pod '" + (req.uid.empty() ? req.pod_name : req.uid) + "'", ENOENT);
+  log::PodScope scope(pod->spec.uid, pod->spec.namespace_, pod->spec.name);
+  if (pod->lease)
+    return Error::msg("pod " + pod->spec.uid + ": listeners already leased to " + pod->lease->holder, EBUSY);
+  if (!pod->relay_ctx) return Error::msg("pod " + pod->spec.uid + " has no relay to take listeners from", EOPNOTSUPP);
+  std::vector<std::string> names = req.listeners.empty() ? std::vector<std::string>{"outbound", "inbound"} : req.listeners;
+  std::vector<std::pair<relay::Direction, int>> given;
+  Granted g;
+  g.fds.push_back(dup_fd(pod->netns.fd()));
+  for (const auto& n : names) {
+    Listener* l = pod->listeners.by_role(n);
+    if (!l || !l->fd) return Error::msg("pod " + pod->spec.uid + " has no " + n + " listener", ENOENT);
+    given.emplace_back(lease_dir(n), l->fd.get());
+    g.fds.push_back(dup_fd(l->fd.get()));
+  }
+  for (const auto& f : g.fds)
+    if (!f) return Error::from_errno(errno, "dup for the lease");
+  if (req.exempt_uid) {
+    if (*req.exempt_uid == 0)
+      spdlog::warn("pod {}: exempt uid 0 also exempts the pod's own root processes from capture", pod->spec.uid);
+    auto st = exec_.run(pod->netns, [&] { return exempt_rules(*pod, *req.exempt_uid, true); });
+    if (!st.ok()) return std::move(st).error().wrap("exempt uid rule");
+  }
+  dp_->relay->pause(pod->relay_ctx, given);
+  pod->lease = Pod::Lease{++lease_seq_, names, req.exempt_uid, holder};
+  spdlog::info("pod {}: listeners {} leased to {}{}: the relay stops accepting on them", pod->spec.uid,
+               fmt::join(names, ","), holder, req.exempt_uid ? fmt::format(", uid {} exempt from capture", *req.exempt_uid) : "");
+  g.uid = pod->spec.uid;
+  g.id = pod->lease->id;
+  g.data = {{"pod", {{"uid", pod->spec.uid}, {"namespace", pod->spec.namespace_}, {"name", pod->spec.name},
+                     {"netns_path", pod->spec.netns_path}}},
+            {"listeners", names}};
+  return g;
+}
+
+void EnrolmentManager::end_lease(const std::string& uid, uint64_t id, const std::string& why) {
+  std::lock_guard lk(mu_);
+  auto it = pods_.find(uid);
+  if (it == pods_.end() || !it->second->lease || it->second->lease->id != id) return;  // the pod went first
+  Pod& pod = *it->second;
+  log::PodScope scope(pod.spec.uid, pod.spec.namespace_, pod.spec.name);
+  release_lease(pod);
+  spdlog::warn("pod {}: lease of listeners ended ({}): the relay accepts on them again", uid, why);
+}
+
+void EnrolmentManager::release_lease(Pod& pod) {
+  if (!pod.lease) return;
+  std::vector<std::pair<relay::Direction, int>> back;
+  for (const auto& n : pod.lease->listeners)
+    if (Listener* l = pod.listeners.by_role(n); l && l->fd) back.emplace_back(lease_dir(n), l->fd.get());
+  if (pod.relay_ctx) dp_->relay->resume(pod.relay_ctx, back);
+  if (pod.lease->exempt_uid) {
+    auto st = exec_.run(pod.netns, [&] { return exempt_rules(pod, *pod.lease->exempt_uid, false); });
+    if (!st.ok()) spdlog::warn("pod {}: removing the exempt uid rule: {}", pod.spec.uid, st.error().message);
+  }
+  pod.lease.reset();
+}
+
+size_t EnrolmentManager::leases() const {
+  std::lock_guard lk(mu_);
+  return static_cast<size_t>(std::count_if(pods_.begin(), pods_.end(), [](const auto& p) { return p.second->lease.has_value(); }));
 }
 
 std::vector<HandoverPod> EnrolmentManager::export_pods() const {

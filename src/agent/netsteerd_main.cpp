@@ -398,8 +398,26 @@ int main(int argc, char** argv) {
       spdlog::warn("handover: could not tell the old agent to stop: {} (it keeps accepting too)", st.error().message);
     handover.reset();
   }
+  server.set_lease([&](const protocol::Request& req, const std::string& holder) -> Result<agent::ControlServer::LeaseGrant> {
+    NS_TRY(auto g, manager.lease(req, holder));
+    return agent::ControlServer::LeaseGrant{
+        std::move(g.data), std::move(g.fds),
+        [&manager, uid = g.uid, id = g.id](const std::string& why) { manager.end_lease(uid, id, why); }};
+  });
   server.set_handover([&](protocol::SeqpacketChannel& ch, int listen_fd) {
     spdlog::info("handover requested by a new agent");
+    if (size_t n = manager.leases()) {
+      // A lease is a live connection to this process: it cannot move to the new agent.
+      std::string why = fmt::format("{} pod(s) have their listeners leased (netsteerctl exec): end the leases, then "
+                                    "upgrade", n);
+      spdlog::warn("handover refused: {}", why);
+      protocol::Reply r;
+      r.ok = false;
+      r.error = why;
+      r.err_no = EBUSY;
+      (void)ch.send(protocol::encode_reply(r));
+      return false;
+    }
     auto pods = manager.export_pods();
     ready = false;
     http.reset();  // the metrics address goes to the new agent

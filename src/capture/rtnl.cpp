@@ -33,6 +33,7 @@ std::string RuleSpec::str() const {
   if (fwmark) s += " fwmark " + hex(*fwmark) + "/" + hex(fwmask);
   if (dst) s += " to " + dst->str();
   if (!oifname.empty()) s += " oif " + oifname;
+  if (uid) s += " uidrange " + std::to_string(*uid) + "-" + std::to_string(*uid);
   if (ipproto) s += " ipproto " + proto_name(ipproto);
   if (sport) s += " sport " + std::to_string(sport);
   if (dport) s += " dport " + std::to_string(dport);
@@ -124,6 +125,10 @@ nlmsghdr* rule_msg(char* buf, uint16_t type, uint16_t flags, const RuleSpec& r) 
     mnl_attr_put(nlh, FRA_DPORT_RANGE, sizeof pr, &pr);
   }
   if (!r.oifname.empty()) mnl_attr_put_strz(nlh, FRA_OIFNAME, r.oifname.c_str());
+  if (r.uid) {
+    fib_rule_uid_range ur{*r.uid, *r.uid};
+    mnl_attr_put(nlh, FRA_UID_RANGE, sizeof ur, &ur);
+  }
   if (r.dst) {
     frh->dst_len = r.dst->len;
     put_addr(nlh, FRA_DST, r.dst->addr);

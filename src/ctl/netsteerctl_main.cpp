@@ -4,6 +4,9 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <unistd.h>
 #include <iostream>
 
 #include "netsteer/client/client.h"
@@ -78,6 +81,51 @@ void print_inspect(const json& p) {
     for (const auto& [dir, v] : p["relay"].items()) std::printf("relay %-9s %s\n", dir.c_str(), kv_line(v).c_str());
 }
 
+// netsteerctl exec: takes the lease, lays the fds out as systemd does (listeners from fd 3 in the
+// order asked, then the pod netns, then the lease connection, which CMD inherits: the lease lasts
+// as long as CMD, or anything it passed the fd to, keeps it open) and execs CMD.
+int exec_with_lease(const std::string& socket_path, int timeout_ms, const protocol::Request& req,
+                    const std::vector<std::string>& cmd) {
+  auto c = client::Client::connect(socket_path, std::chrono::milliseconds(timeout_ms));
+  if (!c.ok()) return fail(c.error().message);
+  auto g = std::move(*c).lease(req);
+  if (!g.ok()) return fail(g.error().message);
+  size_t n = req.listeners.size();
+  if (g->fds.size() != n + 1) return fail("lease: the agent sent " + std::to_string(g->fds.size()) + " fds");
+  // Order: listeners (3..3+n-1), netns (3+n), lease (3+n+1). Move everything out of that range
+  // first, so that dup2 never overwrites an fd still to be placed.
+  std::vector<int> want;
+  for (size_t i = 1; i <= n; ++i) want.push_back(g->fds[i].get());
+  want.push_back(g->fds[0].get());
+  want.push_back(g->connection.get());
+  std::vector<int> high;
+  for (int fd : want) {
+    int h = ::fcntl(fd, F_DUPFD_CLOEXEC, 3 + static_cast<int>(want.size()));
+    if (h < 0) return fail(std::string("exec: fcntl: ") + std::strerror(errno));
+    high.push_back(h);
+  }
+  for (size_t i = 0; i < high.size(); ++i)
+    if (::dup2(high[i], 3 + static_cast<int>(i)) < 0) return fail(std::string("exec: dup2: ") + std::strerror(errno));
+  const json& pod = g->reply.data["pod"];
+  std::string names;
+  for (const auto& l : req.listeners) names += (names.empty() ? "" : ":") + l;
+  ::setenv("LISTEN_FDS", std::to_string(n).c_str(), 1);
+  ::setenv("LISTEN_FDNAMES", names.c_str(), 1);
+  ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);  // exec keeps the pid
+  ::setenv("NETSTEER_POD_UID", pod.value("uid", "").c_str(), 1);
+  ::setenv("NETSTEER_POD_NAMESPACE", pod.value("namespace", "").c_str(), 1);
+  ::setenv("NETSTEER_POD_NAME", pod.value("name", "").c_str(), 1);
+  ::setenv("NETSTEER_NETNS", pod.value("netns_path", "").c_str(), 1);
+  ::setenv("NETSTEER_NETNS_FD", std::to_string(3 + n).c_str(), 1);
+  ::setenv("NETSTEER_LEASE_FD", std::to_string(4 + n).c_str(), 1);
+  std::vector<char*> argv;
+  for (const auto& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  ::execvp(argv[0], argv.data());
+  std::fprintf(stderr, "netsteerctl: exec %s: %s\n", argv[0], std::strerror(errno));
+  return 127;  // the lease ends with this process
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,6 +183,20 @@ int main(int argc, char** argv) {
   auto* inspect = app.add_subcommand("inspect", "everything about one pod");
   inspect->add_option("--uid", in_uid, "pod uid")->required();
   inspect->add_flag("--json", as_json, "print JSON");
+
+  std::string ex_uid, ex_name, ex_listeners = "outbound,inbound";
+  int64_t ex_exempt = -1;
+  std::vector<std::string> ex_cmd;
+  auto* exec = app.add_subcommand(
+      "exec", "run CMD with the pod's listeners (systemd socket activation: fds from 3, LISTEN_FDS, LISTEN_FDNAMES, "
+              "LISTEN_PID); the agent stops accepting on them until CMD exits");
+  auto* eu = exec->add_option("--uid", ex_uid, "pod uid");
+  auto* en = exec->add_option("--name", ex_name, "pod as NAMESPACE/NAME");
+  eu->excludes(en);
+  exec->add_option("--listeners", ex_listeners, "comma list of outbound, inbound, tunnel")->capture_default_str();
+  exec->add_option("--exempt-uid", ex_exempt, "connections of this uid from inside the pod skip capture (the proxy's own)")
+      ->check(CLI::Range(int64_t{0}, int64_t{0xfffffffe}));
+  exec->add_option("cmd", ex_cmd, "-- CMD ARGS...")->required();
 
   std::string conns_uid;
   auto* conns = app.add_subcommand("conns", "the connections being relayed now (the relay's ss)");
@@ -206,6 +268,19 @@ int main(int argc, char** argv) {
   } else if (*conns) {
     req.type = protocol::MsgType::kConns;
     req.uid = conns_uid;
+  } else if (*exec) {
+    if (ex_uid.empty() == ex_name.empty()) return fail("exec: give --uid or --name");
+    req.type = protocol::MsgType::kLease;
+    req.uid = ex_uid;
+    req.pod_name = ex_name;
+    for (size_t b = 0; b <= ex_listeners.size();) {
+      size_t e = ex_listeners.find(',', b);
+      if (e == std::string::npos) e = ex_listeners.size();
+      if (e > b) req.listeners.push_back(ex_listeners.substr(b, e - b));
+      b = e + 1;
+    }
+    if (ex_exempt >= 0) req.exempt_uid = static_cast<uint32_t>(ex_exempt);
+    return exec_with_lease(socket_path, timeout_ms, req, ex_cmd);
   }
 
   auto c = client::Client::connect(socket_path, std::chrono::milliseconds(timeout_ms));

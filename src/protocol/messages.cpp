@@ -10,7 +10,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::array<std::pair<MsgType, std::string_view>, 10> kTypes{{
+constexpr std::array<std::pair<MsgType, std::string_view>, 11> kTypes{{
     {MsgType::kHello, "hello"},
     {MsgType::kAdd, "add"},
     {MsgType::kDel, "del"},
@@ -21,6 +21,7 @@ constexpr std::array<std::pair<MsgType, std::string_view>, 10> kTypes{{
     {MsgType::kInspect, "inspect"},
     {MsgType::kHandover, "handover"},
     {MsgType::kConns, "conns"},
+    {MsgType::kLease, "lease"},
 }};
 
 Error field_error(std::string_view field, std::string_view want) {
@@ -278,6 +279,22 @@ Result<Request> decode_request(std::string_view bytes) {
       if (!r.uid.empty()) NS_TRY_STATUS(validate_uid(r.uid));
       break;
     }
+    case MsgType::kLease: {
+      NS_TRY(r.uid, get_string(j, "uid"));
+      NS_TRY(r.pod_name, get_string(j, "name"));
+      if (r.uid.empty() == r.pod_name.empty()) return Error::msg("'lease' needs exactly one of 'uid' and 'name'", EINVAL);
+      if (!r.uid.empty()) NS_TRY_STATUS(validate_uid(r.uid));
+      if (!r.pod_name.empty() && r.pod_name.find('/') == std::string::npos)
+        return Error::msg("field 'name' must be NAMESPACE/NAME", EINVAL);
+      NS_TRY(r.listeners, get_strings(j, "listeners"));
+      for (const auto& l : r.listeners)
+        if (l != "outbound" && l != "inbound" && l != "tunnel")
+          return Error::msg("field 'listeners': '" + l + "' is not outbound, inbound or tunnel", EINVAL);
+      NS_TRY(auto ex, get_u64(j, "exempt_uid"));
+      if (ex && *ex > 0xfffffffeu) return Error::msg("field 'exempt_uid' must be a uid", EINVAL);
+      if (ex) r.exempt_uid = static_cast<uint32_t>(*ex);
+      break;
+    }
     case MsgType::kSnapshot: {
       if (!j.contains("uids")) return Error::msg("missing field 'uids'", EINVAL);
       NS_TRY(r.uids, get_strings(j, "uids"));
@@ -309,6 +326,12 @@ std::string encode_request(const Request& r) {
       break;
     case MsgType::kConns:
       if (!r.uid.empty()) j["uid"] = r.uid;
+      break;
+    case MsgType::kLease:
+      if (!r.uid.empty()) j["uid"] = r.uid;
+      if (!r.pod_name.empty()) j["name"] = r.pod_name;
+      if (!r.listeners.empty()) j["listeners"] = r.listeners;
+      if (r.exempt_uid) j["exempt_uid"] = *r.exempt_uid;
       break;
     default:
       break;

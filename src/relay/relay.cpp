@@ -225,9 +225,10 @@ class Worker {
   }
 
   // pod == nullptr: every pod's listeners (handover: established connections stay).
-  void release_listeners(const PodContext* pod) {
+  // fd >= 0: only that listener of the pod.
+  void release_listeners(const PodContext* pod, int fd = -1) {
     for (auto it = listeners_.begin(); it != listeners_.end();) {
-      if (!pod || (*it)->pod.get() == pod) {
+      if (!pod || ((*it)->pod.get() == pod && (fd < 0 || (*it)->fd == fd))) {
         loop_.forget((*it)->fd);
         // An event for it may still sit later in this epoll batch: keep the object until the
         // batch ends, and mark it so that event is ignored.
@@ -812,6 +813,18 @@ void Relay::remove_pod(const std::shared_ptr<PodContext>& pod) {
 
 void Relay::stop_accepting() {
   broadcast([](Worker& w) { w.release_listeners(nullptr); });
+}
+
+void Relay::pause(const std::shared_ptr<PodContext>& pod, const std::vector<std::pair<Direction, int>>& listeners) {
+  broadcast([&](Worker& w) {
+    for (auto [dir, fd] : listeners) w.release_listeners(pod.get(), fd);
+  });
+}
+
+void Relay::resume(const std::shared_ptr<PodContext>& pod, const std::vector<std::pair<Direction, int>>& listeners) {
+  broadcast([&](Worker& w) {
+    for (auto [dir, fd] : listeners) w.add_listener(pod, dir, fd);
+  });
 }
 
 json Relay::connections_json(const std::string& uid) {

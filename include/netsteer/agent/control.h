@@ -57,6 +57,15 @@ class ControlServer {
   // when the new agent took over, and run() then returns (the socket path is left to it).
   using HandoverFn = std::function<bool(protocol::SeqpacketChannel&, int listen_fd)>;
   void set_handover(HandoverFn fn) { handover_ = std::move(fn); }
+  // A "lease" request: the reply goes out with the granted fds and the connection stays open
+  // (no idle timeout) until the holder closes it; then `release` runs.
+  struct LeaseGrant {
+    nlohmann::json data;
+    std::vector<UniqueFd> fds;
+    std::function<void(const std::string& why)> release;
+  };
+  using LeaseFn = std::function<Result<LeaseGrant>(const protocol::Request&, const std::string& holder)>;
+  void set_lease(LeaseFn fn) { lease_ = std::move(fn); }
   bool handed_over() const { return handed_over_; }
   // Serves until SIGTERM/SIGINT (blocked and read through a signalfd) or stop().
   Status run();
@@ -77,7 +86,10 @@ class ControlServer {
   struct Client {
     protocol::SeqpacketChannel ch;
     std::chrono::steady_clock::time_point last;
+    std::function<void(const std::string&)> release;  // set while the connection holds a lease
   };
+  void serve_lease(Client& client, const protocol::Request& req);
+  LeaseFn lease_;
   std::map<int, Client> clients_;
   std::atomic<size_t> nclients_{0};
   std::atomic<uint64_t> rejected_peers_{0};

@@ -59,6 +59,14 @@ struct Pod {
   std::chrono::system_clock::time_point enrolled_at;
   double enrol_ms = 0;  // fd received → capture ready
   std::string state_record;  // its state-file entry, serialised once (see serialize_record)
+  // Its listeners lent to another process (netsteerctl exec); the relay does not accept on them.
+  struct Lease {
+    uint64_t id = 0;
+    std::vector<std::string> listeners;
+    std::optional<uint32_t> exempt_uid;  // `uidrange U-U lookup main` at kExemptPriority
+    std::string holder;
+  };
+  std::optional<Lease> lease;
 
   nlohmann::json to_json(bool detail) const;
 };
@@ -95,6 +103,20 @@ class EnrolmentManager {
   void restore(const std::vector<PodRecord>& records);
   // Hitless upgrade, old agent: every pod's record with dups of its netns and listener fds.
   std::vector<HandoverPod> export_pods() const;
+
+  // Lends a pod's listeners (by uid or "namespace/name") to the requester: the relay stops
+  // accepting on them (they stay in the socket map: capture and fail-closed are unchanged); with an
+  // exempt uid, that uid's connections from inside the pod skip capture. Returns the reply data and
+  // the fds (netns, then the listeners in order); end_lease undoes it.
+  struct Granted {
+    nlohmann::json data;
+    std::vector<UniqueFd> fds;
+    std::string uid;
+    uint64_t id = 0;
+  };
+  Result<Granted> lease(const protocol::Request& req, const std::string& holder);
+  void end_lease(const std::string& uid, uint64_t id, const std::string& why);
+  size_t leases() const;
   // Hitless upgrade, new agent: takes the pods over with the received sockets (no new listeners,
   // pins re-opened in place) and writes the state file.
   void adopt(std::vector<HandoverPod> pods);
@@ -117,6 +139,8 @@ class EnrolmentManager {
 
  private:
   // The pod's DNS is captured: a BPF data plane with a DNS proxy, and the pod did not opt out.
+  void release_lease(Pod& pod);  // relay resumes, exempt rule removed (mu_ held)
+  uint64_t lease_seq_ = 0;
   bool captures_dns(const protocol::PodSpec& spec) const {
     return dp_ && dp_->capture && dp_->udp && dp_->dns && !spec.no_dns;
   }

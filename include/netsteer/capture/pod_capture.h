@@ -29,6 +29,9 @@ inline constexpr uint32_t kMarkedPriority = 99;
 // IPv6 inbound UDP: the agent's delivery to the app (marked, bound to lo) must route by table 133
 // (`local ::/0 dev lo`), the only IPv6 route out of lo for a remote-looking destination.
 inline constexpr uint32_t kDeliveryPriority = 98;
+// A lease's exempt uid (netsteerctl exec --exempt-uid): that uid's traffic routes by main, ahead
+// of every capture rule (the proxy's own connections from inside the pod are not captured again).
+inline constexpr uint32_t kExemptPriority = 97;
 // Exclusion rules sit ahead of the capture rule (see DESIGN.md: replies to traffic that bypassed
 // inbound capture would otherwise be swallowed by it).
 inline constexpr uint32_t kExInboundPortPriority = 90;

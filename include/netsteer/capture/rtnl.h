@@ -26,6 +26,7 @@ struct RuleSpec {
   uint16_t sport = 0, dport = 0;
   std::optional<Prefix> dst;
   std::string oifname;  // "lo": packets of sockets bound to that device (SO_BINDTODEVICE)
+  std::optional<uint32_t> uid;  // uidrange UID-UID: sockets of that uid
   std::string str() const;  // in `ip rule` syntax, for logs and inspect
   bool operator==(const RuleSpec&) const = default;
 };

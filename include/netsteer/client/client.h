@@ -24,6 +24,15 @@ class Client {
   // `add`: opens pod.netns_path (it must be a network namespace) and sends it with the pod.
   Result<protocol::Reply> add(const protocol::PodSpec& pod);
 
+  // `lease`: the reply carries fds (the netns, then the listeners); the connection itself is the
+  // lease — the agent takes the listeners back when it closes.
+  struct Granted {
+    protocol::Reply reply;
+    std::vector<UniqueFd> fds;
+    UniqueFd connection;
+  };
+  Result<Granted> lease(const protocol::Request& req) &&;
+
  private:
   Client(protocol::SeqpacketChannel ch, std::chrono::milliseconds t) : ch_(std::move(ch)), timeout_(t) {}
   protocol::SeqpacketChannel ch_;

@@ -52,6 +52,7 @@ class SeqpacketChannel {
   Result<PeerCred> peer_cred() const;
 
   int fd() const { return fd_.get(); }
+  UniqueFd release() { return std::move(fd_); }
   bool valid() const { return fd_.valid(); }
 
  private:

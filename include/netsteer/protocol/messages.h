@@ -30,7 +30,8 @@ inline constexpr uint16_t kPortUdpInbound = 15006;
 
 // kHandover: a new agent asks the running one for its pods and sockets (agent/handover.h).
 // kConns: the connections being relayed now (optional uid).
-enum class MsgType { kHello, kAdd, kDel, kList, kStatus, kSnapshot, kCheck, kInspect, kHandover, kConns };
+// kLease: hand a pod's listeners (and its netns) to the sender, whose connection is the lease.
+enum class MsgType { kHello, kAdd, kDel, kList, kStatus, kSnapshot, kCheck, kInspect, kHandover, kConns, kLease };
 std::string_view to_string(MsgType t);
 
 // Per-pod capture exclusions (set at enrol time).
@@ -90,6 +91,11 @@ struct Request {
   std::optional<uint64_t> netns_ino;  // del by netns identity (with netns_dev)
   std::optional<uint64_t> netns_dev;
   std::vector<std::string> uids;  // snapshot: the pods that exist
+  // lease: the pod by uid or by "namespace/name"; which listeners ("outbound", "inbound",
+  // "tunnel"; default outbound+inbound); a uid whose connections from inside the pod skip capture.
+  std::string pod_name;
+  std::vector<std::string> listeners;
+  std::optional<uint32_t> exempt_uid;
 };
 
 struct Reply {

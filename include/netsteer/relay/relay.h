@@ -127,6 +127,10 @@ class Relay {
   // The connections being relayed now (all pods, or one): id, pod, direction, client, original
   // destination, where it was sent, state, age and bytes each way (netsteerctl conns).
   nlohmann::json connections_json(const std::string& uid);
+  // A lease (netsteerctl exec): stop accepting on these listeners of the pod (they stay open and in
+  // the socket map: another process accepts on them now) / accept on them again.
+  void pause(const std::shared_ptr<PodContext>& pod, const std::vector<std::pair<Direction, int>>& listeners);
+  void resume(const std::shared_ptr<PodContext>& pod, const std::vector<std::pair<Direction, int>>& listeners);
   size_t workers() const { return workers_.size(); }
 
  private:
