@@ -6,7 +6,8 @@
 #   3. curls from the pod to the remote and from the remote to the pod, showing the BPF and relay
 #      counters move and the app seeing the real client address; a DNS lookup (getent) answered
 #      by dnsmasq in the remote through the agent's 15053, UDP both ways on opt-in ports (the
-#      pod's app sees the real client),
+#      pod's app sees the real client), a hand-off of the inbound listener to HAProxy
+#      (netsteerctl exec),
 #   4. SIGKILLs the agent (inbound fails closed), restarts it (pod steered again, no re-enrol),
 #   5. unenrols and shows nothing is left (rules, routes, pins).
 # Everything it creates is removed on exit. Run as root.
@@ -126,6 +127,33 @@ inrem /usr/bin/python3 "$UDP_TOOL" ask 10.250.0.1 7100 3 --bind 5555
 "$B/netsteerctl" --socket "$SOCK" inspect --uid demo-web --json | /usr/bin/python3 -c '
 import json,sys; u=json.load(sys.stdin)["udp"]
 print("  udp: outbound_flows=%d inbound_flows=%d datagrams up=%d down=%d" % (u["outbound_flows"], u["inbound_flows"], u["datagrams_up"], u["datagrams_down"]))'
+
+say "hand-off: netsteerctl exec gives the pod's inbound listener to an unmodified HAProxy (bind fd@3); killing it gives it back"
+cat >"$RUN/haproxy.cfg" <<CFG
+global
+  log stdout format raw local0
+defaults
+  mode tcp
+  log global
+  timeout connect 3s
+  timeout client 10s
+  timeout server 10s
+frontend inbound
+  bind fd@3 namespace $POD
+  log-format "haproxy: client=%[src]:%[src_port] original destination=%[dst]:%[dst_port]"
+  default_backend orig
+backend orig
+  server o 0.0.0.0:0 namespace *
+CFG
+"$B/netsteerctl" --socket "$SOCK" exec --uid demo-web --listeners inbound --exempt-uid 0 -- \
+  haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 & SERVERS+=($!); HAPROXY_PID=$!
+for _ in $(seq 100); do grep -q "leased to" "$RUN/agent.log" && break; sleep 0.05; done; sleep 0.3
+inrem curl -sS --max-time 5 http://10.250.0.1:8080/pod.txt
+kill "$HAPROXY_PID"; wait "$HAPROXY_PID" 2>/dev/null || true
+grep "^haproxy:" "$RUN/haproxy.log"
+grep -o "lease of listeners ended.*" "$RUN/agent.log" | tail -n 1
+inrem curl -sS --max-time 5 http://10.250.0.1:8080/pod.txt
+echo "pod app access log (the agent relays again: the real client):"; tail -n 1 "$RUN/pod-app.log"
 
 say "fail closed: SIGKILL netsteerd; inbound to the pod is dropped in BPF, not delivered around the relay"
 kill -9 "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""

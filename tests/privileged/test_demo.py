@@ -28,7 +28,7 @@ def demo_processes():
             cmd = open(f"{d}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "netsteer-demo" in cmd or "udp_tool.py echo" in cmd:
+        if "netsteer-demo" in cmd or "udp_tool.py echo" in cmd or "haproxy" in cmd:
             found[pid] = cmd
     return found
 
@@ -44,6 +44,8 @@ def test_demo_runs_and_leaves_nothing():
         for want in ("hello from the remote", "hello from the pod's app", "(timed out, as it should)",
                      "10.250.0.80     web.demo", "dns: queries=",
                      '"seen_as": ["10.250.0.2 5555"]', "udp: outbound_flows=1 inbound_flows=1 datagrams up=6 down=6",
+                     "haproxy: client=::ffff:10.250.0.2:", "original destination=::ffff:10.250.0.1:8080",
+                     "lease of listeners ended (the holder closed the connection)",
                      "pins left under /sys/fs/bpf/netsteer-demo: 0"):
             assert want in out, f"demo output lacks {want!r}:\n{out}"
         left = demo_processes()
