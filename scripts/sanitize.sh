@@ -20,4 +20,9 @@ cd "$dir"
 # The unit tests, and the privileged tests that drive the agent's threads hardest (control
 # server, relay workers, netns executor, handover, crash recovery). The fuzz run, deploy checks
 # and the VM/e2e tiers exercise the same code and stay on the release build.
-ctest --output-on-failure --timeout 900 -L 'unit|privileged' -E 'fuzz|deploy|test_soak|test_labels|test_demo' "$@"
+# Two at a time: the tests mostly wait (timeouts, peers, netns setup) and each builds its own
+# netns, agent, socket, state dir and pins, so they do not meet; this halves the sanitizer tier's
+# test time on the 2-core CI machine. (test_demo, which checks the whole machine for leftovers,
+# is not in this set.)
+ctest --output-on-failure --timeout 900 -j"${SANITIZE_JOBS:-2}" -L 'unit|privileged' \
+  -E 'fuzz|deploy|test_soak|test_labels|test_demo' "$@"

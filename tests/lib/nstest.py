@@ -438,5 +438,17 @@ def topology():
         t.close()
 
 
+# The top of a HAProxy 2.6 test config: TCP mode, a raw log line per connection on stdout.
+HAPROXY_DEFAULTS = """global
+  log stdout format raw local0
+defaults
+  mode tcp
+  log global
+  timeout connect 3s
+  timeout client 10s
+  timeout server 10s
+"""
+
+
 def bpftool_json(*args):
     return json.loads(run(["bpftool", "-j"] + list(args)).stdout or "null")

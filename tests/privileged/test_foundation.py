@@ -70,8 +70,9 @@ def test_enrol_one_listeners_and_loopback_connect():
             assert key in p
         assert p["name"] == "web" and p["namespace"] == "default" and p["uid"] == ns.name
         assert p["netns_ino"] == os.stat(ns.path).st_ino
-        # the three TCP listeners and the DNS socket (UDP 15053, on by default)
-        assert sorted(l["port"] for l in p["listeners"]) == sorted(PORTS | {15053})
+        # The TCP three, and DNS on 15053 over UDP and TCP (on by default).
+        assert sorted((l["role"], l["port"]) for l in p["listeners"]) == [
+            ("dns", 15053), ("dns_tcp", 15053), ("inbound", 15006), ("outbound", 15001), ("tunnel", 15008)]
         assert ":15053 " in ns.exec(["ss", "-Hunl"]).stdout
         with open(os.path.join(a.state_dir, "state.json")) as f:
             state = json.load(f)

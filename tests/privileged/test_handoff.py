@@ -55,15 +55,7 @@ class Haproxy:
         self.log = os.path.join(tmp, "haproxy.log")
         cfg = os.path.join(tmp, "haproxy.cfg")
         with open(cfg, "w") as f:
-            f.write(f"""global
-  log stdout format raw local0
-defaults
-  mode tcp
-  log global
-  timeout connect 3s
-  timeout client 10s
-  timeout server 10s
-frontend pods
+            f.write(nstest.HAPROXY_DEFAULTS + f"""frontend pods
   bind 127.0.0.1:{self.port} accept-proxy
   log-format "pp client=%[src]:%[src_port] dst=%[dst]:%[dst_port] id=%[fc_pp_unique_id] bytes=%B"
   default_backend original

@@ -36,15 +36,7 @@ def as_nobody(t, ns, host, port, *args):
 def haproxy_cfg(tmp, pod_ns):
     cfg = os.path.join(tmp, "haproxy.cfg")
     with open(cfg, "w") as f:
-        f.write(f"""global
-  log stdout format raw local0
-defaults
-  mode tcp
-  log global
-  timeout connect 3s
-  timeout client 10s
-  timeout server 10s
-frontend out
+        f.write(nstest.HAPROXY_DEFAULTS + f"""frontend out
   bind fd@3 namespace {pod_ns}
   log-format "lease out client=%[src]:%[src_port] dst=%[dst]:%[dst_port]"
   default_backend orig

@@ -148,44 +148,48 @@ def test_flows_end_when_idle_and_the_per_pod_bound_evicts_the_oldest():
         assert "udp" not in t.pod.exec(["ss", "-Hanu", "sport", "=", f":{OUT_PORT}"]).stdout
 
 
-def test_fail_closed_without_agent_and_restart_takes_over():
+@pytest.mark.parametrize("v6", [False, True])
+def test_fail_closed_without_agent_and_restart_takes_over(v6):
     """No agent: captured UDP is dropped in BPF (counted), never sent around the proxy, both ways.
     A restarted agent serves it again without re-enrolment."""
     with agent() as a, topology() as t:
+        pod_ip, rem_ip = addrs(t, v6)
         echo(t, t.remote, OUT_PORT)
         echo(t, t.pod, IN_PORT)
         uid = enrol_pod(t, a, udp_outbound_port=OUT_PORT, udp_inbound_port=IN_PORT)
-        assert ask(t.pod, t.remote_ip, OUT_PORT, 2)["answers"] == 2
+        assert ask(t.pod, rem_ip, OUT_PORT, 2)["answers"] == 2
         a.kill()
         # Unconnected senders, so that each datagram is sent (a connected one stops at the ICMP
         # port unreachable the kernel answers a dropped datagram with: also fail closed).
-        assert ask(t.pod, t.remote_ip, OUT_PORT, 3, "--wait", 1, "--unconnected")["answers"] == 0
-        assert ask(t.remote, t.pod_ip, IN_PORT, 3, "--wait", 1, "--unconnected")["answers"] == 0
-        r = ask(t.pod, t.remote_ip, OUT_PORT, 1, "--wait", 1)
+        assert ask(t.pod, rem_ip, OUT_PORT, 3, "--wait", 1, "--unconnected")["answers"] == 0
+        assert ask(t.remote, pod_ip, IN_PORT, 3, "--wait", 1, "--unconnected")["answers"] == 0
+        r = ask(t.pod, rem_ip, OUT_PORT, 1, "--wait", 1)
         assert r["answers"] == 0 and r["error"] in (None, "ConnectionRefusedError"), r
         a.restart()
         assert bpf_stats(a, uid)["drop_no_udp_socket"] >= 6
-        r = ask(t.pod, t.remote_ip, OUT_PORT, 2)
+        r = ask(t.pod, rem_ip, OUT_PORT, 2)
         assert r["answers"] == 2 and r["seen_as"][0].split()[1] != str(r["local_port"]), r
-        r = ask(t.remote, t.pod_ip, IN_PORT, 2, "--bind", 5600)
-        assert r["answers"] == 2 and r["seen_as"] == [f"{t.remote_ip} 5600"], r
+        r = ask(t.remote, pod_ip, IN_PORT, 2, "--bind", 5600)
+        assert r["answers"] == 2 and r["seen_as"] == [f"{rem_ip} 5600"], r
 
 
-def test_strict_drops_udp_that_bypasses_capture_and_exclusions_pass():
+@pytest.mark.parametrize("v6", [False, True])
+def test_strict_drops_udp_that_bypasses_capture_and_exclusions_pass(v6):
     with agent() as a, topology() as t:
+        pod_ip, rem_ip = addrs(t, v6)
         echo(t, t.remote, OUT_PORT)
         echo(t, t.remote, OTHER_PORT)
         uid = enrol_pod(t, a, udp_outbound_port=[OUT_PORT, OTHER_PORT], strict=True,
                         exclude_outbound_port=OTHER_PORT)
         # The excluded port is not captured (the remote sees the app's own port) and strict lets it out.
-        r = ask(t.pod, t.remote_ip, OTHER_PORT, 2)
-        assert r["answers"] == 2 and r["seen_as"] == [f"{t.pod_ip} {r['local_port']}"], r
-        assert ask(t.pod, t.remote_ip, OUT_PORT, 2)["answers"] == 2
+        r = ask(t.pod, rem_ip, OTHER_PORT, 2)
+        assert r["answers"] == 2 and r["seen_as"] == [f"{pod_ip} {r['local_port']}"], r
+        assert ask(t.pod, rem_ip, OUT_PORT, 2)["answers"] == 2
         # The pod's own CAP_NET_ADMIN removes the capture rule: its UDP now leaves unmarked and
         # the tc guard drops it.
-        t.pod.ip(f"rule del priority 100 ipproto udp dport {OUT_PORT} lookup 133")
+        t.pod.ip(("-6 " if v6 else "") + f"rule del priority 100 ipproto udp dport {OUT_PORT} lookup 133")
         before = bpf_stats(a, uid)["drop_strict"]
-        assert ask(t.pod, t.remote_ip, OUT_PORT, 3, "--wait", 1)["answers"] == 0
+        assert ask(t.pod, rem_ip, OUT_PORT, 3, "--wait", 1)["answers"] == 0
         assert bpf_stats(a, uid)["drop_strict"] >= before + 3
 
 
