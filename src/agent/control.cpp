@@ -236,10 +236,17 @@ void ControlServer::accept_clients() {
     }
     if (clients_.size() >= opts_.max_clients) {
       // Full: the longest-silent connection makes room, so a flood of idle connects cannot lock
-      // the CNI plugin out (each flooder is cut off by the idle timeout anyway).
-      auto oldest = std::min_element(clients_.begin(), clients_.end(),
-                                     [](const auto& x, const auto& y) { return x.second.last < y.second.last; });
+      // the CNI plugin out (each flooder is cut off by the idle timeout anyway). A lease is never
+      // the one closed: it is silent by design, and closing it would end the hand-off.
+      auto oldest = clients_.end();
+      for (auto c = clients_.begin(); c != clients_.end(); ++c)
+        if (!c->second.release && (oldest == clients_.end() || c->second.last < oldest->second.last)) oldest = c;
       ++rejected_peers_;
+      if (oldest == clients_.end()) {
+        spdlog::warn("control: {} connections open (limit), all of them leases: refusing a new one", clients_.size());
+        (void)ch.send(protocol::encode_reply(error_reply("too many control connections")));
+        continue;
+      }
       spdlog::warn("control: {} connections open (limit): closing the longest silent one", clients_.size());
       (void)oldest->second.ch.send(protocol::encode_reply(error_reply("too many control connections")));
       drop_client(oldest->first);
