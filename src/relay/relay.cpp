@@ -700,7 +700,6 @@ class Worker {
     f.in_pipe = 0;
   }
 
-  // Closes the connection (with RST on the requested sides) and retires it for this batch.
   static std::string sent_to(const Conn& c) {
     if (c.proxied) return "proxy " + c.proxy.str();
     return c.dir == Direction::tunnel ? "tunnel" : "direct";
@@ -721,6 +720,7 @@ class Worker {
         sent_to(c), c.to_up.moved, c.to_down.moved, now_ms() - c.started_ms, c.reason));
   }
 
+  // Closes the connection (with RST on the requested sides) and retires it for this batch.
   void finish(Conn& c, bool rst_down, bool rst_up) {
     if (c.state == Conn::kDead) return;
     c.state = Conn::kDead;

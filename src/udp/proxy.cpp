@@ -254,20 +254,29 @@ class Proxy::Loop {
     return raw;
   }
 
-  // Sockets are created in the pod netns; options and binds need no netns.
-  Result<UniqueFd> pod_socket(const PodUdp& pod, int family, int type, int proto) {
-    NS_TRY(auto scope, netns::ScopedNetns::enter(pod.netns, netns::NetnsHandle::host()));
-    UniqueFd fd(::socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, proto));
-    if (!fd) return Error::from_errno(errno, "socket");
-    return fd;
+  // Sockets are created in the pod netns, all those of a flow in one visit (one setns there and
+  // one back); options and binds need no netns. Each carries the agent's mark.
+  struct SockSpec {
+    UniqueFd* out;
+    int family, type, proto;
+  };
+  Status pod_sockets(const PodUdp& pod, std::initializer_list<SockSpec> specs) {
+    {
+      NS_TRY(auto scope, netns::ScopedNetns::enter(pod.netns, netns::NetnsHandle::host()));
+      for (const auto& sp : specs) {
+        sp.out->reset(::socket(sp.family, sp.type | SOCK_NONBLOCK | SOCK_CLOEXEC, sp.proto));
+        if (!*sp.out) return Error::from_errno(errno, "socket");
+      }
+    }
+    for (const auto& sp : specs)
+      NS_TRY_STATUS(set_int(sp.out->get(), SOL_SOCKET, SO_MARK, static_cast<int>(opts_.mark), "SO_MARK"));
+    return {};
   }
 
-  Status mark_and_size(int fd) {
+  // A burst (answers, or the client's datagrams on the reply socket) must not overflow.
+  static void size_rcvbuf(int fd) {
     int rcvbuf = 1 << 20;
-    NS_TRY_STATUS(set_int(fd, SOL_SOCKET, SO_MARK, static_cast<int>(opts_.mark), "SO_MARK"));
-    // A burst (answers, or the client's datagrams on the reply socket) must not overflow.
     ::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf);
-    return {};
   }
 
   // A socket bound to `local` (an address of someone else: transparent) and connected to `peer`.
@@ -282,10 +291,10 @@ class Proxy::Loop {
   }
 
   Status open_outbound(Session& s) {
-    NS_TRY(s.up, pod_socket(*s.pod, s.target.ip().family, SOCK_DGRAM, 0));
-    NS_TRY(s.reply, pod_socket(*s.pod, s.odst.ip().family, SOCK_DGRAM, 0));
-    NS_TRY_STATUS(mark_and_size(s.up.get()));
-    NS_TRY_STATUS(mark_and_size(s.reply.get()));
+    NS_TRY_STATUS(pod_sockets(*s.pod, {{&s.up, s.target.ip().family, SOCK_DGRAM, 0},
+                                       {&s.reply, s.odst.ip().family, SOCK_DGRAM, 0}}));
+    size_rcvbuf(s.up.get());
+    size_rcvbuf(s.reply.get());
     if (::connect(s.up.get(), s.target.sa(), s.target.len) < 0)
       return Error::from_errno(errno, "connect upstream " + s.target.str());
     // The answer must come from the address and port the app asked (connected resolvers drop
@@ -298,8 +307,8 @@ class Proxy::Loop {
   }
 
   Status open_inbound(Session& s) {
-    NS_TRY(s.up, pod_socket(*s.pod, s.client.ip().family, SOCK_DGRAM, 0));
-    NS_TRY_STATUS(mark_and_size(s.up.get()));
+    NS_TRY_STATUS(pod_sockets(*s.pod, {{&s.up, s.client.ip().family, SOCK_DGRAM, 0}}));
+    size_rcvbuf(s.up.get());
     // Over lo: sk_lookup tells this delivery from the client's own datagrams by the interface.
     if (::setsockopt(s.up.get(), SOL_SOCKET, SO_BINDTODEVICE, "lo", 3) < 0)
       return Error::from_errno(errno, "SO_BINDTODEVICE lo");
@@ -456,16 +465,15 @@ class Proxy::Loop {
     bool v4 = to.ip().family == AF_INET;
     UniqueFd& raw = v4 ? e.raw4 : e.raw6;
     if (!raw) {
-      auto fd = pod_socket(*e.pod, v4 ? AF_INET : AF_INET6, SOCK_RAW, IPPROTO_RAW);
-      if (!fd.ok() || !mark_and_size(fd->get()).ok()) {
+      // IPPROTO_RAW only sends (the kernel delivers nothing to it): no receive buffer to size.
+      if (auto st = pod_sockets(*e.pod, {{&raw, v4 ? AF_INET : AF_INET6, SOCK_RAW, IPPROTO_RAW}}); !st.ok()) {
+        raw.reset();
         if (int64_t now = now_ms(); now - last_warn_ms_ >= 1000) {
           last_warn_ms_ = now;
-          spdlog::warn("pod {}: raw socket for UDP replies and ICMP errors: {}", e.pod->uid,
-                       fd.ok() ? std::strerror(errno) : fd.error().message);
+          spdlog::warn("pod {}: raw socket for UDP replies and ICMP errors: {}", e.pod->uid, st.error().message);
         }
         return false;
       }
-      raw = std::move(*fd);
     }
     SockAddr dst = SockAddr::make(to.ip(), 0);  // IPPROTO_RAW takes no port
     return ::sendto(raw.get(), pkt.data(), pkt.size(), MSG_DONTWAIT, dst.sa(), dst.len) >= 0;
