@@ -44,8 +44,12 @@ EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore*
   if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>(dp_->max_inbound_conns);
 }
 
+std::string EnrolmentManager::bpf_spare() const { return bpf_pool_ ? bpf_pool_->state() : "off"; }
+
 void EnrolmentManager::refill_bpf_pool() {
-  if (bpf_pool_) exec_.post([pool = bpf_pool_] { pool->refill(); });
+  if (!bpf_pool_) return;
+  bpf_pool_->queued();
+  exec_.post([pool = bpf_pool_] { pool->refill(); });
 }
 
 EnrolmentManager::~EnrolmentManager() { clear(); }

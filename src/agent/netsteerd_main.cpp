@@ -342,6 +342,7 @@ int main(int argc, char** argv) {
         {"unenrolled", s.unenrolled},
         {"adopted", s.adopted},
         {"stale_cleaned", s.stale_cleaned},
+        {"bpf_spare", manager.bpf_spare()},
         {"relay_workers", (*relay)->workers()},
         {"relay", (*relay)->stats()},
         {"relay_timeouts", (*relay)->timeouts()},

@@ -139,6 +139,7 @@ Result<LoadedPodBpf> PodBpfPool::take() {
 void PodBpfPool::refill() {
   {
     std::lock_guard lk(mu_);
+    if (queued_ > 0) queued_--;
     if (spare_ || loading_) return;
     loading_ = true;
   }
@@ -147,6 +148,16 @@ void PodBpfPool::refill() {
   loading_ = false;
   if (l.ok()) spare_.emplace(std::move(*l));
   else spdlog::warn("loading the next pod's BPF programs ahead of time: {}", l.error().message);
+}
+
+void PodBpfPool::queued() {
+  std::lock_guard lk(mu_);
+  queued_++;
+}
+
+std::string PodBpfPool::state() {
+  std::lock_guard lk(mu_);
+  return spare_ ? "ready" : loading_ || queued_ > 0 ? "loading" : "none";
 }
 
 Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,

@@ -265,6 +265,19 @@ class Agent:
     def pods(self):
         return json.loads(self.ctl("list", "--json").stdout)
 
+    def status(self):
+        return json.loads(self.ctl("status", "--json").stdout)
+
+    def wait_settled(self, timeout=10):
+        """Wait until the agent is done loading the next pod's BPF programs ahead of time (it
+        starts after each enrol, on another thread, and holds ~a dozen fds while it runs)."""
+        deadline = time.time() + timeout
+        while (state := self.status()["bpf_spare"]) == "loading":
+            if time.time() > deadline:
+                raise AssertionError("the agent is still loading its spare BPF programs")
+            time.sleep(0.02)
+        return state
+
     def inspect(self, uid):
         return json.loads(self.ctl("inspect", "--uid", uid, "--json").stdout)
 

@@ -88,19 +88,29 @@ def main():
         timeout = float(sys.argv[6]) if len(sys.argv) > 6 else 10.0
         from concurrent.futures import ThreadPoolExecutor
 
+        import time
+        reasons = {}
+
         def one(_):
+            t0 = time.monotonic()
             try:
                 with conn(host, port, timeout) as s:
                     s.sendall(b"PEER\n")
                     seen = recv_all(s).decode().split()
                     mine = s.getsockname()[0]
-                    return seen[:1] == [mine[7:] if mine.startswith("::ffff:") else mine]
-            except OSError:
-                return False
+                    if seen[:1] == [mine[7:] if mine.startswith("::ffff:") else mine]:
+                        return True
+                    why = f"answer {seen[:1]}"
+            except OSError as e:
+                why = type(e).__name__
+            why += f" after {time.monotonic() - t0:.1f}s"
+            reasons[why] = reasons.get(why, 0) + 1
+            return False
 
         with ThreadPoolExecutor(par) as ex:
             ok = sum(ex.map(one, range(n)))
-        print("ok", ok, "fail", n - ok)
+        # The failures, by kind, after the counts (callers read the first four words).
+        print("ok", ok, "fail", n - ok, *(f"[{k}: {v}]" for k, v in sorted(reasons.items())))
     elif mode == "probe":
         timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 2.0
         try:

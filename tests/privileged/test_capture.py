@@ -354,7 +354,8 @@ def test_enrol_unenrol_cycles_leave_nothing():
 
         def fds():
             # Idle pipes kept by the relay's bounded pool (2 fds each) are not a leak.
-            st = json.loads(a.ctl("status", "--json").stdout)
+            a.wait_settled()  # a spare BPF load in flight holds fds for a moment
+            st = a.status()
             return nstest.fd_count(a.pid) - 2 * sum(w["pipes_idle"] for w in st["relay"])
 
         fds0, threads0 = fds(), nstest.thread_count(a.pid)
@@ -377,6 +378,8 @@ def test_out_of_fds_resets_clients_and_keeps_serving():
     with agent() as a, topology() as t:
         t.serve(t.pod, APP)
         uid = enrol(a, t)
+        # Settled first: a spare load still running would free its fds once the limit fails it.
+        assert a.wait_settled() == "ready"
         hard = int(run(["prlimit", f"--pid={a.pid}", "--nofile", "--raw", "--noheadings", "--output=HARD"]).stdout)
         # The limit bounds fd numbers: at the lowest free number, no new fd can be allocated.
         used = {int(x) for x in os.listdir(f"/proc/{a.pid}/fd")}

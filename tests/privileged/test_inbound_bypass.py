@@ -44,6 +44,8 @@ def nstat(ns, name):
 def burst(t, host, n, par, timeout=10):
     out = t.client(t.remote, host, APP, "burst", n, par, timeout, timeout=120)
     ok, fail = int(out.split()[1]), int(out.split()[3])
+    if fail:
+        print("burst failures:", out)  # the kinds, shown with a failed assertion
     return ok, fail
 
 

@@ -130,6 +130,8 @@ class EnrolmentManager {
   std::vector<std::string> retain_only(const std::set<std::string>& existing);
   size_t size() const;
   EnrolStats stats() const;
+  // The ahead-of-time loaded BPF programs for the next pod: "ready", "loading", "none" or "off".
+  std::string bpf_spare() const;
   NodeTotals totals() const;
   // fd received → capture ready, in seconds, for every successful enrolment.
   metrics::Histogram::Snapshot enrol_latency() const { return enrol_seconds_.snapshot(); }

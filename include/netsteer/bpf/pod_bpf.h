@@ -78,11 +78,17 @@ class PodBpfPool {
   // Loads a spare if there is none and no other refill is loading one; a failure is logged and
   // the next take() loads inline (and reports the error to its enrol).
   void refill();
+  // Called when a refill() is queued to run later, so state() says "loading" until it has run.
+  void queued();
+  // "ready" (a spare is loaded), "loading" (a refill is running) or "none" (the last refill failed,
+  // or none ran yet): shown by status, so a caller can wait for the agent to be settled.
+  std::string state();
 
  private:
   std::mutex mu_;
   std::optional<LoadedPodBpf> spare_;
   bool loading_ = false;
+  int queued_ = 0;
   const uint32_t max_inbound_conns_;
 };
 
