@@ -351,12 +351,12 @@ def udp_path(args, tmp):
 
 def access_log_cost(args, tmp):
     """New connections per second through netsteer (outbound, wrk with Connection: close) with the
-    access log off and on (a file), alternating twice in one run; a fresh pod/remote pair each
+    access log off and on (a file), alternating three times in one run; a fresh pod/remote pair each
     time (a run leaves tens of thousands of TIME_WAIT sockets that would starve the next)."""
     out = {"off": [], "on": []}
     logdir = tempfile.mkdtemp(prefix="netsteer-access-")  # not `tmp`: nginx hands that to its worker user
     try:
-        for mode in ("off", "on", "off", "on"):
+        for mode in ("off", "on") * 3:  # three pairs: the run-to-run noise here is ~10 %
             t = nstest.Topology()
             try:
                 t.wait_v6_ready()

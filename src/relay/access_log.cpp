@@ -49,17 +49,18 @@ Status AccessLog::reopen_file() {
   return {};
 }
 
-void AccessLog::push(std::string line) {
+void AccessLog::push(std::string_view line) {
   bool was_empty;
   {
     std::lock_guard lk(mu_);
-    if (q_.size() >= capacity_) {
+    if (buf_.size() + line.size() + 1 > capacity_) {
       dropped_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    was_empty = q_.empty();
-    line.push_back('\n');
-    q_.push_back(std::move(line));
+    was_empty = buf_.empty();
+    buf_.append(line);
+    buf_.push_back('\n');
+    buf_lines_++;
   }
   if (was_empty) {
     uint64_t one = 1;
@@ -67,11 +68,36 @@ void AccessLog::push(std::string line) {
   }
 }
 
+namespace {
+
+void write_all(int fd, const std::string& s) {
+  for (size_t off = 0; off < s.size();) {
+    ssize_t n = ::write(fd, s.data() + off, s.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // a full disk or a closed stderr loses the batch; the relay goes on
+    off += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
 void AccessLog::run() {
   pollfd fds[2] = {{wake_.get(), POLLIN, 0}, {sig_.get(), POLLIN, 0}};
-  std::deque<std::string> batch;
+  std::string batch;
   for (;;) {
     if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
+    if (fds[0].revents & POLLIN) {
+      uint64_t n;
+      (void)!::read(wake_.get(), &n, sizeof n);
+      // Let lines gather: workers do not wake us again while the buffer is not empty. The stop
+      // request (a write to wake_) or SIGHUP cuts the wait short.
+      bool stop;
+      {
+        std::lock_guard lk(mu_);
+        stop = stopping_;
+      }
+      if (!stop) (void)::poll(fds, 2, kGatherMs);
+    }
     if (fds[1].revents & POLLIN) {
       signalfd_siginfo si{};
       while (::read(sig_.get(), &si, sizeof si) == sizeof si) {
@@ -79,25 +105,19 @@ void AccessLog::run() {
       if (auto st = reopen_file(); st.ok()) reopened_.fetch_add(1, std::memory_order_relaxed);
       else spdlog::warn("SIGHUP: {}", st.error().message);
     }
-    uint64_t n;
-    (void)!::read(wake_.get(), &n, sizeof n);
     bool stop;
+    uint64_t lines;
     {
       std::lock_guard lk(mu_);
-      batch.swap(q_);
+      batch.swap(buf_);
+      lines = buf_lines_;
+      buf_lines_ = 0;
       stop = stopping_;
     }
-    std::string buf;
-    for (auto& l : batch) {
-      buf += l;
-      if (buf.size() >= (1 << 16)) {
-        (void)!::write(out_.get(), buf.data(), buf.size());
-        buf.clear();
-      }
-    }
-    if (!buf.empty()) (void)!::write(out_.get(), buf.data(), buf.size());
-    written_.fetch_add(batch.size(), std::memory_order_relaxed);
+    write_all(out_.get(), batch);
+    written_.fetch_add(lines, std::memory_order_relaxed);
     batch.clear();
+    if (batch.capacity() > (1u << 20)) batch.shrink_to_fit();  // a burst's buffer is not kept
     if (stop) return;
   }
 }
