@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <set>
+#include <chrono>
 #include <spdlog/spdlog.h>
 #include <fcntl.h>
 #include <sys/epoll.h>
@@ -46,7 +47,13 @@ Reply RequestHandler::handle(protocol::Packet& packet) {
       r.data = {{"version", protocol::kVersion}, {"agent", "netsteerd " NETSTEER_VERSION}};
       return r;
     case MsgType::kAdd:
-      return handle_add(*req, packet);
+    {
+      auto t0 = std::chrono::steady_clock::now();
+      Reply add = handle_add(*req, packet);
+      spdlog::debug("add {}: handled in {:.2f} ms", req->pod.uid,
+                    std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      return add;
+    }
     case MsgType::kDel: {
       std::optional<netns::NetnsId> id;
       if (req->netns_ino) id = netns::NetnsId{req->netns_dev.value_or(0), *req->netns_ino};
@@ -119,7 +126,9 @@ Reply RequestHandler::handle_add(const protocol::Request& req, protocol::Packet&
   auto res = mgr_.enrol(req.pod, std::move(*ns));
   if (!res.ok()) return error_reply(res.error().message);
   Reply r;
-  r.data = {{"result", *res}, {"pod", mgr_.pod_json(req.pod.uid)}};
+  // The summary (identity, addresses, listeners, enrol_ms): the runtime waits for this reply, and
+  // the detail (BPF object info and counters, read from the kernel) is what `inspect` is for.
+  r.data = {{"result", *res}, {"pod", mgr_.pod_json(req.pod.uid, false)}};
   return r;
 }
 

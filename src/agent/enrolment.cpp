@@ -42,6 +42,137 @@ EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore*
   // The first spare is loaded once restore() or adopt() has taken over the existing pods, so it
   // never competes with serving them again after a restart.
   if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>(dp_->max_inbound_conns);
+  if (dp_ && dp_->capture && dp_->defer_guard && dp_->tc_mode == bpf::TcMode::tcx)
+    guards_ = std::make_unique<GuardAttacher>(
+        [this](const std::shared_ptr<GuardJob>& job, int ifindex, UniqueFd in, UniqueFd eg) {
+          deliver_guard(job, ifindex, std::move(in), std::move(eg));
+        });
+}
+
+size_t EnrolmentManager::guards_pending() const {
+  std::lock_guard lk(mu_);
+  size_t n = 0;
+  for (const auto& [uid, p] : pods_) n += p->guard_job != nullptr;
+  return n;
+}
+
+GuardAttacher::GuardAttacher(Deliver deliver) : deliver_(std::move(deliver)), thread_([this] { run(); }) {}
+
+GuardAttacher::~GuardAttacher() {
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void GuardAttacher::push(std::shared_ptr<GuardJob> job) {
+  {
+    std::lock_guard lk(mu_);
+    q_.push_back(std::move(job));
+  }
+  cv_.notify_all();
+}
+
+void GuardAttacher::enrol_started() {
+  std::lock_guard lk(mu_);
+  in_flight_++;
+}
+
+void GuardAttacher::enrol_finished() {
+  {
+    std::lock_guard lk(mu_);
+    in_flight_--;
+    last_enrol_ = std::chrono::steady_clock::now();
+  }
+  cv_.notify_all();
+}
+
+size_t GuardAttacher::pending() const {
+  std::lock_guard lk(mu_);
+  return q_.size();
+}
+
+void GuardAttacher::run() {
+  constexpr auto quiet = std::chrono::milliseconds(kQuietMs);
+  std::unique_lock lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stop_ || !q_.empty(); });
+    if (stop_) return;
+    // Wait for a quiet moment: no enrol in flight, none finished in the last kQuietMs.
+    for (;;) {
+      if (stop_) return;
+      auto now = std::chrono::steady_clock::now();
+      if (in_flight_ == 0 && now - last_enrol_ >= quiet) break;
+      cv_.wait_until(lk, in_flight_ ? now + quiet : last_enrol_ + quiet);
+    }
+    std::shared_ptr<GuardJob> job = q_.front();
+    lk.unlock();
+    int ifindex = -1;
+    UniqueFd in, eg;
+    {
+      std::lock_guard jl(job->mu);
+      if (!job->cancelled && !job->ifindexes.empty()) {
+        ifindex = job->ifindexes.back();
+        job->ifindexes.pop_back();
+        auto made = [&]() -> Status {
+          NS_TRY(auto scope, netns::ScopedNetns::enter(job->netns));
+          NS_TRY(in, bpf::PodBpf::create_guard_link(job->prog_ingress.get(), ifindex, true));
+          NS_TRY(eg, bpf::PodBpf::create_guard_link(job->prog_egress.get(), ifindex, false));
+          return {};
+        }();
+        if (!made.ok()) {
+          log::PodScope scope(job->uid);
+          spdlog::error("pod {}: tc guard on ifindex {} not attached: {} (capture and fail-closed hold; the "
+                        "guard's counters stay off until the pod is enrolled again)",
+                        job->uid, ifindex, made.error().message);
+          in.reset();
+          eg.reset();
+        }
+      }
+    }
+    if (in && eg) deliver_(job, ifindex, std::move(in), std::move(eg));
+    lk.lock();
+    std::lock_guard jl(job->mu);
+    if ((job->cancelled || job->ifindexes.empty()) && !q_.empty() && q_.front() == job) q_.pop_front();
+  }
+}
+
+void EnrolmentManager::queue_guard(Pod& pod) {
+  auto job = std::make_shared<GuardJob>();
+  job->uid = pod.spec.uid;
+  job->ifindexes = pod.capture->deferred_guard();
+  auto ns = pod.netns.dup();
+  auto in = pod.capture->bpf().guard_prog(true);
+  auto eg = pod.capture->bpf().guard_prog(false);
+  if (!ns.ok() || !in.ok() || !eg.ok()) {
+    // Out of fds, most likely: the pod is captured and fails closed; only the counters are off.
+    spdlog::error("pod {}: tc guard not queued: {}", pod.spec.uid,
+                  (!ns.ok() ? ns.error() : !in.ok() ? in.error() : eg.error()).message);
+    return;
+  }
+  job->netns = std::move(*ns);
+  job->prog_ingress = std::move(*in);
+  job->prog_egress = std::move(*eg);
+  pod.guard_job = job;
+  guards_->push(std::move(job));
+}
+
+void EnrolmentManager::deliver_guard(const std::shared_ptr<GuardJob>& job, int ifindex, UniqueFd in, UniqueFd eg) {
+  std::lock_guard lk(mu_);
+  auto it = pods_.find(job->uid);
+  // Gone, replaced or handed over since: the links close here, and detach with them.
+  if (it == pods_.end() || it->second->guard_job != job || !it->second->capture) return;
+  Pod& pod = *it->second;
+  log::PodScope scope(pod.spec.uid, pod.spec.namespace_, pod.spec.name);
+  if (auto st = pod.capture->adopt_guard(ifindex, std::move(in), std::move(eg)); !st.ok()) {
+    spdlog::error("pod {}: tc guard on ifindex {}: {}", pod.spec.uid, ifindex, st.error().message);
+    return;
+  }
+  spdlog::debug("pod {}: tc guard attached on ifindex {} (deferred)", pod.spec.uid, ifindex);
+  if (pod.capture->deferred_guard().empty()) pod.guard_job.reset();
+  pod.state_record.clear();  // re-serialised with the guarded interface at the next save
 }
 
 std::string EnrolmentManager::bpf_spare() const { return bpf_pool_ ? bpf_pool_->state() : "off"; }
@@ -52,7 +183,10 @@ void EnrolmentManager::refill_bpf_pool() {
   exec_.post([pool = bpf_pool_] { pool->refill(); });
 }
 
-EnrolmentManager::~EnrolmentManager() { clear(); }
+EnrolmentManager::~EnrolmentManager() {
+  guards_.reset();  // its thread may call back into this manager
+  clear();
+}
 
 void EnrolmentManager::persist(const PodRecord* pending) {
   if (!store_ || !store_->enabled()) return;
@@ -125,6 +259,8 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     cfg.pin_dir = pin_dir(pod->spec.uid);
     cfg.bpf_pool = bpf_pool_.get();
     cfg.max_inbound_conns = dp_->max_inbound_conns;
+    // Only a new enrol defers (restore and handover re-assert what is there, at once).
+    cfg.defer_guard = guards_ && !previous && !given;
     auto cap = capture::PodCapture::install(pod->netns, cfg, previous);
     if (!cap.ok()) return std::move(cap).error().wrap("install capture");
     pod->capture = std::move(*cap);
@@ -260,6 +396,10 @@ NodeTotals EnrolmentManager::totals() const {
 
 void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
   log::PodScope scope(pod.spec.uid, pod.spec.namespace_, pod.spec.name);
+  if (pod.guard_job) {
+    std::lock_guard jl(pod.guard_job->mu);  // waits out an attach in progress (one grace period)
+    pod.guard_job->cancelled = true;
+  }
   add_pod_totals(retired_, pod);  // read before the pins and the relay context go
   if (pod.lease) {
     spdlog::warn("pod {}: unenrolled while its listeners are leased to {}: the lease ends", pod.spec.uid, pod.lease->holder);
@@ -282,6 +422,16 @@ void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
 
 Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns::NetnsHandle ns) {
   auto received = std::chrono::steady_clock::now();
+  // Deferred guards wait while any enrol is in flight (their attach would hold rtnl).
+  struct InFlight {
+    GuardAttacher* g;
+    explicit InFlight(GuardAttacher* a) : g(a) {
+      if (g) g->enrol_started();
+    }
+    ~InFlight() {
+      if (g) g->enrol_finished();
+    }
+  } in_flight{guards_.get()};
   std::lock_guard lk(mu_);
   log::PodScope scope(spec.uid, spec.namespace_, spec.name);
   auto it = pods_.find(spec.uid);
@@ -332,6 +482,7 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
                (*pod)->listeners.family,
                (*pod)->capture ? bpf::to_string(dp_->tc_mode) : "off");
   enrol_seconds_.observe((*pod)->enrol_ms / 1000.0);
+  if ((*pod)->capture && !(*pod)->capture->deferred_guard().empty()) queue_guard(**pod);
   pods_[spec.uid] = std::move(*pod);
   ++stats_.enrol_ok;
   persist();
@@ -506,6 +657,11 @@ std::vector<HandoverPod> EnrolmentManager::export_pods() const {
   std::lock_guard lk(mu_);
   std::vector<HandoverPod> out;
   for (const auto& [uid, p] : pods_) {
+    if (p->guard_job) {
+      // The new agent attaches what is missing when it adopts the pod; this one stops trying.
+      std::lock_guard jl(p->guard_job->mu);
+      p->guard_job->cancelled = true;
+    }
     HandoverPod h;
     h.record = PodRecord{p->spec, p->netns.id(), false, p->capture ? p->capture->state().to_json() : json::object()};
     h.family = p->listeners.family;
@@ -577,10 +733,10 @@ json EnrolmentManager::list() const {
   return a;
 }
 
-json EnrolmentManager::pod_json(const std::string& uid) const {
+json EnrolmentManager::pod_json(const std::string& uid, bool detail) const {
   std::lock_guard lk(mu_);
   auto it = pods_.find(uid);
-  return it == pods_.end() ? json() : it->second->to_json(true);
+  return it == pods_.end() ? json() : it->second->to_json(detail);
 }
 
 Status EnrolmentManager::check(const std::string& uid) const {

@@ -45,6 +45,13 @@ int main(int argc, char** argv) {
   std::string tc_mode_opt = "auto";
   app.add_option("--tc-mode", tc_mode_opt, "tc guard attachment: auto (tcx when the kernel has it), tcx, clsact")
       ->capture_default_str();
+  std::string guard_attach = "deferred";
+  app.add_option("--guard-attach", guard_attach,
+                 "tcx: attach a non-strict pod's tc guard after its enrol has answered (deferred: no RCU grace "
+                 "period on the CNI ADD path; the guard's counters start a little later) or during it (sync). "
+                 "Strict pods and clsact are always sync")
+      ->check(CLI::IsMember({"deferred", "sync"}))
+      ->capture_default_str();
   relay::RelayOptions ropts;
   app.add_option("--relay-workers", ropts.workers, "relay worker threads (fixed, whatever the pod count)")
       ->capture_default_str()
@@ -301,7 +308,7 @@ int main(int argc, char** argv) {
     *to = *a;
   }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred"});
   // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
   std::optional<agent::Handover> handover;
   if (takeover) {
@@ -343,6 +350,8 @@ int main(int argc, char** argv) {
         {"adopted", s.adopted},
         {"stale_cleaned", s.stale_cleaned},
         {"bpf_spare", manager.bpf_spare()},
+        {"guard_attach", guard_attach},
+        {"guards_pending", manager.guards_pending()},
         {"relay_workers", (*relay)->workers()},
         {"relay", (*relay)->stats()},
         {"relay_timeouts", (*relay)->timeouts()},

@@ -256,12 +256,9 @@ Status PodBpf::attach_guard(int ifindex, TcMode mode) {
     if (prog < 0) return Error::msg("guard program not loaded", ENOENT);
     const char* dir = ingress ? "ingress" : "egress";
     if (mode == TcMode::tcx) {
-      std::string name = guard_link_pin(ifindex, ingress);
-      if (objs_.has(name)) continue;
-      UniqueFd link(bpf_link_create(prog, ifindex, ingress ? kBpfTcxIngress : kBpfTcxEgress, nullptr));
-      if (!link)
-        return Error::from_errno(errno, std::string("attach tcx ") + dir + " link to ifindex " + std::to_string(ifindex));
-      NS_TRY_STATUS(objs_.add(name, std::move(link)));
+      if (objs_.has(guard_link_pin(ifindex, ingress))) continue;
+      NS_TRY(UniqueFd link, create_guard_link(prog, ifindex, ingress));
+      NS_TRY_STATUS(adopt_guard_link(ifindex, ingress, std::move(link)));
     } else {
       LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
       int r = bpf_tc_hook_create(&hook);  // creates the clsact qdisc
@@ -273,6 +270,25 @@ Status PodBpf::attach_guard(int ifindex, TcMode mode) {
     }
   }
   return {};
+}
+
+Result<UniqueFd> PodBpf::guard_prog(bool ingress) const {
+  const char* name = ingress ? kProgGuardIngress : kProgGuardEgress;
+  ObjRef prog = objs_.ref(name);
+  if (!prog) return Error::msg("guard program not loaded", ENOENT);
+  return dup_obj(prog.get(), name);
+}
+
+Result<UniqueFd> PodBpf::create_guard_link(int prog, int ifindex, bool ingress) {
+  UniqueFd link(bpf_link_create(prog, ifindex, ingress ? kBpfTcxIngress : kBpfTcxEgress, nullptr));
+  if (!link)
+    return Error::from_errno(errno, std::string("attach tcx ") + (ingress ? "ingress" : "egress") +
+                                        " link to ifindex " + std::to_string(ifindex));
+  return link;
+}
+
+Status PodBpf::adopt_guard_link(int ifindex, bool ingress, UniqueFd link) {
+  return objs_.add(guard_link_pin(ifindex, ingress), std::move(link));
 }
 
 Status PodBpf::detach_guard(int ifindex, TcMode mode) {

@@ -222,6 +222,10 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
       if (!known) pc->state_.sysctls.push_back({key, cur});
       NS_TRY_STATUS(write_sysctl(key, want));
     }
+    if (cfg.defer_guard && cfg.tc_mode == bpf::TcMode::tcx && !cfg.strict) {
+      pc->deferred_.push_back(i.index);
+      continue;
+    }
     auto st = pc->bpf_->attach_guard(i.index, cfg.tc_mode);
     if (!st.ok()) return std::move(st).error().wrap("tc guard on " + i.name);
     pc->state_.guarded_ifindexes.push_back(i.index);
@@ -278,12 +282,23 @@ Status PodCapture::remove() {
   return first;
 }
 
+Status PodCapture::adopt_guard(int ifindex, UniqueFd ingress, UniqueFd egress) {
+  auto it = std::find(deferred_.begin(), deferred_.end(), ifindex);
+  if (it == deferred_.end()) return Error::msg("no deferred guard for ifindex " + std::to_string(ifindex), ENOENT);
+  NS_TRY_STATUS(bpf_->adopt_guard_link(ifindex, true, std::move(ingress)));
+  NS_TRY_STATUS(bpf_->adopt_guard_link(ifindex, false, std::move(egress)));
+  deferred_.erase(it);
+  state_.guarded_ifindexes.push_back(ifindex);
+  return {};
+}
+
 json PodCapture::to_json() const {
   json rules = json::array(), routes = json::array();
   for (const auto& r : rules_) rules.push_back(r.str());
   for (const auto& r : routes_) routes.push_back(r.str());
   json j{{"rules", rules}, {"routes", routes}, {"tc_mode", bpf::to_string(state_.tc_mode)},
-         {"guarded_ifindexes", state_.guarded_ifindexes}, {"adopted", adopted_}};
+         {"guarded_ifindexes", state_.guarded_ifindexes}, {"adopted", adopted_},
+         {"guard", deferred_.empty() ? "attached" : "pending"}, {"guard_pending_ifindexes", deferred_}};
   json sys = json::object();
   for (const auto& s : state_.sysctls) sys[s.key] = {{"before", s.value}};
   j["sysctls_changed"] = sys;

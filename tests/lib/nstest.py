@@ -249,7 +249,27 @@ class Agent:
                 s.send(data)
             return json.loads(s.recv(1 << 20))
 
-    def enrol(self, ns, uid=None, **extra):
+    def enrol(self, ns, uid=None, wait_guard=True, **extra):
+        """netsteerctl enroll; then (wait_guard) until the pod's tc guard is attached: with tcx it
+        is attached after the enrol answered (--guard-attach deferred), and tests read its
+        counters."""
+        out = self._enrol(ns, uid, **extra)
+        if wait_guard:
+            self.wait_guard(uid or ns.name)
+        return out
+
+    def wait_guard(self, uid, timeout=10):
+        deadline = time.time() + timeout
+        while True:
+            j = json.loads(self.ctl("inspect", "--uid", uid, "--json", check=False).stdout or "null")
+            guard = ((j or {}).get("capture") or {}).get("guard")
+            if guard in (None, "attached"):  # None: no capture (e.g. --capture none) or not enrolled
+                return guard
+            if time.time() > deadline:
+                raise AssertionError(f"pod {uid}: tc guard still {guard} after {timeout} s")
+            time.sleep(0.01)
+
+    def _enrol(self, ns, uid=None, **extra):
         args = ["enroll", "--netns", ns.path, "--uid", uid or ns.name]
         for k, v in extra.items():
             flag = "--" + k.replace("_", "-")

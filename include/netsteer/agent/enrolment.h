@@ -5,6 +5,9 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <thread>
 #include <map>
 #include <functional>
 #include <memory>
@@ -47,6 +50,47 @@ struct Dataplane {
   // Agent-wide hand-off defaults (--proxy-outbound/--proxy-inbound/--proxy-pod-tlvs); a pod's own
   // "proxy" wins as a whole.
   protocol::ProxyHandoff proxy;
+  // tcx: a non-strict pod's tc guard is attached after its enrol answered (GuardAttacher);
+  // false (`--guard-attach sync`): during the enrol, as for strict pods.
+  bool defer_guard = true;
+};
+
+// A non-strict pod's tc guard, attached after its enrol has answered (see GuardAttacher).
+struct GuardJob {
+  std::mutex mu;           // held while the links are being made; teardown takes it to cancel
+  bool cancelled = false;  // the pod left or was handed over: the links are dropped
+  std::string uid;
+  netns::NetnsHandle netns;  // a dup: the attach runs in the pod netns
+  std::vector<int> ifindexes;
+  UniqueFd prog_ingress, prog_egress;  // dups of the pod's guard programs
+};
+
+// One thread that attaches deferred tc guards while no enrol is running: a tcx attach holds rtnl
+// through an RCU grace period, and an enrol's rules and routes need rtnl, so an attach running
+// beside an enrol would put the grace period back on the enrol's path. It waits until no enrol has
+// been in flight for kQuietMs (longer than the gap between two CNI ADDs run back to back), then makes one interface's two links, and checks again.
+class GuardAttacher {
+ public:
+  static constexpr int kQuietMs = 20;
+  // `deliver` runs on the attacher's thread with the links made for one interface.
+  using Deliver = std::function<void(const std::shared_ptr<GuardJob>&, int ifindex, UniqueFd in, UniqueFd eg)>;
+  explicit GuardAttacher(Deliver deliver);
+  ~GuardAttacher();  // pending jobs are dropped (a restarted agent attaches at restore)
+  void push(std::shared_ptr<GuardJob> job);
+  void enrol_started();
+  void enrol_finished();
+  size_t pending() const;
+
+ private:
+  void run();
+  Deliver deliver_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<GuardJob>> q_;
+  int in_flight_ = 0;
+  std::chrono::steady_clock::time_point last_enrol_{};
+  bool stop_ = false;
+  std::thread thread_;
 };
 
 struct Pod {
@@ -67,6 +111,7 @@ struct Pod {
     std::string holder;
   };
   std::optional<Lease> lease;
+  std::shared_ptr<GuardJob> guard_job;  // while its tc guard waits for the GuardAttacher
 
   nlohmann::json to_json(bool detail) const;
 };
@@ -123,7 +168,8 @@ class EnrolmentManager {
   // Old agent after a handover: the state file belongs to the new agent now.
   void detach_store();
   nlohmann::json list() const;
-  nlohmann::json pod_json(const std::string& uid) const;  // null when unknown
+  // null when unknown; detail: capture (with BPF object info and counters), relay, DNS, UDP, lease.
+  nlohmann::json pod_json(const std::string& uid, bool detail = true) const;
   // CHECK: the pod is enrolled and its capture is in place.
   Status check(const std::string& uid) const;
   // `snapshot`: unenrols every pod whose uid is not in `existing`; returns the uids removed.
@@ -132,6 +178,8 @@ class EnrolmentManager {
   EnrolStats stats() const;
   // The ahead-of-time loaded BPF programs for the next pod: "ready", "loading", "none" or "off".
   std::string bpf_spare() const;
+  // Pods whose deferred tc guard is not attached yet (0 when guards are attached synchronously).
+  size_t guards_pending() const;
   NodeTotals totals() const;
   // fd received → capture ready, in seconds, for every successful enrolment.
   metrics::Histogram::Snapshot enrol_latency() const { return enrol_seconds_.snapshot(); }
@@ -173,6 +221,11 @@ class EnrolmentManager {
   void refill_bpf_pool();
   mutable std::mutex mu_;
   std::map<std::string, std::unique_ptr<Pod>> pods_;
+  void queue_guard(Pod& pod);  // mu_ held
+  // Takes the links of a deferred guard (attacher thread; takes mu_ only to pin them).
+  void deliver_guard(const std::shared_ptr<GuardJob>& job, int ifindex, UniqueFd in, UniqueFd eg);
+  // Stopped (its thread joined) first thing in the destructor.
+  std::unique_ptr<GuardAttacher> guards_;
   EnrolStats stats_;
   NodeTotals retired_;  // counters of pods that have left
   metrics::Histogram enrol_seconds_{{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};

@@ -108,6 +108,12 @@ class PodBpf {
   Status attach_guard(int ifindex, TcMode mode);
   // Removes the guard from ifindex (in the pod netns for clsact; tcx links detach from anywhere).
   Status detach_guard(int ifindex, TcMode mode);
+  // A tcx guard attached later, outside the agent's lock (a deferred attach): a dup of the guard
+  // program to attach, create_guard_link() in the pod netns (the link is not pinned yet: closing
+  // it detaches it), then adopt_guard_link() pins it as this pod's guard on ifindex.
+  Result<UniqueFd> guard_prog(bool ingress) const;
+  static Result<UniqueFd> create_guard_link(int prog, int ifindex, bool ingress);
+  Status adopt_guard_link(int ifindex, bool ingress, UniqueFd link);
 
   // Slot 0: the 15001 listener, slot 1: the 15006 listener.
   // dns_fd < 0: the pod's DNS is not captured (its slot stays empty).

@@ -52,6 +52,11 @@ struct CaptureConfig {
   // Where the pod's BPF objects come from already loaded (nullptr: loaded during install).
   bpf::PodBpfPool* bpf_pool = nullptr;
   uint32_t max_inbound_conns = bpf::kDefaultMaxInboundConns;  // when loaded here (no pool)
+  // tcx only, non-strict pods only: leave the tc guard to a later attach (adopt_guard). Each tcx
+  // attach waits for an RCU grace period under rtnl (7-25 ms with rcu_expedited=0); without the
+  // guard, capture and fail-closed already hold (sk_lookup, rules, routes): only the guard's
+  // counters start later. A strict pod's guard enforces, so it is always attached at once.
+  bool defer_guard = false;
   uint32_t mark = protocol::kAgentMark;
   uint32_t mark_mask = protocol::kAgentMarkMask;
 };
@@ -91,6 +96,11 @@ class PodCapture {
   const bpf::PodBpf& bpf() const { return *bpf_; }
   const CaptureState& state() const { return state_; }
   bool adopted() const { return adopted_; }
+  // Interfaces whose guard was deferred and is not attached yet.
+  const std::vector<int>& deferred_guard() const { return deferred_; }
+  // Takes the links a deferred attach made for ifindex (unpinned; see PodBpf::create_guard_link)
+  // as this pod's guard: pinned, recorded, no longer deferred.
+  Status adopt_guard(int ifindex, UniqueFd ingress, UniqueFd egress);
   nlohmann::json to_json() const;
 
  private:
@@ -104,6 +114,7 @@ class PodCapture {
   std::vector<RuleSpec> rules_;
   std::vector<LocalDefaultRoute> routes_;
   bool adopted_ = false;
+  std::vector<int> deferred_;
 };
 
 }  // namespace netsteer::capture
