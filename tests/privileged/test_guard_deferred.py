@@ -1,0 +1,136 @@
+"""Issue 17: with tcx, a non-strict pod's tc guard is attached after its enrol answered
+(--guard-attach deferred), off the CNI ADD path; a strict pod's guard is attached before the
+answer. Whatever the timing: every pod ends with exactly one ingress and one egress guard link on
+its interface, none is left after unenrol (even one that raced its deferred attach), and a
+takeover or a restart attaches what was still pending."""
+import json
+import time
+
+import pytest
+
+import nstest
+from nstest import agent, topology
+
+APP = 8080
+
+
+@pytest.fixture(autouse=True)
+def _root():
+    nstest.require_root()
+
+
+def guard_progs(a, uid):
+    """The kernel ids of the pod's two guard programs (from its pins)."""
+    ids = []
+    for name in ("prog_guard_ingress", "prog_guard_egress"):
+        ids.append(nstest.bpftool_json("prog", "show", "pinned", f"{a.pin_root}/{uid}/{name}")["id"])
+    return tuple(ids)
+
+
+def tcx_links(progs):
+    """How many tcx links (BPF_LINK_TYPE_TCX = 11; Debian's bpftool prints the number) run the
+    pod's ingress and egress guard programs, from the kernel's list of links."""
+    links = nstest.bpftool_json("link", "show") or []
+    tcx = [l for l in links if l.get("type") in (11, "tcx")]
+    return tuple(sum(1 for l in tcx if l.get("prog_id") == p) for p in progs)
+
+
+def wait_no_pending(a, timeout=20):
+    deadline = time.time() + timeout
+    while a.status()["guards_pending"]:
+        assert time.time() < deadline, "deferred guards still pending"
+        time.sleep(0.02)
+
+
+def guard_pkts(a, uid):
+    st = a.inspect(uid)["capture"]["bpf_stats"]
+    return sum(v for k, v in st.items() if k.startswith(("ingress_", "egress_")) and k.endswith("pkts"))
+
+
+def test_strict_is_attached_before_the_answer_and_nonstrict_soon_after():
+    with agent() as a, topology() as t:
+        assert a.status()["guard_attach"] == "deferred"
+        t.serve(t.pod, APP)
+        t.serve(t.remote, 9000)
+        # Strict: the guard enforces, so it is there when the enrol returns.
+        a.enrol(t.pod, uid="strict", ip=[t.pod_ip, t.pod_ip6], strict=True, wait_guard=False)
+        assert a.inspect("strict")["capture"]["guard"] == "attached"
+        progs = guard_progs(a, "strict")
+        assert tcx_links(progs) == (1, 1)
+        a.ctl("unenroll", "--uid", "strict")
+        assert tcx_links(progs) == (0, 0)
+        # Non-strict: capture holds at once (sk_lookup + routes); the guard follows.
+        a.enrol(t.pod, uid="lax", ip=[t.pod_ip, t.pod_ip6], wait_guard=False)
+        assert t.client(t.remote, t.pod_ip, APP, "peer").startswith(t.remote_ip)
+        assert a.inspect("lax")["relay"]["inbound"]["opened"] == 1
+        wait_no_pending(a)
+        assert a.inspect("lax")["capture"]["guard"] == "attached"
+        assert tcx_links(guard_progs(a, "lax")) == (1, 1)
+        before = guard_pkts(a, "lax")
+        assert t.client(t.pod, t.remote_ip, 9000, "peer").startswith(t.pod_ip)
+        assert guard_pkts(a, "lax") > before, "the deferred guard does not see the pod's packets"
+
+
+def test_unenrol_racing_the_deferred_attach_leaves_nothing():
+    with agent() as a, topology() as t:
+        progs = []
+        for i in range(15):
+            a.enrol(t.pod, uid=f"p{i}", ip=[t.pod_ip], wait_guard=False)
+            progs.append(guard_progs(a, f"p{i}"))
+            a.ctl("unenroll", "--uid", f"p{i}")
+        wait_no_pending(a)
+        time.sleep(0.1)  # past the attacher's quiet period: a leaked attach would show now
+        for p in progs:
+            assert tcx_links(p) == (0, 0)
+        assert not nstest.os.path.exists(a.pin_root) or nstest.os.listdir(a.pin_root) == []
+
+
+def test_burst_then_every_pod_has_exactly_one_guard():
+    with agent() as a:
+        pods = []
+        try:
+            for i in range(12):
+                ns = nstest.Netns(nstest.unique("gd"))
+                pods.append(ns)
+                ns.ip(f"link add eth0 type veth peer name g{i}")
+                ns.ip(f"addr add 10.231.0.{i + 1}/32 dev eth0")
+                ns.ip("link set eth0 up")
+            for ns in pods:
+                a.enrol(ns, wait_guard=False)
+            wait_no_pending(a)
+            for ns in pods:
+                assert a.inspect(ns.name)["capture"]["guard"] == "attached"
+                # Both ends of the veth are in the pod netns here: two guarded interfaces.
+                assert tcx_links(guard_progs(a, ns.name)) == (2, 2), ns.name
+        finally:
+            for ns in pods:
+                ns.close()
+
+
+@pytest.mark.parametrize("how", ["takeover", "restart"])
+def test_pending_guards_are_attached_by_the_next_agent(how):
+    with agent() as a:
+        pods = []
+        try:
+            for i in range(6):
+                ns = nstest.Netns(nstest.unique("gn"))
+                pods.append(ns)
+                ns.ip(f"link add eth0 type veth peer name h{i}")
+                ns.ip(f"addr add 10.232.0.{i + 1}/32 dev eth0")
+                ns.ip("link set eth0 up")
+            for ns in pods:
+                a.enrol(ns, wait_guard=False)
+            # At once, while guards are (likely) pending: the next agent must finish the job.
+            if how == "takeover":
+                a.upgrade()
+            else:
+                a.kill()
+                a.restart()
+            wait_no_pending(a)
+            for ns in pods:
+                assert a.inspect(ns.name)["capture"]["guard"] == "attached"
+                # Both ends of the veth are in the pod netns here: two guarded interfaces.
+                assert tcx_links(guard_progs(a, ns.name)) == (2, 2), ns.name
+        finally:
+            for ns in pods:
+                ns.close()
