@@ -16,6 +16,8 @@ PKGS=(
   # e2e: a real container runtime driven over CRI (tests/e2e), and deploy/ validation
   containerd runc containernetworking-plugins python3-grpcio python3-grpc-tools busybox-static
   yamllint python3-prometheus-client
+  # the image (scripts/image.sh: catatonit is its pause process) and the DaemonSet e2e (manifests)
+  catatonit python3-yaml
   # vm: Debian kernels under qemu (scripts/vm)
   qemu-system-x86 cpio xz-utils
   # bench/ (its servers are started by the bench only; see the policy-rc.d guard below)
