@@ -1,5 +1,6 @@
 #include "netsteer/agent/control.h"
 #include "netsteer/common/accept.h"
+#include "netsteer/common/log.h"
 
 #include <signal.h>
 
@@ -50,6 +51,7 @@ Reply RequestHandler::handle(protocol::Packet& packet) {
     {
       auto t0 = std::chrono::steady_clock::now();
       Reply add = handle_add(*req, packet);
+      log::PodScope scope(req->pod.uid, req->pod.namespace_, req->pod.name);
       spdlog::debug("add {}: handled in {:.2f} ms", req->pod.uid,
                     std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
       return add;

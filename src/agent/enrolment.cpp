@@ -190,20 +190,64 @@ EnrolmentManager::~EnrolmentManager() {
 
 void EnrolmentManager::persist(const PodRecord* pending) {
   if (!store_ || !store_->enabled()) return;
-  std::vector<std::string_view> recs;
-  recs.reserve(pods_.size() + 1);
+  std::vector<std::pair<std::string_view, std::string_view>> want;  // (uid, record)
+  want.reserve(pods_.size() + 1);
   for (const auto& [uid, p] : pods_) {
     if (p->state_record.empty()) {
       PodRecord r{p->spec, p->netns.id(), false, json::object()};
       if (p->capture) r.capture = p->capture->state().to_json();
       p->state_record = serialize_record(r);
     }
-    recs.push_back(p->state_record);
+    want.emplace_back(uid, p->state_record);
   }
   std::string pending_record = pending ? serialize_record(*pending) : std::string();
-  if (pending) recs.push_back(pending_record);
+  if (pending) want.emplace_back(pending->spec.uid, pending_record);
   // The live enrolment stays authoritative; a failed write is logged, not fatal.
-  if (auto st = store_->save(recs); !st.ok()) spdlog::warn("state file: {}", st.error().message);
+  auto warn = [](const Status& st) {
+    if (!st.ok()) spdlog::warn("state file: {}", st.error().message);
+  };
+  // Compact when there is no journal yet (first save of this process) or it has grown past the
+  // set it describes: amortised, each operation is still one append.
+  if (!store_->journal_open() || store_->journal_entries() > 2 * want.size() + 64) {
+    std::vector<std::string_view> recs;
+    recs.reserve(want.size());
+    written_.clear();
+    for (auto [uid, rec] : want) {
+      recs.push_back(rec);
+      written_.emplace(std::string(uid), std::string(rec));
+    }
+    auto st = store_->save(recs);
+    if (!st.ok()) written_.clear();  // the next persist tries a full save again
+    return warn(st);
+  }
+  // Otherwise append what changed since the last write: a put per new or changed record, a del
+  // per pod that is gone.
+  std::set<std::string_view> present;
+  for (auto [uid, rec] : want) {
+    present.insert(uid);
+    auto it = written_.find(std::string(uid));
+    if (it != written_.end() && it->second == rec) continue;
+    auto st = store_->append_put(rec);
+    if (!st.ok()) {
+      written_.clear();
+      store_->close_journal();
+      return warn(st);
+    }
+    if (it != written_.end()) it->second.assign(rec);
+    else written_.emplace(std::string(uid), std::string(rec));
+  }
+  for (auto it = written_.begin(); it != written_.end();) {
+    if (present.count(it->first)) {
+      ++it;
+      continue;
+    }
+    if (auto st = store_->append_del(it->first); !st.ok()) {
+      written_.clear();
+      store_->close_journal();
+      return warn(st);
+    }
+    it = written_.erase(it);
+  }
 }
 
 Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& spec, netns::NetnsHandle ns,

@@ -483,5 +483,42 @@ defaults
 """
 
 
+def read_state(state_dir):
+    """The agent's enrolled set as a restarted agent would read it: state.json (the snapshot)
+    with state.journal replayed over it when the journal continues that snapshot's generation."""
+    with open(os.path.join(state_dir, "state.json")) as f:
+        doc = json.load(f)
+    pods = doc["pods"]
+    try:
+        lines = open(os.path.join(state_dir, "state.journal")).read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    if lines and json.loads(lines[0]).get("generation") == doc.get("generation") and doc.get("generation"):
+        for line in lines[1:]:
+            try:
+                op = json.loads(line)
+            except ValueError:
+                break  # a torn last line
+            if "put" in op:
+                uid = op["put"]["pod"]["uid"]
+                at = [i for i, p in enumerate(pods) if p["pod"]["uid"] == uid]
+                if at:
+                    pods[at[0]] = op["put"]
+                else:
+                    pods.append(op["put"])
+            else:
+                pods = [p for p in pods if p["pod"]["uid"] != op["del"]]
+    return {"version": doc["version"], "generation": doc.get("generation"), "pods": pods}
+
+
+def write_state(state_dir, doc):
+    """Replace the agent's state (snapshot and journal) with doc's pods, as a compaction would."""
+    gen = (doc.get("generation") or 0) + 1
+    with open(os.path.join(state_dir, "state.json"), "w") as f:
+        json.dump({"version": 1, "generation": gen, "pods": doc["pods"]}, f)
+    with open(os.path.join(state_dir, "state.journal"), "w") as f:
+        f.write(json.dumps({"generation": gen}) + "\n")
+
+
 def bpftool_json(*args):
     return json.loads(run(["bpftool", "-j"] + list(args)).stdout or "null")

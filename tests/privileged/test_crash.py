@@ -138,12 +138,11 @@ def test_crash_mid_enrol_leaves_nothing_half_installed():
         a.enrol(t.pod, ip=[t.pod_ip])
         a.enrol(gone.pod, ip=[gone.pod_ip])
         a.kill()
-        state = os.path.join(a.state_dir, "state.json")
-        doc = json.load(open(state))
+        doc = nstest.read_state(a.state_dir)
         for rec in doc["pods"]:
             rec["pending"] = True
             rec["capture"] = {}
-        json.dump(doc, open(state, "w"))
+        nstest.write_state(a.state_dir, doc)
         gone_uid = gone.pod.name
         gone.close()  # its netns disappears while the agent is down
         a.restart()
@@ -166,7 +165,7 @@ def test_recreated_netns_with_the_same_inode_is_not_taken_over():
             old = os.stat(path)
             cookie = a.inspect(name).get("netns_cookie")
             a.kill()  # state file and pins stay for the next agent
-            recorded = [r.get("netns_cookie") for r in json.load(open(os.path.join(a.state_dir, "state.json")))["pods"]]
+            recorded = [r.get("netns_cookie") for r in nstest.read_state(a.state_dir)["pods"]]
             # Recreate it until the kernel hands out the old inode again (the lowest free nsfs
             # inode is reused once the old netns has been freed, which the kernel does
             # asynchronously): bounded, and the test fails if it never happens.

@@ -74,8 +74,7 @@ def test_enrol_one_listeners_and_loopback_connect():
         assert sorted((l["role"], l["port"]) for l in p["listeners"]) == [
             ("dns", 15053), ("dns_tcp", 15053), ("inbound", 15006), ("outbound", 15001), ("tunnel", 15008)]
         assert ":15053 " in ns.exec(["ss", "-Hunl"]).stdout
-        with open(os.path.join(a.state_dir, "state.json")) as f:
-            state = json.load(f)
+        state = nstest.read_state(a.state_dir)
         assert [p["pod"]["uid"] for p in state["pods"]] == [ns.name]
         assert state["pods"][0]["netns_ino"] == os.stat(ns.path).st_ino
         assert state["pods"][0]["pod"]["netns_path"] == ns.path
@@ -83,8 +82,7 @@ def test_enrol_one_listeners_and_loopback_connect():
         assert not (PORTS & set(ns.listening_ports()))
         assert not ns.exec(["ss", "-Hunl"]).stdout.strip()
         assert tcp_connect(ns, "127.0.0.1", 15006) == "refused"
-        with open(os.path.join(a.state_dir, "state.json")) as f:
-            assert json.load(f)["pods"] == []
+        assert nstest.read_state(a.state_dir)["pods"] == []
         assert a.pods() == []
 
 

@@ -108,3 +108,85 @@ TEST(NetnsId, CookieDecidesWhenBothSidesKnowIt) {
   EXPECT_FALSE((NetnsId{7, 12, 0}) == (NetnsId{7, 11, 0}));
   EXPECT_FALSE((NetnsId{8, 11, 6}) == (NetnsId{7, 11, 6}));
 }
+
+namespace {
+
+std::vector<std::string> uids(const std::vector<PodRecord>& recs) {
+  std::vector<std::string> out;
+  for (const auto& r : recs) out.push_back(r.spec.uid + (r.pending ? "*" : ""));
+  return out;
+}
+
+}  // namespace
+
+TEST(StateStore, JournalAppendsReplayOverTheSnapshot) {
+  TempDir d;
+  StateStore store(d.path);
+  EXPECT_FALSE(store.append_put(serialize_record(record("x", 1, false))).ok()) << "no journal before a save";
+  std::string a = serialize_record(record("a", 11, false));
+  ASSERT_TRUE(store.save({a}).ok());
+  auto snapshot = std::filesystem::file_size(store.path());
+  ASSERT_TRUE(store.append_put(serialize_record(record("b", 12, true))).ok());   // b pending
+  ASSERT_TRUE(store.append_put(serialize_record(record("b", 12, false))).ok());  // b done
+  ASSERT_TRUE(store.append_put(serialize_record(record("c", 13, false))).ok());
+  ASSERT_TRUE(store.append_del("a").ok());
+  EXPECT_EQ(store.journal_entries(), 4u);
+  EXPECT_EQ(std::filesystem::file_size(store.path()), snapshot) << "appends never rewrite the snapshot";
+  auto loaded = store.load();
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  EXPECT_EQ(uids(*loaded), (std::vector<std::string>{"b", "c"}));
+  EXPECT_EQ((*loaded)[0].netns.ino, 12u);
+
+  // Compaction: the set as a new snapshot, an empty journal.
+  std::vector<std::string> now{serialize_record((*loaded)[0]), serialize_record((*loaded)[1])};
+  ASSERT_TRUE(store.save({now.begin(), now.end()}).ok());
+  EXPECT_EQ(store.journal_entries(), 0u);
+  loaded = store.load();
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(uids(*loaded), (std::vector<std::string>{"b", "c"}));
+}
+
+TEST(StateStore, TornLastLineIsIgnoredCorruptMiddleLineIsAnError) {
+  TempDir d;
+  StateStore store(d.path);
+  ASSERT_TRUE(store.save({}).ok());
+  ASSERT_TRUE(store.append_put(serialize_record(record("a", 11, true))).ok());
+  { std::ofstream(store.journal_path(), std::ios::app) << "{\"put\":{\"pod\":{\"uid\":\"b"; }  // a crash mid-append
+  auto loaded = store.load();
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  EXPECT_EQ(uids(*loaded), (std::vector<std::string>{"a*"}));
+  { std::ofstream(store.journal_path(), std::ios::app) << "\n{\"del\":\"a\"}\n"; }  // now the torn line is in the middle
+  loaded = store.load();
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_NE(loaded.error().message.find("corrupt"), std::string::npos) << loaded.error().message;
+}
+
+TEST(StateStore, JournalOfAnOlderGenerationIsNotReplayed) {
+  // A crash after a compaction wrote its snapshot and before it replaced the journal: the old
+  // journal's operations are in the snapshot already and must not be applied twice.
+  TempDir d;
+  StateStore store(d.path);
+  ASSERT_TRUE(store.save({}).ok());
+  ASSERT_TRUE(store.append_put(serialize_record(record("a", 11, false))).ok());
+  ASSERT_TRUE(store.append_del("a").ok());
+  std::string old_journal;
+  {
+    std::ifstream f(store.journal_path());
+    old_journal.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  std::string a2 = serialize_record(record("a", 21, false));
+  ASSERT_TRUE(store.save({a2}).ok());                           // snapshot: a (ino 21)
+  std::ofstream(store.journal_path(), std::ios::trunc) << old_journal;  // the old journal is back
+  auto loaded = store.load();
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  ASSERT_EQ(uids(*loaded), (std::vector<std::string>{"a"}));
+  EXPECT_EQ((*loaded)[0].netns.ino, 21u);
+
+  // A new store (the next agent) continues with a higher generation.
+  StateStore next(d.path);
+  ASSERT_TRUE(next.save({a2}).ok());
+  ASSERT_TRUE(next.append_del("a").ok());
+  loaded = next.load();
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_TRUE(loaded->empty());
+}

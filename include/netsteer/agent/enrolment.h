@@ -210,6 +210,7 @@ class EnrolmentManager {
   void teardown(Pod& pod, bool remove_capture);
   Status attach_data_path(Pod& pod);
   void persist(const PodRecord* pending = nullptr);  // with mu_ held
+  std::map<std::string, std::string> written_;  // uid → record, as the store has it now
   std::string pin_dir(const std::string& uid) const { return dp_ ? dp_->pin_root + "/" + uid : ""; }
 
   netns::NetnsExecutor& exec_;

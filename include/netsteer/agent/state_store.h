@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "netsteer/common/result.h"
+#include "netsteer/common/unique_fd.h"
 #include "netsteer/netns/netns.h"
 #include "netsteer/protocol/messages.h"
 
@@ -29,18 +30,38 @@ Result<PodRecord> record_from_json(const nlohmann::json& j);
 // every pod (O(pods) JSON work per enrol made enrolling 1000 pods quadratic).
 std::string serialize_record(const PodRecord& p);
 
+// The state is a snapshot (state.json) plus an append-only journal (state.journal): an enrol
+// appends its record (twice: pending, then done) and an unenrol a deletion, one write() each,
+// whatever the number of pods; save() compacts both into a new snapshot. Each snapshot has a
+// generation, and the journal's first line names the generation it continues, so a crash
+// between writing a snapshot and starting its journal never replays operations twice.
 class StateStore {
  public:
   explicit StateStore(std::string dir) : dir_(std::move(dir)) {}
-  // Missing file → empty list. A corrupt file is an error (the caller logs and starts clean).
+  ~StateStore();
+  // Missing files → empty list. A corrupt snapshot or journal line is an error (the caller logs
+  // and starts clean), except a torn last journal line (a crash mid-append), which is ignored.
   Result<std::vector<PodRecord>> load() const;
-  // Atomic: write a temp file, rename (no fsync: see state_store.cpp). records: serialize_record() outputs.
+  // Compaction: the whole set as a new snapshot (atomic rename, no fsync: see state_store.cpp),
+  // then an empty journal for it. records: serialize_record() outputs.
   Status save(const std::vector<std::string_view>& records) const;
+  // Appends to the journal of the last save() (which must have happened in this process).
+  Status append_put(std::string_view record) const;
+  Status append_del(const std::string& uid) const;
+  size_t journal_entries() const { return journal_entries_; }
+  // After a failed append: the next write is a full save() again.
+  void close_journal() const { journal_.reset(); }
+  bool journal_open() const { return journal_.valid(); }
   std::string path() const { return dir_ + "/state.json"; }
+  std::string journal_path() const { return dir_ + "/state.journal"; }
   bool enabled() const { return !dir_.empty(); }
 
  private:
+  Status append(const std::string& line) const;
   std::string dir_;
+  mutable uint64_t generation_ = 0;
+  mutable UniqueFd journal_;
+  mutable size_t journal_entries_ = 0;
 };
 
 }  // namespace netsteer::agent
