@@ -3,6 +3,7 @@
 answer. Whatever the timing: every pod ends with exactly one ingress and one egress guard link on
 its interface, none is left after unenrol (even one that raced its deferred attach), and a
 takeover or a restart attaches what was still pending."""
+import contextlib
 import json
 import time
 
@@ -85,52 +86,47 @@ def test_unenrol_racing_the_deferred_attach_leaves_nothing():
         assert not nstest.os.path.exists(a.pin_root) or nstest.os.listdir(a.pin_root) == []
 
 
+@contextlib.contextmanager
+def pods(n, subnet):
+    """n pod netns, each with both ends of a veth inside it (so two guarded interfaces) and one
+    address, enrolled by the caller."""
+    made = []
+    try:
+        for i in range(n):
+            ns = nstest.Netns(nstest.unique("gd"))
+            made.append(ns)
+            ns.ip(f"link add eth0 type veth peer name g{i}")
+            ns.ip(f"addr add 10.{subnet}.0.{i + 1}/32 dev eth0")
+            ns.ip("link set eth0 up")
+        yield made
+    finally:
+        for ns in made:
+            ns.close()
+
+
+def assert_one_guard_each(a, nss):
+    wait_no_pending(a)
+    for ns in nss:
+        assert a.inspect(ns.name)["capture"]["guard"] == "attached"
+        assert tcx_links(guard_progs(a, ns.name)) == (2, 2), ns.name  # two interfaces each
+
+
 def test_burst_then_every_pod_has_exactly_one_guard():
-    with agent() as a:
-        pods = []
-        try:
-            for i in range(12):
-                ns = nstest.Netns(nstest.unique("gd"))
-                pods.append(ns)
-                ns.ip(f"link add eth0 type veth peer name g{i}")
-                ns.ip(f"addr add 10.231.0.{i + 1}/32 dev eth0")
-                ns.ip("link set eth0 up")
-            for ns in pods:
-                a.enrol(ns, wait_guard=False)
-            wait_no_pending(a)
-            for ns in pods:
-                assert a.inspect(ns.name)["capture"]["guard"] == "attached"
-                # Both ends of the veth are in the pod netns here: two guarded interfaces.
-                assert tcx_links(guard_progs(a, ns.name)) == (2, 2), ns.name
-        finally:
-            for ns in pods:
-                ns.close()
+    with agent() as a, pods(12, 231) as nss:
+        for ns in nss:
+            a.enrol(ns, wait_guard=False)
+        assert_one_guard_each(a, nss)
 
 
 @pytest.mark.parametrize("how", ["takeover", "restart"])
 def test_pending_guards_are_attached_by_the_next_agent(how):
-    with agent() as a:
-        pods = []
-        try:
-            for i in range(6):
-                ns = nstest.Netns(nstest.unique("gn"))
-                pods.append(ns)
-                ns.ip(f"link add eth0 type veth peer name h{i}")
-                ns.ip(f"addr add 10.232.0.{i + 1}/32 dev eth0")
-                ns.ip("link set eth0 up")
-            for ns in pods:
-                a.enrol(ns, wait_guard=False)
-            # At once, while guards are (likely) pending: the next agent must finish the job.
-            if how == "takeover":
-                a.upgrade()
-            else:
-                a.kill()
-                a.restart()
-            wait_no_pending(a)
-            for ns in pods:
-                assert a.inspect(ns.name)["capture"]["guard"] == "attached"
-                # Both ends of the veth are in the pod netns here: two guarded interfaces.
-                assert tcx_links(guard_progs(a, ns.name)) == (2, 2), ns.name
-        finally:
-            for ns in pods:
-                ns.close()
+    with agent() as a, pods(6, 232) as nss:
+        for ns in nss:
+            a.enrol(ns, wait_guard=False)
+        # At once, while guards are (likely) pending: the next agent must finish the job.
+        if how == "takeover":
+            a.upgrade()
+        else:
+            a.kill()
+            a.restart()
+        assert_one_guard_each(a, nss)
