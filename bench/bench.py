@@ -451,6 +451,7 @@ def control_plane(sizes, tc_mode, agent_args=(), strict=False):
     a = nstest.Agent(["--tc-mode", tc_mode] + list(agent_args))
     tmp = tempfile.mkdtemp(prefix="netsteer-cni-bench-")
     try:
+        a.wait_settled()  # the first spare BPF load holds a pod's fds while it runs
         base = proc_status(a.pid)
         for n in sizes:
             pods = []
@@ -494,6 +495,7 @@ def control_plane(sizes, tc_mode, agent_args=(), strict=False):
                        "rss_mb": st["rss_mb"], "threads": st["threads"]}
                 for ns in pods:
                     a.ctl("unenroll", "--uid", ns.name)
+                a.wait_settled()
                 after = proc_status(a.pid)
                 row["after_unenrol"] = {"fds_delta": after["fds"] - base["fds"],
                                         "rss_mb_delta": after["rss_mb"] - base["rss_mb"],
