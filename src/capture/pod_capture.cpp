@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "netsteer/capture/devconf.h"
+
 namespace netsteer::capture {
 
 using nlohmann::json;
@@ -35,6 +37,25 @@ Status write_sysctl(const std::string& key, const std::string& value) {
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
   if (!fd) return Error::from_errno(errno, "open " + path);
   if (::write(fd.get(), value.data(), value.size()) < 0) return Error::from_errno(errno, "write " + path);
+  return {};
+}
+
+// A saved value back in place: per-interface devconf over rtnetlink (also the keys older agents
+// saved, same spelling), anything else (conf/all/rp_filter) through /proc/sys. An interface that is
+// gone has nothing left to restore.
+Status restore_sysctl(Result<Rtnl>& nl, const SavedSysctl& s) {
+  auto dk = parse_devconf_key(s.key);
+  if (!dk) return write_sysctl(s.key, s.value);
+  auto value = parse_devconf_value(s.value);
+  if (!value.ok()) return value.error().wrap("restore " + s.key);
+  if (!nl.ok()) return nl.error();
+  unsigned idx = ::if_nametoindex(dk->ifname.c_str());
+  if (idx == 0) {
+    if (errno == ENODEV || errno == ENXIO) return {};
+    return Error::from_errno(errno, "restore " + s.key + ": find " + dk->ifname);
+  }
+  auto st = nl->set_ipv4_devconf(static_cast<int>(idx), dk->index, *value);
+  if (!st.ok()) return std::move(st).error().wrap("restore " + s.key + "=" + s.value);
   return {};
 }
 
@@ -212,15 +233,27 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   } undo{*pc};
 
   NS_TRY(auto ifaces, pod_interfaces());
+  // Per-interface values over rtnetlink, not /proc/sys: /proc/sys is read-only in every
+  // non-privileged Kubernetes container (the DaemonSet's). Saved under their /proc/sys key.
+  NS_TRY(Rtnl nl, Rtnl::open());
   for (const auto& i : ifaces) {
-    for (const auto& [leaf, want] : {std::pair{"accept_local", "1"}, std::pair{"rp_filter", "0"}}) {
-      std::string key = "net/ipv4/conf/" + i.name + "/" + leaf;
-      NS_TRY(std::string cur, read_sysctl(key));
+    NS_TRY(auto conf, nl.get_ipv4_devconf(i.index));
+    std::vector<std::pair<int, uint32_t>> set;
+    for (const auto& [leaf, want] : {std::pair{"accept_local", 1u}, std::pair{"rp_filter", 0u}}) {
+      std::string key = devconf_key(i.name, leaf);
+      auto dk = parse_devconf_key(key);
+      if (!dk || static_cast<size_t>(dk->index) > conf.size())
+        return Error::msg("IPv4 devconf " + key + " not reported by the kernel", EINVAL);
+      uint32_t cur = conf[static_cast<size_t>(dk->index) - 1];
       if (cur == want) continue;
       bool known = std::any_of(pc->state_.sysctls.begin(), pc->state_.sysctls.end(),
                                [&](const SavedSysctl& s) { return s.key == key; });
-      if (!known) pc->state_.sysctls.push_back({key, cur});
-      NS_TRY_STATUS(write_sysctl(key, want));
+      if (!known) pc->state_.sysctls.push_back({key, std::to_string(cur)});
+      set.emplace_back(dk->index, want);
+    }
+    if (!set.empty()) {
+      auto st = nl.set_ipv4_devconf(i.index, set);
+      if (!st.ok()) return std::move(st).error().wrap("accept_local=1 rp_filter=0 on " + i.name);
     }
     if (cfg.defer_guard && cfg.tc_mode == bpf::TcMode::tcx && !cfg.strict) {
       pc->deferred_.push_back(i.index);
@@ -230,12 +263,24 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
     if (!st.ok()) return std::move(st).error().wrap("tc guard on " + i.name);
     pc->state_.guarded_ifindexes.push_back(i.index);
   }
-  // rp_filter takes the maximum of conf/all and conf/<if>: the per-interface 0 needs all at 0.
+  // rp_filter takes the maximum of conf/all and conf/<if>: the per-interface 0 needs all at 0 (or
+  // 2, see rp_filter_all_blocks_capture). conf/all has no netlink setter: /proc/sys when writable.
   if (!ifaces.empty()) {
-    NS_TRY(std::string all, read_sysctl("net/ipv4/conf/all/rp_filter"));
+    const std::string all_key(kAllRpFilterKey);
+    NS_TRY(std::string all, read_sysctl(all_key));
     if (all != "0") {
-      pc->state_.sysctls.push_back({"net/ipv4/conf/all/rp_filter", all});
-      NS_TRY_STATUS(write_sysctl("net/ipv4/conf/all/rp_filter", "0"));
+      auto st = write_sysctl(all_key, "0");
+      if (st.ok()) {
+        bool known = std::any_of(pc->state_.sysctls.begin(), pc->state_.sysctls.end(),
+                                 [&](const SavedSysctl& s) { return s.key == all_key; });
+        if (!known) pc->state_.sysctls.push_back({all_key, all});
+      } else if (int e = st.error().code; e == EROFS || e == EACCES || e == EPERM) {
+        if (auto blocked = rp_filter_all_blocks_capture(all, st.error())) return *blocked;
+        spdlog::info("{}: net.ipv4.conf.all.rp_filter stays {} ({}): loose mode lets the capture through",
+                     cfg.pin_dir, all, st.error().message);
+      } else {
+        return std::move(st).error();
+      }
     }
   }
   auto t2 = std::chrono::steady_clock::now();
@@ -277,7 +322,10 @@ Status PodCapture::remove() {
     keep(bpf_->destroy());
   }
   state_.guarded_ifindexes.clear();
-  for (auto it = state_.sysctls.rbegin(); it != state_.sysctls.rend(); ++it) keep(write_sysctl(it->key, it->value));
+  if (!state_.sysctls.empty()) {
+    auto nl = Rtnl::open();
+    for (auto it = state_.sysctls.rbegin(); it != state_.sysctls.rend(); ++it) keep(restore_sysctl(nl, *it));
+  }
   state_.sysctls.clear();
   return first;
 }

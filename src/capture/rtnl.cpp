@@ -2,9 +2,12 @@
 
 #include <libmnl/libmnl.h>
 #include <linux/fib_rules.h>
+#include <linux/if_link.h>
+#include <linux/ip.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -73,17 +76,17 @@ Rtnl::~Rtnl() {
   if (sock_) mnl_socket_close(sock_);
 }
 
-Status Rtnl::request(void* buf, const std::string& what) {
+Status Rtnl::request(void* buf, const std::string& what, int (*cb)(const nlmsghdr*, void*), void* data) {
   auto* nlh = static_cast<nlmsghdr*>(buf);
   nlh->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
   nlh->nlmsg_seq = ++seq_;
   if (mnl_socket_sendto(sock_, nlh, nlh->nlmsg_len) < 0) return Error::from_errno(errno, what + ": send");
-  std::vector<char> rbuf(MNL_SOCKET_BUFFER_SIZE);
+  std::vector<char> rbuf(32768);  // an RTM_NEWLINK answer (stats, AF_SPEC) is a few KB
   uint32_t portid = mnl_socket_get_portid(sock_);
   for (;;) {
     ssize_t n = mnl_socket_recvfrom(sock_, rbuf.data(), rbuf.size());
     if (n < 0) return Error::from_errno(errno, what + ": receive");
-    int r = mnl_cb_run(rbuf.data(), static_cast<size_t>(n), seq_, portid, nullptr, nullptr);
+    int r = mnl_cb_run(rbuf.data(), static_cast<size_t>(n), seq_, portid, cb, data);
     if (r < 0) return Error::from_errno(errno, what);
     if (r == MNL_CB_STOP) return {};
   }
@@ -177,6 +180,92 @@ Status Rtnl::del_route(const LocalDefaultRoute& r) {
   auto st = request(route_msg(buf.data(), RTM_DELROUTE, 0, r), "delete " + r.str());
   if (!st.ok() && (st.error().code == ESRCH || st.error().code == ENOENT)) return {};
   return st;
+}
+
+namespace {
+
+struct DevconfReply {
+  int ifindex = 0;
+  bool seen_link = false;
+  std::vector<uint32_t> values;
+};
+
+int devconf_cb(const nlmsghdr* nlh, void* data) {
+  auto* out = static_cast<DevconfReply*>(data);
+  if (nlh->nlmsg_type != RTM_NEWLINK) return MNL_CB_OK;
+  const auto* ifi = static_cast<const ifinfomsg*>(mnl_nlmsg_get_payload(nlh));
+  if (ifi->ifi_index != out->ifindex) return MNL_CB_OK;
+  out->seen_link = true;
+  // libmnl's iteration macros assign void* (C only): the same walk, typed.
+  auto each = [](const void* from, const void* to, auto&& f) {
+    const char* end = static_cast<const char*>(to);
+    for (auto* a = static_cast<const nlattr*>(from);
+         mnl_attr_ok(a, static_cast<int>(end - reinterpret_cast<const char*>(a))); a = mnl_attr_next(a))
+      f(a);
+  };
+  auto inside = [](const nlattr* a) {
+    return static_cast<const char*>(mnl_attr_get_payload(a)) + mnl_attr_get_payload_len(a);
+  };
+  each(mnl_nlmsg_get_payload_offset(nlh, sizeof(ifinfomsg)), mnl_nlmsg_get_payload_tail(nlh), [&](const nlattr* spec) {
+    if (mnl_attr_get_type(spec) != IFLA_AF_SPEC) return;
+    each(mnl_attr_get_payload(spec), inside(spec), [&](const nlattr* af) {
+      if (mnl_attr_get_type(af) != AF_INET) return;
+      each(mnl_attr_get_payload(af), inside(af), [&](const nlattr* conf) {
+        if (mnl_attr_get_type(conf) != IFLA_INET_CONF) return;
+        size_t n = mnl_attr_get_payload_len(conf) / sizeof(uint32_t);
+        out->values.resize(n);
+        std::memcpy(out->values.data(), mnl_attr_get_payload(conf), n * sizeof(uint32_t));
+      });
+    });
+  });
+  return MNL_CB_OK;
+}
+
+}  // namespace
+
+Result<std::vector<uint32_t>> Rtnl::get_ipv4_devconf(int ifindex) {
+  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* nlh = put_header(buf.data(), RTM_GETLINK, 0);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);  // AF_SPEC stays, stats go
+  DevconfReply reply{ifindex, false, {}};
+  std::string what = "read IPv4 devconf of ifindex " + std::to_string(ifindex);
+  NS_TRY_STATUS(request(nlh, what, devconf_cb, &reply));
+  if (!reply.seen_link) return Error::msg(what + ": no answer for that link", ENODEV);
+  if (reply.values.empty()) return Error::msg(what + ": no IPv4 on that link (no IFLA_INET_CONF)", EAFNOSUPPORT);
+  return reply.values;
+}
+
+Result<uint32_t> Rtnl::get_ipv4_devconf(int ifindex, int key) {
+  NS_TRY(auto values, get_ipv4_devconf(ifindex));
+  if (key < 1 || static_cast<size_t>(key) > values.size())
+    return Error::msg("IPv4 devconf index " + std::to_string(key) + " not reported by the kernel", EINVAL);
+  return values[static_cast<size_t>(key) - 1];
+}
+
+Status Rtnl::set_ipv4_devconf(int ifindex, const std::vector<std::pair<int, uint32_t>>& values) {
+  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* nlh = put_header(buf.data(), RTM_SETLINK, 0);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  // The kernel's inet_validate_link_af takes attribute types 1..IPV4_DEVCONF_MAX, and
+  // inet_set_link_af does ipv4_devconf_set(in_dev, type, u32): data[type - 1] = value, and marks it
+  // explicitly set (as a /proc/sys write does), so conf/default no longer overrides it.
+  nlattr* spec = mnl_attr_nest_start(nlh, IFLA_AF_SPEC);
+  nlattr* inet = mnl_attr_nest_start(nlh, AF_INET);
+  nlattr* conf = mnl_attr_nest_start(nlh, IFLA_INET_CONF);
+  std::string what = "set IPv4 devconf of ifindex " + std::to_string(ifindex);
+  for (const auto& [key, value] : values) {
+    mnl_attr_put_u32(nlh, static_cast<uint16_t>(key), value);
+    what += " " + std::to_string(key) + "=" + std::to_string(value);
+  }
+  mnl_attr_nest_end(nlh, conf);
+  mnl_attr_nest_end(nlh, inet);
+  mnl_attr_nest_end(nlh, spec);
+  return request(nlh, what);
 }
 
 }  // namespace netsteer::capture

@@ -2,8 +2,10 @@
 //   - the BPF side (bpf::PodBpf): sk_lookup link + per-pod maps, tc guard on each interface;
 //   - policy routing (rtnetlink): marked → main (99), TCP → table 133 (100), exclusion rules
 //     ahead of them (90–93), and `local 0/0 dev lo [src podIP] table 133` per family;
-//   - sysctls the path needs on the pod's interfaces (accept_local=1, rp_filter=0), with the
-//     previous values kept so removal restores them.
+//   - sysctls the path needs on the pod's interfaces (accept_local=1, rp_filter=0), set over
+//     rtnetlink (/proc/sys is read-only in a non-privileged container), and conf/all/rp_filter=0
+//     through /proc/sys when it is writable (see devconf.h), with the previous values kept so
+//     removal restores them.
 // install/adopt/remove run IN THE POD NETNS (on the NetnsExecutor).
 #pragma once
 
@@ -62,7 +64,7 @@ struct CaptureConfig {
 };
 
 struct SavedSysctl {
-  std::string key;    // e.g. "net/ipv4/conf/eth0/accept_local"
+  std::string key;    // e.g. "net/ipv4/conf/eth0/accept_local" (set over netlink, see devconf.h)
   std::string value;  // the value before we changed it
 };
 

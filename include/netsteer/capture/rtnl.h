@@ -6,12 +6,15 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "netsteer/common/inet.h"
 #include "netsteer/common/result.h"
 #include "netsteer/common/unique_fd.h"
 
 struct mnl_socket;
+struct nlmsghdr;
 
 namespace netsteer::capture {
 
@@ -54,9 +57,20 @@ class Rtnl {
   Status add_route(const LocalDefaultRoute& r);  // create or replace
   Status del_route(const LocalDefaultRoute& r);  // an absent route is not an error
 
+  // IPv4 devconf of an interface (net/ipv4/conf/<if>/* without /proc/sys): RTM_GETLINK's
+  // IFLA_AF_SPEC/AF_INET/IFLA_INET_CONF, every value, indexed by IPV4_DEVCONF_* - 1.
+  Result<std::vector<uint32_t>> get_ipv4_devconf(int ifindex);
+  // One value; key is the IPV4_DEVCONF_* index (linux/ip.h, 1-based).
+  Result<uint32_t> get_ipv4_devconf(int ifindex, int key);
+  // RTM_SETLINK with IFLA_AF_SPEC/AF_INET/IFLA_INET_CONF {key: u32 value}, all in one message.
+  Status set_ipv4_devconf(int ifindex, const std::vector<std::pair<int, uint32_t>>& values);
+  Status set_ipv4_devconf(int ifindex, int key, uint32_t value) { return set_ipv4_devconf(ifindex, {{key, value}}); }
+
  private:
   explicit Rtnl(mnl_socket* s) : sock_(s) {}
-  Status request(void* nlh_buf, const std::string& what);
+  // Sends and waits for the ACK; cb (if any) sees every other message of the answer.
+  Status request(void* nlh_buf, const std::string& what, int (*cb)(const ::nlmsghdr*, void*) = nullptr,
+                 void* data = nullptr);
   mnl_socket* sock_ = nullptr;
   uint32_t seq_ = 0;
 };
