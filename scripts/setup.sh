@@ -22,6 +22,9 @@ PKGS=(
   qemu-system-x86 cpio xz-utils
   # bench/ (its servers are started by the bench only; see the policy-rc.d guard below)
   wrk nginx-light haproxy dnsperf
+  # the .deb (scripts/deb.sh: dpkg-shlibdeps) and its test (tests/e2e/test_deb.py: a minbase
+  # chroot made by debootstrap, systemd-analyze verify on the unit)
+  dpkg-dev debootstrap systemd
 )
 
 if [[ $(id -u) -ne 0 ]]; then
