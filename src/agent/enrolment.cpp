@@ -41,7 +41,7 @@ EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore*
     : exec_(exec), store_(store), dp_(std::move(dp)) {
   // The first spare is loaded once restore() or adopt() has taken over the existing pods, so it
   // never competes with serving them again after a restart.
-  if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>(dp_->max_inbound_conns);
+  if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>(dp_->max_inbound_conns, true);
   if (dp_ && dp_->capture && dp_->defer_guard && dp_->tc_mode == bpf::TcMode::tcx)
     guards_ = std::make_unique<GuardAttacher>(
         [this](const std::shared_ptr<GuardJob>& job, int ifindex, UniqueFd in, UniqueFd eg) {
@@ -178,9 +178,7 @@ void EnrolmentManager::deliver_guard(const std::shared_ptr<GuardJob>& job, int i
 std::string EnrolmentManager::bpf_spare() const { return bpf_pool_ ? bpf_pool_->state() : "off"; }
 
 void EnrolmentManager::refill_bpf_pool() {
-  if (!bpf_pool_) return;
-  bpf_pool_->queued();
-  exec_.post([pool = bpf_pool_] { pool->refill(); });
+  if (bpf_pool_) bpf_pool_->request();
 }
 
 EnrolmentManager::~EnrolmentManager() {

@@ -23,6 +23,8 @@ const std::vector<std::string>& seccomp_allowed() {
       "getrandom", "uname", "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid", "getgroups",
       "getresuid", "getresgid", "getrlimit", "setrlimit", "prlimit64", "getrusage", "sysinfo", "restart_syscall",
       "tgkill", "membarrier", "capget", "capset", "umask", "wait4",
+      // the BPF preload thread lowers its own priority (raising one needs CAP_SYS_NICE, not kept)
+      "setpriority",
       // signals (signalfd-driven shutdown, sigtimedwait while draining)
       "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "sigaltstack", "signalfd", "signalfd4",
       // files: state file, pins, /proc, /sys, kernel BTF

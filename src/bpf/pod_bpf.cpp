@@ -1,3 +1,4 @@
+#include <sys/resource.h>
 #include "netsteer/bpf/pod_bpf.h"
 
 #include <bpf/bpf.h>
@@ -124,6 +125,19 @@ Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns) {
   return LoadedPodBpf(std::move(s));
 }
 
+PodBpfPool::PodBpfPool(uint32_t max_inbound_conns, bool background) : max_inbound_conns_(max_inbound_conns) {
+  if (background) thread_ = std::thread([this] { run(); });
+}
+
+PodBpfPool::~PodBpfPool() {
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
 Result<LoadedPodBpf> PodBpfPool::take() {
   {
     std::lock_guard lk(mu_);
@@ -139,10 +153,13 @@ Result<LoadedPodBpf> PodBpfPool::take() {
 void PodBpfPool::refill() {
   {
     std::lock_guard lk(mu_);
-    if (queued_ > 0) queued_--;
     if (spare_ || loading_) return;
     loading_ = true;
   }
+  load_spare();
+}
+
+void PodBpfPool::load_spare() {
   auto l = LoadedPodBpf::load(max_inbound_conns_);
   std::lock_guard lk(mu_);
   loading_ = false;
@@ -150,14 +167,34 @@ void PodBpfPool::refill() {
   else spdlog::warn("loading the next pod's BPF programs ahead of time: {}", l.error().message);
 }
 
-void PodBpfPool::queued() {
-  std::lock_guard lk(mu_);
-  queued_++;
+void PodBpfPool::request() {
+  if (!thread_.joinable()) return refill();
+  {
+    std::lock_guard lk(mu_);
+    requested_ = true;
+  }
+  cv_.notify_all();
+}
+
+void PodBpfPool::run() {
+  // This thread only: the lowest nice value. Loads then use CPU no enrol or relay wants.
+  (void)::setpriority(PRIO_PROCESS, 0, 19);
+  std::unique_lock lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stop_ || requested_; });
+    if (stop_) return;
+    requested_ = false;
+    if (spare_ || loading_) continue;
+    loading_ = true;  // in the same critical section: state() never shows "none" in between
+    lk.unlock();
+    load_spare();
+    lk.lock();
+  }
 }
 
 std::string PodBpfPool::state() {
   std::lock_guard lk(mu_);
-  return spare_ ? "ready" : loading_ || queued_ > 0 ? "loading" : "none";
+  return spare_ ? "ready" : loading_ || requested_ ? "loading" : "none";
 }
 
 Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,

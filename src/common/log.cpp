@@ -94,13 +94,17 @@ Status setup(Format format, const std::string& level, const std::string& file, b
     }
   }
   auto logger = std::make_shared<spdlog::logger>("netsteer", sinks.begin(), sinks.end());
+  // Timestamps in UTC: local time makes glibc read and parse /etc/localtime at the first line,
+  // which cost the statically linked netsteer-cni 3.5 ms of every CNI ADD (strace -r); node logs
+  // are UTC anyway.
   if (format == Format::kJson) {
-    auto f = std::make_unique<spdlog::pattern_formatter>();
+    auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
     f->add_flag<JsonPayloadFlag>('*').add_flag<JsonPodFlag>('&').set_pattern(
         R"({"ts":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":"%*"%&})");
     logger->set_formatter(std::move(f));
   } else {
-    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+    logger->set_formatter(
+        std::make_unique<spdlog::pattern_formatter>("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %v", spdlog::pattern_time_type::utc));
   }
   logger->set_level(lvl);
   logger->flush_on(spdlog::level::info);

@@ -121,9 +121,11 @@ class Kubelet:
     """Runs pod templates from the manifests over CRI as the kubelet would, with the node's
     directories mapped under `root`."""
 
-    def __init__(self, node, root, bpffs, api, configmaps, proc_sys_writable=False):
+    def __init__(self, node, root, bpffs, api, configmaps):
         self.node, self.root, self.bpffs, self.api = node, root, bpffs, api
-        self.readonly_paths = [p for p in READONLY_PATHS if not (proc_sys_writable and p == "/proc/sys")]
+        # /proc/sys read-only as in every non-privileged container: the agent sets pod devconf
+        # values over rtnetlink.
+        self.readonly_paths = list(READONLY_PATHS)
         self.configmaps = configmaps
         self.pods = {}  # pod id -> (uid, spec)
         bnd = caps_of("self")[0]["CapBnd"]
@@ -341,7 +343,7 @@ class Cluster:
     image imported, a fresh bpffs, a Kubernetes API (fake_kube_api) reachable from the node's
     network, and a Kubelet running the parsed manifests. Everything is removed at close()."""
 
-    def __init__(self, tar, proc_sys_writable):
+    def __init__(self, tar):
         self.docs = manifests()
         self.ds = self.docs[("DaemonSet", "netsteer")]["spec"]["template"]["spec"]
         self.uninstall = self.docs[("DaemonSet", "netsteer-uninstall")]["spec"]["template"]["spec"]
@@ -351,12 +353,12 @@ class Cluster:
         self.bpffs = os.path.join(self.root, "sys", "fs", "bpf")
         self.procs, self.node, self.api, self.bpffs_mounted = [], None, None, False
         try:
-            self._start(tar, proc_sys_writable)
+            self._start(tar)
         except BaseException:
             self.close()
             raise
 
-    def _start(self, tar, proc_sys_writable):
+    def _start(self, tar):
         from fake_kube_api import FakeKubeApi
         self.node = node = cri_harness.Node(None)
         os.makedirs(self.bpffs)
@@ -367,7 +369,7 @@ class Cluster:
         node.import_image(tar)
         self.api = in_netns(node.node.path, FakeKubeApi)
         self.api.port = self.api.server.server_address[1]
-        self.kubelet = Kubelet(node, self.root, self.bpffs, self.api, {}, proc_sys_writable)
+        self.kubelet = Kubelet(node, self.root, self.bpffs, self.api, {})
         # The plugin reads these netconf paths on the node, where / is self.root.
         netconf = json.loads(self.docs[("ConfigMap", "netsteer-cni-config")]["data"]["netconf.json"])
         for k in ("socketPath", "logFile"):
@@ -413,47 +415,19 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(image_tar, proc_sys_writable):
-    c = Cluster(image_tar[0], proc_sys_writable)
+def cluster(image_tar):
+    c = Cluster(image_tar[0])
     try:
         yield c
     finally:
         c.close()
 
 
-# netsteerd sets accept_local/rp_filter in each pod netns by writing /proc/sys, which the kubelet
-# mounts read-only in every non-privileged container (readonly_paths): under the manifest as it is,
-# every enrolment fails with EROFS (test_enrolment_under_the_kubelets_read_only_proc_sys). Until
-# the agent sets them another way (rtnetlink IFLA_AF_SPEC/IFLA_INET_CONF needs no /proc), the
-# flow test leaves /proc/sys out of the read-only paths; everything else is as the kubelet does.
-PROC_SYS_WRITABLE_WORKAROUND = True
-
-
-class ProcSysReadOnly(Exception):
-    pass
-
-
-@pytest.mark.xfail(raises=ProcSysReadOnly, strict=True,
-                   reason="netsteerd writes pod sysctls through /proc/sys, read-only in a Kubernetes container")
-def test_enrolment_under_the_kubelets_read_only_proc_sys(image_tar):
-    """The agent pod exactly as the kubelet runs it (/proc/sys read-only) enrols a pod."""
-    with cluster(image_tar, proc_sys_writable=False) as c:
-        pod, agent = c.roll_in(1)
-        c.api.pods[f"{NS}/web-0"] = {"app": "web"}
-        try:
-            c.node.run_pod("web-0", NS, "11111111-aaaa-4000-8000-000000000001")
-        except Exception as e:  # noqa: BLE001
-            if "/proc/sys/" in str(e) and "Read-only file system" in str(e):
-                raise ProcSysReadOnly(str(e)) from None
-            raise
-        assert [p["name"] for p in c.ctl("list", "--json")] == ["web-0"]
-
-
 def test_daemonset_image_install_upgrade_uninstall(image_tar):
     tar, built = image_tar
     t0 = time.time()
     timings = {}
-    with cluster(image_tar, proc_sys_writable=PROC_SYS_WRITABLE_WORKAROUND) as c:
+    with cluster(image_tar) as c:
         node, kubelet, api, ds, agent_c = c.node, c.kubelet, c.api, c.ds, c.agent_c
         uninstall, pins, procs = c.uninstall, c.pins, c.procs
         # 1. The image: offline, tagged as the manifests' image, imported, known to the CRI.

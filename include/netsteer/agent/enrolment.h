@@ -216,8 +216,7 @@ class EnrolmentManager {
   netns::NetnsExecutor& exec_;
   const StateStore* store_;
   std::optional<Dataplane> dp_;
-  // The next pod's BPF objects, loaded on an executor thread after each enrol (shared with the
-  // queued refill jobs, which may outlive this manager).
+  // The next pod's BPF objects, loaded by the pool's own low-priority thread after each enrol.
   std::shared_ptr<bpf::PodBpfPool> bpf_pool_;
   void refill_bpf_pool();
   mutable std::mutex mu_;

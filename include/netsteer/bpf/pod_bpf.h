@@ -12,6 +12,8 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
+#include <condition_variable>
 #include <vector>
 
 #include "netsteer_common.h"
@@ -69,27 +71,38 @@ class LoadedPodBpf {
 };
 
 // Keeps one LoadedPodBpf ready: take() hands it out (or loads one inline when there is none) and
-// refill() loads the next one off the enrol's path (the agent runs it on an executor thread after
-// each enrol). The spare costs a pod's worth of fds and kernel memory (~80 KiB).
+// the next one is loaded off the enrol's path. With `background`, request() wakes a loader thread
+// of its own that runs at nice 19: a load is ~3 ms of CPU (the verifier), and at normal priority
+// right after an enrol it competed, on a 2-core node, with the CNI plugin process finishing that
+// enrol (CNI ADD p50 7.1 -> see bench/RESULTS.md). The spare costs a pod's worth of fds and kernel
+// memory (~80 KiB).
 class PodBpfPool {
  public:
-  explicit PodBpfPool(uint32_t max_inbound_conns = kDefaultMaxInboundConns) : max_inbound_conns_(max_inbound_conns) {}
+  explicit PodBpfPool(uint32_t max_inbound_conns = kDefaultMaxInboundConns, bool background = false);
+  ~PodBpfPool();
+  PodBpfPool(const PodBpfPool&) = delete;
+  PodBpfPool& operator=(const PodBpfPool&) = delete;
   Result<LoadedPodBpf> take();
-  // Loads a spare if there is none and no other refill is loading one; a failure is logged and
-  // the next take() loads inline (and reports the error to its enrol).
+  // Loads a spare now if there is none and no other refill is loading one; a failure is logged
+  // and the next take() loads inline (and reports the error to its enrol).
   void refill();
-  // Called when a refill() is queued to run later, so state() says "loading" until it has run.
-  void queued();
-  // "ready" (a spare is loaded), "loading" (a refill is running) or "none" (the last refill failed,
-  // or none ran yet): shown by status, so a caller can wait for the agent to be settled.
+  // Background pools: refill() on the loader thread, soon.
+  void request();
+  // "ready" (a spare is loaded), "loading" (a refill is asked for or running) or "none" (the last
+  // refill failed, or none ran yet): shown by status, so a caller can wait for the agent to settle.
   std::string state();
 
  private:
+  void run();
+  void load_spare();  // loading_ set by the caller
   std::mutex mu_;
+  std::condition_variable cv_;
   std::optional<LoadedPodBpf> spare_;
   bool loading_ = false;
-  int queued_ = 0;
+  bool requested_ = false;
+  bool stop_ = false;
   const uint32_t max_inbound_conns_;
+  std::thread thread_;
 };
 
 class PodBpf {
