@@ -8,6 +8,7 @@ The agent runs in its own mount namespace where /proc/sys is bind-mounted on its
 read-only, exactly as runc does it. Propagation is slave so the test's /var/run/netns mounts still
 reach it (the test reads and writes the pod's /proc/sys from outside, where it is writable).
 """
+import contextlib
 import os
 import signal
 
@@ -83,56 +84,56 @@ def pod_rules(t):
     return t.pod.exec("ip rule; ip -6 rule").stdout
 
 
-def test_enrol_sets_devconf_over_netlink_and_unenrol_restores():
+@contextlib.contextmanager
+def pod_with_ro_agent(sysctls):
+    """A pod/remote pair with the given IPv4 sysctls in the pod, servers on both sides and a
+    read-only-/proc/sys agent; yields (topology, agent, the pod's rules before any enrol)."""
     with topology() as t:
-        set_sysctl(t.pod, "net.ipv4.conf.eth0.accept_local", 0)
-        set_sysctl(t.pod, "net.ipv4.conf.eth0.rp_filter", 1)
-        set_sysctl(t.pod, "net.ipv4.conf.all.rp_filter", 0)
+        for key, value in sysctls.items():
+            set_sysctl(t.pod, key, value)
         t.serve(t.remote, REMOTE_PORT)
         t.serve(t.pod, APP)
         rules = pod_rules(t)
         a = ro_agent()
         try:
-            a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
-            uid = t.pod.name
-            assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "1"
-            assert sysctl(t.pod, "net.ipv4.conf.eth0.rp_filter") == "0"
-            changed = a.inspect(uid)["capture"]["sysctls_changed"]
-            assert changed == {"net/ipv4/conf/eth0/accept_local": {"before": "0"},
-                               "net/ipv4/conf/eth0/rp_filter": {"before": "1"}}, changed
-            t.wait_v6_ready()
-            check_capture(a, t, uid)
-            a.ctl("unenroll", "--uid", uid)
-            assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "0"
-            assert sysctl(t.pod, "net.ipv4.conf.eth0.rp_filter") == "1"
-            assert sysctl(t.pod, "net.ipv4.conf.all.rp_filter") == "0"
-            assert pod_rules(t) == rules
-            assert "EROFS" not in a.logs() and "Read-only" not in a.logs()
+            yield t, a, rules
         finally:
             a.close()
+
+
+def test_enrol_sets_devconf_over_netlink_and_unenrol_restores():
+    with pod_with_ro_agent({"net.ipv4.conf.eth0.accept_local": 0, "net.ipv4.conf.eth0.rp_filter": 1,
+                            "net.ipv4.conf.all.rp_filter": 0}) as (t, a, rules):
+        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+        uid = t.pod.name
+        assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "1"
+        assert sysctl(t.pod, "net.ipv4.conf.eth0.rp_filter") == "0"
+        changed = a.inspect(uid)["capture"]["sysctls_changed"]
+        assert changed == {"net/ipv4/conf/eth0/accept_local": {"before": "0"},
+                           "net/ipv4/conf/eth0/rp_filter": {"before": "1"}}, changed
+        t.wait_v6_ready()
+        check_capture(a, t, uid)
+        a.ctl("unenroll", "--uid", uid)
+        assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "0"
+        assert sysctl(t.pod, "net.ipv4.conf.eth0.rp_filter") == "1"
+        assert sysctl(t.pod, "net.ipv4.conf.all.rp_filter") == "0"
+        assert pod_rules(t) == rules
+        assert "EROFS" not in a.logs() and "Read-only" not in a.logs()
 
 
 def test_loose_all_rp_filter_is_left_and_capture_works():
-    with topology() as t:
-        set_sysctl(t.pod, "net.ipv4.conf.all.rp_filter", 2)
-        set_sysctl(t.pod, "net.ipv4.conf.eth0.accept_local", 0)
-        t.serve(t.remote, REMOTE_PORT)
-        t.serve(t.pod, APP)
-        a = ro_agent()
-        try:
-            a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
-            uid = t.pod.name
-            assert sysctl(t.pod, "net.ipv4.conf.all.rp_filter") == "2"
-            assert sysctl(t.pod, "net.ipv4.conf.eth0.rp_filter") == "0"
-            assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "1"
-            assert "net/ipv4/conf/all/rp_filter" not in a.inspect(uid)["capture"]["sysctls_changed"]
-            check_capture(a, t, uid, v4_only=True)
-            assert "net.ipv4.conf.all.rp_filter stays 2" in a.logs()
-            a.ctl("unenroll", "--uid", uid)
-            assert sysctl(t.pod, "net.ipv4.conf.all.rp_filter") == "2"
-            assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "0"
-        finally:
-            a.close()
+    with pod_with_ro_agent({"net.ipv4.conf.all.rp_filter": 2, "net.ipv4.conf.eth0.accept_local": 0}) as (t, a, _):
+        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+        uid = t.pod.name
+        assert sysctl(t.pod, "net.ipv4.conf.all.rp_filter") == "2"
+        assert sysctl(t.pod, "net.ipv4.conf.eth0.rp_filter") == "0"
+        assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "1"
+        assert "net/ipv4/conf/all/rp_filter" not in a.inspect(uid)["capture"]["sysctls_changed"]
+        check_capture(a, t, uid, v4_only=True)
+        assert "net.ipv4.conf.all.rp_filter stays 2" in a.logs()
+        a.ctl("unenroll", "--uid", uid)
+        assert sysctl(t.pod, "net.ipv4.conf.all.rp_filter") == "2"
+        assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "0"
 
 
 def test_strict_all_rp_filter_fails_the_enrol_saying_what_to_do():
@@ -175,31 +176,23 @@ def test_writable_proc_sys_still_clears_strict_all_rp_filter():
 def test_restarted_agent_restores_sysctls_saved_in_the_old_format():
     """The state file keeps the /proc/sys spelling older agents wrote; a restarted agent (read-only
     /proc/sys) restores such records over netlink."""
-    with topology() as t:
-        set_sysctl(t.pod, "net.ipv4.conf.eth0.accept_local", 0)
-        set_sysctl(t.pod, "net.ipv4.conf.eth0.rp_filter", 2)
-        t.serve(t.remote, REMOTE_PORT)
-        t.serve(t.pod, APP)
-        a = ro_agent()
-        try:
-            a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
-            uid = t.pod.name
-            a.kill()
-            doc = nstest.read_state(a.state_dir)
-            rec = [p for p in doc["pods"] if p["pod"]["uid"] == uid][0]
-            old_format = [{"key": "net/ipv4/conf/eth0/accept_local", "value": "0"},
-                          {"key": "net/ipv4/conf/eth0/rp_filter", "value": "2"}]
-            assert rec["capture"]["sysctls"] == old_format
-            # As an older agent wrote it (only these fields): replace the record's capture state.
-            rec["capture"] = {"sysctls": old_format, "guarded_ifindexes": rec["capture"]["guarded_ifindexes"],
-                              "tc_mode": rec["capture"]["tc_mode"]}
-            nstest.write_state(a.state_dir, doc)
-            a.restart()
-            a.wait_guard(uid)
-            assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "1"
-            check_capture(a, t, uid, v4_only=True)
-            a.ctl("unenroll", "--uid", uid)
-            assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "0"
-            assert sysctl(t.pod, "net.ipv4.conf.eth0.rp_filter") == "2"
-        finally:
-            a.close()
+    with pod_with_ro_agent({"net.ipv4.conf.eth0.accept_local": 0, "net.ipv4.conf.eth0.rp_filter": 2}) as (t, a, _):
+        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+        uid = t.pod.name
+        a.kill()
+        doc = nstest.read_state(a.state_dir)
+        rec = [p for p in doc["pods"] if p["pod"]["uid"] == uid][0]
+        old_format = [{"key": "net/ipv4/conf/eth0/accept_local", "value": "0"},
+                      {"key": "net/ipv4/conf/eth0/rp_filter", "value": "2"}]
+        assert rec["capture"]["sysctls"] == old_format
+        # As an older agent wrote it (only these fields): replace the record's capture state.
+        rec["capture"] = {"sysctls": old_format, "guarded_ifindexes": rec["capture"]["guarded_ifindexes"],
+                          "tc_mode": rec["capture"]["tc_mode"]}
+        nstest.write_state(a.state_dir, doc)
+        a.restart()
+        a.wait_guard(uid)
+        assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "1"
+        check_capture(a, t, uid, v4_only=True)
+        a.ctl("unenroll", "--uid", uid)
+        assert sysctl(t.pod, "net.ipv4.conf.eth0.accept_local") == "0"
+        assert sysctl(t.pod, "net.ipv4.conf.eth0.rp_filter") == "2"
