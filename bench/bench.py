@@ -227,6 +227,105 @@ def data_path(args, tmp):
     return results
 
 
+def perf_counts(pid, run):
+    """System calls and context switches of process `pid` (every thread) while run() runs:
+    perf stat with the raw_syscalls:sys_enter tracepoint. Returns (run()'s result, syscalls, switches)."""
+    p = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches", "-p", str(pid)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # attached
+    try:
+        out = run()
+    finally:
+        p.send_signal(signal.SIGINT)
+        err = p.communicate(timeout=30)[1]
+    counts = {}
+    for line in err.splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[0].isdigit():
+            counts[f[2]] = int(f[0])
+    return out, counts.get("raw_syscalls:sys_enter", 0), counts.get("context-switches", 0)
+
+
+def strace_calls(pid, run):
+    """Per-syscall call counts of process `pid` (strace -c -f) while run() runs."""
+    fd, path = tempfile.mkstemp(prefix="netsteer-strace-")
+    os.close(fd)
+    p = subprocess.Popen(["strace", "-c", "-f", "-q", "-o", path, "-p", str(pid)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        out = run()
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=30)
+    calls = {}
+    for line in open(path):
+        f = line.split()
+        # % time, seconds, usecs/call, calls, [errors], syscall
+        if len(f) >= 5 and f[3].isdigit() and not line.startswith("100.00"):
+            calls[f[-1]] = int(f[3])
+    os.unlink(path)
+    return out, calls
+
+
+def requests_done(wrk_out):
+    return int(re.search(r"(\d+) requests in", wrk_out).group(1))
+
+
+def syscall_table(args, tmp):
+    """Counting before guessing (issue 17): system calls and context switches per relayed
+    connection, netsteer's agent against HAProxy (nbthread 2, splice-auto, behind REDIRECT) over
+    the same short connections (wrk, Connection: close, 64-byte responses), each direction. perf
+    stat gives the totals at full speed; a second, slower run under strace -c gives the breakdown
+    by system call (per connection, so the slowdown does not matter)."""
+    results = {}
+    t = nstest.Topology()
+    remote_srv = pod_srv = None
+    try:
+        t.wait_v6_ready()
+        remote_srv, pod_srv = Servers(t.remote, tmp), Servers(t.pod, tmp)
+        for arm in ("netsteer", "haproxy"):
+            a = hp = None
+            try:
+                if arm == "netsteer":
+                    a = nstest.Agent()
+                    a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+                    pid = a.pid
+                else:
+                    hp = haproxy(t.pod, tmp)
+                    redirect_rules(t, skip_owner=65534)
+                    kids = open(f"/proc/{hp.pid}/task/{hp.pid}/children").read().split()
+                    pid = int(kids[0]) if kids else hp.pid  # -W: the worker does the work
+                r = {}
+                for direction, (ns, ip) in (("outbound", (t.pod, t.remote_ip)), ("inbound", (t.remote, t.pod_ip))):
+                    def run_wrk():
+                        return ns.exec(["wrk", "-t2", "-c32", f"-d{args.secs}s", "-H", "Connection: close",
+                                        f"http://{ip}:{APP}/"], timeout=args.secs + 30).stdout
+                    out, sys_n, cs_n = perf_counts(pid, run_wrk)
+                    n = requests_done(out)
+                    out2, calls = strace_calls(pid, run_wrk)
+                    n2 = requests_done(out2)
+                    top = sorted(calls.items(), key=lambda kv: -kv[1])[:12]
+                    r[direction] = {"connections": n, "syscalls_per_conn": sys_n / n, "cswitches_per_conn": cs_n / n,
+                                    "by_syscall_per_conn": {k: v / n2 for k, v in top}, "strace_connections": n2}
+                results[arm] = r
+                print(f"  syscalls {arm}: done", flush=True)
+            finally:
+                if a is not None:
+                    a.ctl("unenroll", "--uid", t.pod.name, check=False)
+                    a.close()
+                if hp is not None:
+                    hp.kill()
+                    hp.wait()
+                t.pod.exec(["iptables", "-t", "nat", "-F"], check=False)
+    finally:
+        for s in (remote_srv, pod_srv):
+            if s:
+                s.close()
+        t.close()
+    return results
+
+
 DNS_ARMS = ("direct", "netsteer", "redirect")
 
 
@@ -570,6 +669,14 @@ def table(res):
                 d = up["direct"][load]["gbit_s"]
                 if d:
                     lines.append(f"- UDP netsteer/direct received at {load}: {up['netsteer'][load]['gbit_s'] / d:.2f}")
+    sc = res.get("syscalls")
+    if sc:
+        lines += ["", "| per relayed connection | dir | syscalls | context switches | top system calls (strace -c) |",
+                  "|---|---|---:|---:|---|"]
+        for arm, r in sc.items():
+            for d, x in r.items():
+                top = ", ".join(f"{k} {v:.1f}" for k, v in x["by_syscall_per_conn"].items())
+                lines.append(f"| {arm} | {d} | {x['syscalls_per_conn']:.1f} | {x['cswitches_per_conn']:.2f} | {top} |")
     al = res.get("access_log")
     if al:
         lines += ["", f"- access log: conn/s off {', '.join(f'{x:.0f}' for x in al['off'])}, on "
@@ -606,6 +713,8 @@ def main():
     ap.add_argument("--dns-qps", type=int, default=5000, help="the fixed DNS load (queries/s)")
     ap.add_argument("--udp", action="store_true", help="also UDP bulk (iperf3 -u; direct, netsteer)")
     ap.add_argument("--access-log", action="store_true", help="also conn/s with the access log off and on")
+    ap.add_argument("--syscalls", action="store_true", help="also system calls and context switches per relayed "
+                    "connection, netsteer vs HAProxy (perf stat, strace -c)")
     ap.add_argument("--rcu-expedited", default="0", help="/sys/kernel/rcu_expedited for the control-plane runs "
                     "(0 = the kernel default; restored after)")
     ap.add_argument("--agent-args", default="", help="extra netsteerd flags for the control-plane agents "
@@ -636,6 +745,10 @@ def main():
         if args.udp:
             print("udp path ...", flush=True)
             res["udp_path"] = udp_path(args, tmp)
+            save()
+        if args.syscalls:
+            print("system calls per connection ...", flush=True)
+            res["syscalls"] = syscall_table(args, tmp)
             save()
         if args.access_log:
             print("access log cost ...", flush=True)

@@ -22,6 +22,8 @@ PKGS=(
   qemu-system-x86 cpio xz-utils
   # bench/ (its servers are started by the bench only; see the policy-rc.d guard below)
   wrk nginx-light haproxy dnsperf
+  # bench/ counting: system calls and context switches per connection (--syscalls), exec times
+  linux-perf strace hyperfine
   # the .deb (scripts/deb.sh: dpkg-shlibdeps) and its test (tests/e2e/test_deb.py: a minbase
   # chroot made by debootstrap, systemd-analyze verify on the unit)
   dpkg-dev debootstrap systemd
