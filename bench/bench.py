@@ -18,6 +18,7 @@ BPF: sk_lookup and tc guard ns per run (kernel.bpf_stats_enabled).
 Traffic goes only to addresses inside the namespaces this script creates.
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -178,52 +179,66 @@ def tproxy_cleanup(t):
     t.pod.ip("route flush table 100", check=False)
 
 
+@contextlib.contextmanager
+def bench_pair(tmp):
+    """A pod/remote pair with nginx and iperf3 servers on both sides."""
+    t = nstest.Topology()
+    servers = []
+    try:
+        t.wait_v6_ready()
+        servers = [Servers(t.remote, tmp), Servers(t.pod, tmp)]
+        yield t
+    finally:
+        for srv in servers:
+            srv.close()
+        t.close()
+
+
+@contextlib.contextmanager
+def arm_running(arm, t, tmp):
+    """What carries the pod's traffic in one arm; yields (agent or None, haproxy process or None),
+    and undoes it all (unenrol, agent, HAProxy, iptables rules) afterwards."""
+    a = hp = None
+    try:
+        if arm == "netsteer":
+            a = nstest.Agent()
+            a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+        elif arm in ("redirect", "tproxy"):
+            a = nstest.Agent(["--capture", "none"])
+            a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+            (redirect_rules if arm == "redirect" else tproxy_rules)(t)
+        elif arm == "haproxy":
+            hp = haproxy(t.pod, tmp)
+            redirect_rules(t, skip_owner=65534)
+        yield a, hp
+    finally:
+        if a is not None:
+            a.ctl("unenroll", "--uid", t.pod.name, check=False)
+            a.close()
+        if hp is not None:
+            hp.kill()
+            hp.wait()
+        t.pod.exec(["iptables", "-t", "nat", "-F"], check=False)
+        tproxy_cleanup(t)
+
+
+DIRECTIONS = lambda t: (("outbound", (t.pod, t.remote_ip)), ("inbound", (t.remote, t.pod_ip)))  # noqa: E731
+
+
 def data_path(args, tmp):
     results = {}
-    t = nstest.Topology()
-    remote_srv = pod_srv = None
-    try:
-        remote_srv, pod_srv = Servers(t.remote, tmp), Servers(t.pod, tmp)
+    with bench_pair(tmp) as t:
         for arm in args.arms:
-            a = hp = None
-            try:
-                if arm == "netsteer":
-                    a = nstest.Agent()
-                    a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
-                elif arm == "redirect":
-                    a = nstest.Agent(["--capture", "none"])
-                    a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
-                    redirect_rules(t)
-                elif arm == "tproxy":
-                    a = nstest.Agent(["--capture", "none"])
-                    a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
-                    tproxy_rules(t)
-                elif arm == "haproxy":
-                    hp = haproxy(t.pod, tmp)
-                    redirect_rules(t, skip_owner=65534)
+            with arm_running(arm, t, tmp) as (a, _):
                 r = {}
-                for direction, (ns, ip) in (("outbound", (t.pod, t.remote_ip)), ("inbound", (t.remote, t.pod_ip))):
+                for direction, (ns, ip) in DIRECTIONS(t):
                     r[direction] = {"http": wrk(ns, ip, args.secs),
                                     "bulk1": iperf(ns, ip, 1, args.secs), "bulk8": iperf(ns, ip, 8, args.secs)}
-                if a is not None and arm != "direct":
+                if a is not None:
                     st = a.inspect(t.pod.name)["relay"]
                     r["relay_opened"] = {d: st[d]["opened"] for d in ("outbound", "inbound")}
                 results[arm] = r
                 print(f"  {arm}: done", flush=True)
-            finally:
-                if a is not None:
-                    a.ctl("unenroll", "--uid", t.pod.name, check=False)
-                    a.close()
-                if hp is not None:
-                    hp.kill()
-                    hp.wait()
-                t.pod.exec(["iptables", "-t", "nat", "-F"], check=False)
-                tproxy_cleanup(t)
-    finally:
-        for s in (remote_srv, pod_srv):
-            if s:
-                s.close()
-        t.close()
     return results
 
 
@@ -279,25 +294,16 @@ def syscall_table(args, tmp):
     stat gives the totals at full speed; a second, slower run under strace -c gives the breakdown
     by system call (per connection, so the slowdown does not matter)."""
     results = {}
-    t = nstest.Topology()
-    remote_srv = pod_srv = None
-    try:
-        t.wait_v6_ready()
-        remote_srv, pod_srv = Servers(t.remote, tmp), Servers(t.pod, tmp)
+    with bench_pair(tmp) as t:
         for arm in ("netsteer", "haproxy"):
-            a = hp = None
-            try:
-                if arm == "netsteer":
-                    a = nstest.Agent()
-                    a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+            with arm_running(arm, t, tmp) as (a, hp):
+                if a is not None:
                     pid = a.pid
                 else:
-                    hp = haproxy(t.pod, tmp)
-                    redirect_rules(t, skip_owner=65534)
                     kids = open(f"/proc/{hp.pid}/task/{hp.pid}/children").read().split()
                     pid = int(kids[0]) if kids else hp.pid  # -W: the worker does the work
                 r = {}
-                for direction, (ns, ip) in (("outbound", (t.pod, t.remote_ip)), ("inbound", (t.remote, t.pod_ip))):
+                for direction, (ns, ip) in DIRECTIONS(t):
                     def run_wrk():
                         return ns.exec(["wrk", "-t2", "-c32", f"-d{args.secs}s", "-H", "Connection: close",
                                         f"http://{ip}:{APP}/"], timeout=args.secs + 30).stdout
@@ -310,19 +316,6 @@ def syscall_table(args, tmp):
                                     "by_syscall_per_conn": {k: v / n2 for k, v in top}, "strace_connections": n2}
                 results[arm] = r
                 print(f"  syscalls {arm}: done", flush=True)
-            finally:
-                if a is not None:
-                    a.ctl("unenroll", "--uid", t.pod.name, check=False)
-                    a.close()
-                if hp is not None:
-                    hp.kill()
-                    hp.wait()
-                t.pod.exec(["iptables", "-t", "nat", "-F"], check=False)
-    finally:
-        for s in (remote_srv, pod_srv):
-            if s:
-                s.close()
-        t.close()
     return results
 
 
