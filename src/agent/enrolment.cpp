@@ -188,63 +188,60 @@ EnrolmentManager::~EnrolmentManager() {
 
 void EnrolmentManager::persist(const PodRecord* pending) {
   if (!store_ || !store_->enabled()) return;
-  std::vector<std::pair<std::string_view, std::string_view>> want;  // (uid, record)
-  want.reserve(pods_.size() + 1);
   for (const auto& [uid, p] : pods_) {
     if (p->state_record.empty()) {
       PodRecord r{p->spec, p->netns.id(), false, json::object()};
       if (p->capture) r.capture = p->capture->state().to_json();
       p->state_record = serialize_record(r);
+      p->record_stored = false;
     }
-    want.emplace_back(uid, p->state_record);
   }
   std::string pending_record = pending ? serialize_record(*pending) : std::string();
-  if (pending) want.emplace_back(pending->spec.uid, pending_record);
   // The live enrolment stays authoritative; a failed write is logged, not fatal.
-  auto warn = [](const Status& st) {
-    if (!st.ok()) spdlog::warn("state file: {}", st.error().message);
+  auto failed = [&](const Status& st) {
+    spdlog::warn("state file: {}", st.error().message);
+    store_->close_journal();  // the next persist writes everything anew
   };
   // Compact when there is no journal yet (first save of this process) or it has grown past the
   // set it describes: amortised, each operation is still one append.
-  if (!store_->journal_open() || store_->journal_entries() > 2 * want.size() + 64) {
+  size_t n = pods_.size() + (pending ? 1 : 0);
+  if (!store_->journal_open() || store_->journal_entries() > 2 * n + 64) {
     std::vector<std::string_view> recs;
-    recs.reserve(want.size());
-    written_.clear();
-    for (auto [uid, rec] : want) {
-      recs.push_back(rec);
-      written_.emplace(std::string(uid), std::string(rec));
+    recs.reserve(n);
+    stored_uids_.clear();
+    for (const auto& [uid, p] : pods_) {
+      recs.push_back(p->state_record);
+      p->record_stored = true;
+      stored_uids_.insert(uid);
     }
-    auto st = store_->save(recs);
-    if (!st.ok()) written_.clear();  // the next persist tries a full save again
-    return warn(st);
-  }
-  // Otherwise append what changed since the last write: a put per new or changed record, a del
-  // per pod that is gone.
-  std::set<std::string_view> present;
-  for (auto [uid, rec] : want) {
-    present.insert(uid);
-    auto it = written_.find(std::string(uid));
-    if (it != written_.end() && it->second == rec) continue;
-    auto st = store_->append_put(rec);
-    if (!st.ok()) {
-      written_.clear();
-      store_->close_journal();
-      return warn(st);
+    if (pending) {
+      recs.push_back(pending_record);
+      stored_uids_.insert(pending->spec.uid);
     }
-    if (it != written_.end()) it->second.assign(rec);
-    else written_.emplace(std::string(uid), std::string(rec));
+    if (auto st = store_->save(recs); !st.ok()) failed(st);
+    return;
   }
-  for (auto it = written_.begin(); it != written_.end();) {
-    if (present.count(it->first)) {
+  // Otherwise append what changed since the last write: a put per record not stored yet (new or
+  // re-serialised), a del per stored uid that is gone. No record is compared or copied.
+  auto put = [&](const std::string& uid, std::string_view rec) {
+    if (auto st = store_->append_put(rec); !st.ok()) return failed(st), false;
+    stored_uids_.insert(uid);
+    return true;
+  };
+  for (const auto& [uid, p] : pods_) {
+    if (p->record_stored) continue;
+    if (!put(uid, p->state_record)) return;
+    p->record_stored = true;
+  }
+  if (pending && !put(pending->spec.uid, pending_record)) return;
+  if (stored_uids_.size() == n) return;  // nothing left
+  for (auto it = stored_uids_.begin(); it != stored_uids_.end();) {
+    if (pods_.count(*it) || (pending && *it == pending->spec.uid)) {
       ++it;
       continue;
     }
-    if (auto st = store_->append_del(it->first); !st.ok()) {
-      written_.clear();
-      store_->close_journal();
-      return warn(st);
-    }
-    it = written_.erase(it);
+    if (auto st = store_->append_del(*it); !st.ok()) return failed(st);
+    it = stored_uids_.erase(it);
   }
 }
 

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <linux/ip.h>
+
 #include <chrono>
 #include <cstring>
 
@@ -233,23 +235,33 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   } undo{*pc};
 
   NS_TRY(auto ifaces, pod_interfaces());
+  // The value before our change, once per key (a restart keeps the first agent's).
+  auto remember = [&](const std::string& key, std::string before) {
+    auto& saved = pc->state_.sysctls;
+    if (std::none_of(saved.begin(), saved.end(), [&](const SavedSysctl& x) { return x.key == key; }))
+      saved.push_back({key, std::move(before)});
+  };
   // Per-interface values over rtnetlink, not /proc/sys: /proc/sys is read-only in every
-  // non-privileged Kubernetes container (the DaemonSet's). Saved under their /proc/sys key.
+  // non-privileged Kubernetes container (the DaemonSet's). Saved under their /proc/sys key. The
+  // same netlink socket then installs the rules and routes.
   NS_TRY(Rtnl nl, Rtnl::open());
+  struct Want {
+    const char* leaf;
+    int index;
+    uint32_t value;
+  };
+  static constexpr Want kWants[] = {{"accept_local", IPV4_DEVCONF_ACCEPT_LOCAL, 1}, {"rp_filter", IPV4_DEVCONF_RP_FILTER, 0}};
   for (const auto& i : ifaces) {
     NS_TRY(auto conf, nl.get_ipv4_devconf(i.index));
     std::vector<std::pair<int, uint32_t>> set;
-    for (const auto& [leaf, want] : {std::pair{"accept_local", 1u}, std::pair{"rp_filter", 0u}}) {
-      std::string key = devconf_key(i.name, leaf);
-      auto dk = parse_devconf_key(key);
-      if (!dk || static_cast<size_t>(dk->index) > conf.size())
+    for (const Want& w : kWants) {
+      std::string key = devconf_key(i.name, w.leaf);
+      if (static_cast<size_t>(w.index) > conf.size())
         return Error::msg("IPv4 devconf " + key + " not reported by the kernel", EINVAL);
-      uint32_t cur = conf[static_cast<size_t>(dk->index) - 1];
-      if (cur == want) continue;
-      bool known = std::any_of(pc->state_.sysctls.begin(), pc->state_.sysctls.end(),
-                               [&](const SavedSysctl& s) { return s.key == key; });
-      if (!known) pc->state_.sysctls.push_back({key, std::to_string(cur)});
-      set.emplace_back(dk->index, want);
+      uint32_t cur = conf[static_cast<size_t>(w.index) - 1];
+      if (cur == w.value) continue;
+      remember(key, std::to_string(cur));
+      set.emplace_back(w.index, w.value);
     }
     if (!set.empty()) {
       auto st = nl.set_ipv4_devconf(i.index, set);
@@ -271,9 +283,7 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
     if (all != "0") {
       auto st = write_sysctl(all_key, "0");
       if (st.ok()) {
-        bool known = std::any_of(pc->state_.sysctls.begin(), pc->state_.sysctls.end(),
-                                 [&](const SavedSysctl& s) { return s.key == all_key; });
-        if (!known) pc->state_.sysctls.push_back({all_key, all});
+        remember(all_key, all);
       } else if (int e = st.error().code; e == EROFS || e == EACCES || e == EPERM) {
         if (auto blocked = rp_filter_all_blocks_capture(all, st.error())) return *blocked;
         spdlog::info("{}: net.ipv4.conf.all.rp_filter stays {} ({}): loose mode lets the capture through",
@@ -284,7 +294,7 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
     }
   }
   auto t2 = std::chrono::steady_clock::now();
-  NS_TRY_STATUS(pc->install_routing());
+  NS_TRY_STATUS(pc->install_routing(nl));
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
   spdlog::debug("capture {}: bpf {:.2f} ms, sysctls+tc {:.2f} ms, routing {:.2f} ms", cfg.pin_dir, ms(t0, t1),
                 ms(t1, t2), ms(t2, std::chrono::steady_clock::now()));
@@ -293,8 +303,7 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   return pc;
 }
 
-Status PodCapture::install_routing() {
-  NS_TRY(Rtnl nl, Rtnl::open());
+Status PodCapture::install_routing(Rtnl& nl) {
   // Routes first: a rule pointing at an empty table would fall through uncaptured.
   for (const auto& r : routes_) NS_TRY_STATUS(nl.add_route(r));
   for (const auto& r : rules_) NS_TRY_STATUS(nl.add_rule(r));

@@ -103,6 +103,7 @@ struct Pod {
   std::chrono::system_clock::time_point enrolled_at;
   double enrol_ms = 0;  // fd received → capture ready
   std::string state_record;  // its state-file entry, serialised once (see serialize_record)
+  bool record_stored = false;  // state_record is in the store (journal or snapshot)
   // Its listeners lent to another process (netsteerctl exec); the relay does not accept on them.
   struct Lease {
     uint64_t id = 0;
@@ -210,7 +211,7 @@ class EnrolmentManager {
   void teardown(Pod& pod, bool remove_capture);
   Status attach_data_path(Pod& pod);
   void persist(const PodRecord* pending = nullptr);  // with mu_ held
-  std::map<std::string, std::string> written_;  // uid → record, as the store has it now
+  std::set<std::string> stored_uids_;  // the uids the store has a record of now
   std::string pin_dir(const std::string& uid) const { return dp_ ? dp_->pin_root + "/" + uid : ""; }
 
   netns::NetnsExecutor& exec_;

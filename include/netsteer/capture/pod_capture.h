@@ -107,7 +107,7 @@ class PodCapture {
 
  private:
   PodCapture() = default;
-  Status install_routing();
+  Status install_routing(Rtnl& nl);  // in the pod netns
   Status remove_routing();
 
   CaptureConfig cfg_;
