@@ -158,7 +158,7 @@ Status ControlServer::listen() {
   return serve_on(std::move(fd));
 }
 
-Status ControlServer::serve_on(UniqueFd listen_fd) {
+Status ControlServer::serve_on(UniqueFd listen_fd, std::vector<UniqueFd> clients) {
   listen_fd_ = std::move(listen_fd);
   int fl = ::fcntl(listen_fd_.get(), F_GETFL);
   if (fl < 0 || ::fcntl(listen_fd_.get(), F_SETFL, fl | O_NONBLOCK) < 0) return Error::from_errno(errno, "fcntl");
@@ -181,6 +181,12 @@ Status ControlServer::serve_on(UniqueFd listen_fd) {
     if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) < 0) return Error::from_errno(errno, "epoll_ctl");
   }
   spdlog::info("control socket listening on {}", opts_.socket_path);
+  if (!clients.empty()) spdlog::info("control: serving {} connection(s) the previous agent had accepted", clients.size());
+  for (auto& c : clients) {
+    int cfl = ::fcntl(c.get(), F_GETFL);
+    if (cfl >= 0) (void)::fcntl(c.get(), F_SETFL, cfl | O_NONBLOCK);  // shared file: already non-blocking
+    add_client(protocol::SeqpacketChannel(std::move(c)));
+  }
   return {};
 }
 
@@ -262,17 +268,21 @@ void ControlServer::accept_clients() {
       (void)oldest->second.ch.send(protocol::encode_reply(error_reply("too many control connections")));
       drop_client(oldest->first);
     }
-    int fd = ch.fd();
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.fd = fd;
-    if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) < 0) {
-      spdlog::warn("control: epoll_ctl: {}", std::strerror(errno));
-      continue;
-    }
-    clients_.emplace(fd, Client{std::move(ch), std::chrono::steady_clock::now()});
-    nclients_ = clients_.size();
+    add_client(std::move(ch));
   }
+}
+
+void ControlServer::add_client(protocol::SeqpacketChannel ch) {
+  int fd = ch.fd();
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP;
+  ev.data.fd = fd;
+  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) < 0) {
+    spdlog::warn("control: epoll_ctl: {}", std::strerror(errno));
+    return;  // closes
+  }
+  clients_.emplace(fd, Client{std::move(ch), std::chrono::steady_clock::now(), {}});
+  nclients_ = clients_.size();
 }
 
 void ControlServer::serve_client(int fd) {
@@ -296,8 +306,18 @@ void ControlServer::serve_client(int fd) {
       (void)client.ch.send(protocol::encode_reply(error_reply("'handover' carries no fds", EINVAL)));
     } else if (!handover_) {
       (void)client.ch.send(protocol::encode_reply(error_reply("this agent does not hand over", EPERM)));
-    } else if (handover_(client.ch, listen_fd_.get())) {
-      handed_over_ = true;
+    } else {
+      // Connections accepted in the same wake-up as the handover request (a CNI ADD, a status
+      // poll) move with the listener: the new agent answers them.
+      std::vector<int> others;
+      for (const auto& [cfd, c] : clients_)
+        if (cfd != fd) others.push_back(cfd);
+      if (handover_(client.ch, listen_fd_.get(), others)) {
+        handed_over_ = true;
+        // The new agent holds them now: closing our copies does not end them.
+        while (!clients_.empty()) drop_client(clients_.begin()->first);
+        return;
+      }
     }
     drop_client(fd);
     return;

@@ -43,7 +43,7 @@ Result<json> parse_object(const protocol::Packet& p, const char* what) {
 }  // namespace
 
 Status send_handover(protocol::SeqpacketChannel& ch, const std::vector<HandoverPod>& pods, int control_fd,
-                     std::chrono::milliseconds timeout) {
+                     const std::vector<int>& control_clients, std::chrono::milliseconds timeout) {
   NS_TRY_STATUS(make_blocking(ch.fd(), timeout));
   NS_TRY_STATUS(ch.send(json{{"ok", true}, {"error", ""}, {"pods", pods.size()}}.dump()));
   for (const auto& p : pods) {
@@ -56,7 +56,12 @@ Status send_handover(protocol::SeqpacketChannel& ch, const std::vector<HandoverP
     json j{{"record", record_to_json(p.record)}, {"family", p.family}, {"sockets", names}};
     NS_TRY_STATUS(ch.send(j.dump(), fds));
   }
-  NS_TRY_STATUS(ch.send(json{{"control", true}}.dump(), {control_fd}));
+  NS_TRY_STATUS(ch.send(json{{"control", true}, {"clients", control_clients.size()}}.dump(), {control_fd}));
+  for (size_t i = 0; i < control_clients.size(); i += protocol::kMaxFdsPerPacket) {
+    std::vector<int> fds(control_clients.begin() + i,
+                         control_clients.begin() + std::min(control_clients.size(), i + protocol::kMaxFdsPerPacket));
+    NS_TRY_STATUS(ch.send(json{{"clients", fds.size()}}.dump(), fds));
+  }
   NS_TRY(auto done, recv_packet(ch, timeout, "handover_done"));
   NS_TRY(json j, parse_object(done, "handover_done"));
   if (j.value("type", "") != "handover_done")
@@ -105,6 +110,17 @@ Result<Handover> request_handover(const std::string& socket_path, std::chrono::m
   if (!j.value("control", false) || last.fds.size() != 1)
     return Error::msg("handover: expected the control socket", EPROTO);
   h.control_listener = std::move(last.fds[0]);
+  auto k = j.find("clients");  // absent from an agent that did not pass its connections on
+  size_t want = k != j.end() && k->is_number_unsigned() ? k->get<size_t>() : 0;
+  if (want > 4096) return Error::msg("handover: implausible control connection count", EPROTO);
+  while (h.control_clients.size() < want) {
+    NS_TRY(auto c, recv_packet(h.channel, timeout, "control connections"));
+    NS_TRY(json cj, parse_object(c, "control connections packet"));
+    if (c.fds.empty() || cj.value("clients", size_t{0}) != c.fds.size() ||
+        h.control_clients.size() + c.fds.size() > want)
+      return Error::msg("handover: malformed control connections packet", EPROTO);
+    for (auto& fd : c.fds) h.control_clients.push_back(std::move(fd));
+  }
   return h;
 }
 

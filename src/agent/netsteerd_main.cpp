@@ -376,7 +376,7 @@ int main(int argc, char** argv) {
   copts.client_idle_timeout = std::chrono::milliseconds(control_idle_ms);
   handler.set_conns([&](const std::string& uid) { return (*relay)->connections_json(uid); });
   agent::ControlServer server(copts, handler);
-  if (auto st = handover ? server.serve_on(std::move(handover->control_listener)) : server.listen(); !st.ok()) {
+  if (auto st = handover ? server.serve_on(std::move(handover->control_listener), std::move(handover->control_clients)) : server.listen(); !st.ok()) {
     spdlog::critical("cannot listen on the control socket: {}", st.error().message);
     return 1;
   }
@@ -414,7 +414,7 @@ int main(int argc, char** argv) {
         std::move(g.data), std::move(g.fds),
         [&manager, uid = g.uid, id = g.id](const std::string& why) { manager.end_lease(uid, id, why); }};
   });
-  server.set_handover([&](protocol::SeqpacketChannel& ch, int listen_fd) {
+  server.set_handover([&](protocol::SeqpacketChannel& ch, int listen_fd, const std::vector<int>& clients) {
     spdlog::info("handover requested by a new agent");
     if (size_t n = manager.leases()) {
       // A lease is a live connection to this process: it cannot move to the new agent.
@@ -431,7 +431,7 @@ int main(int argc, char** argv) {
     auto pods = manager.export_pods();
     ready = false;
     http.reset();  // the metrics address goes to the new agent
-    auto st = agent::send_handover(ch, pods, listen_fd);
+    auto st = agent::send_handover(ch, pods, listen_fd, clients);
     if (!st.ok()) {
       spdlog::error("handover failed, still serving: {}", st.error().message);
       ready = true;

@@ -14,10 +14,6 @@
 namespace netsteer::protocol {
 
 namespace {
-// Control buffer for up to this many fds; more is reported as MSG_CTRUNC (and the kernel closes
-// what did not fit), which we refuse.
-constexpr size_t kMaxFdsPerPacket = 8;  // a handed-over pod: netns, 3 listeners, DNS (UDP+TCP), UDP out and in
-
 Result<sockaddr_un> unix_addr(const std::string& path) {
   sockaddr_un a{};
   a.sun_family = AF_UNIX;

@@ -129,3 +129,25 @@ def test_takeover_without_a_running_agent_starts_normally_and_refusals_keep_the_
         # handover is not a request the request handler serves with fds
         r = a.call({"type": "handover", "version": 1}, fds=[os.open("/dev/null", os.O_RDONLY)])
         assert not r["ok"]
+
+
+def test_connections_the_old_agent_accepted_are_answered_by_the_new_one():
+    """A CNI ADD or status poll that the old agent accepted in the same wake-up as the handover
+    request moves with the listener (it used to hang until the old agent exited)."""
+    with agent() as a, topology() as t:
+        a.enrol(t.pod, ip=[t.pod_ip])
+        waiting = [a.connect() for _ in range(12)]  # more than one packet's worth of fds (8)
+        old_pid = a.call({"type": "status", "version": 1})["status"]["pid"]  # accepted by now
+        old = a.upgrade()
+        try:
+            for s in waiting:
+                s.send(json.dumps({"type": "status", "version": 1}).encode())
+                r = json.loads(s.recv(1 << 20))
+                assert r["ok"] and r["status"]["pid"] == a.pid != old_pid, r
+        finally:
+            for s in waiting:
+                s.close()
+        assert "serving 12 connection(s) the previous agent had accepted" in a.logs()
+        old.wait(timeout=30)
+        assert old.returncode == 0
+        assert [p["uid"] for p in a.pods()] == [t.pod.name]

@@ -51,11 +51,13 @@ class ControlServer {
 
   // Binds the socket (0600, stale one replaced). Separate from run() so callers know it listens.
   Status listen();
-  // Serves on a listening socket received from the previous agent (hitless upgrade).
-  Status serve_on(UniqueFd listen_fd);
-  // Called for a "handover" request with the peer's channel and the listening fd; returns true
-  // when the new agent took over, and run() then returns (the socket path is left to it).
-  using HandoverFn = std::function<bool(protocol::SeqpacketChannel&, int listen_fd)>;
+  // Serves on a listening socket received from the previous agent (hitless upgrade), and the
+  // connections it had accepted but not answered yet.
+  Status serve_on(UniqueFd listen_fd, std::vector<UniqueFd> clients = {});
+  // Called for a "handover" request with the peer's channel, the listening fd and the other open
+  // connections (none holds a lease: the handover is refused then); returns true when the new
+  // agent took over, and run() then returns (the socket path and those connections are left to it).
+  using HandoverFn = std::function<bool(protocol::SeqpacketChannel&, int listen_fd, const std::vector<int>& clients)>;
   void set_handover(HandoverFn fn) { handover_ = std::move(fn); }
   // A "lease" request: the reply goes out with the granted fds and the connection stays open
   // (no idle timeout) until the holder closes it; then `release` runs.
@@ -76,6 +78,7 @@ class ControlServer {
 
  private:
   void accept_clients();
+  void add_client(protocol::SeqpacketChannel ch);
   void serve_client(int fd);
   void drop_client(int fd);
   void expire_idle();

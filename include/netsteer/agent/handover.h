@@ -4,7 +4,9 @@
 //   new → old   {"type":"handover","version":1}
 //   old → new   {"ok":true,"pods":N}
 //   old → new   N × {"record":<state-file record>,"family":"dual"|"ipv4"} + fds [netns, 15001, 15006, 15008]
-//   old → new   {"control":true} + fds [the control socket's listening fd]
+//   old → new   {"control":true,"clients":K} + fds [the control socket's listening fd]
+//   old → new   ceil(K/8) × {"clients":k} + k fds: control connections the old agent had
+//               accepted and not yet answered (they are served by the new agent, not dropped)
 //   new → old   {"type":"handover_done"}   (the new agent accepts on every listener by now)
 //
 // The listening sockets themselves move (SCM_RIGHTS), so no SYN is refused at any point: both
@@ -38,16 +40,17 @@ struct HandoverPod {
 struct Handover {
   std::vector<HandoverPod> pods;
   UniqueFd control_listener;
+  std::vector<UniqueFd> control_clients;  // accepted by the old agent, requests not yet read
   protocol::SeqpacketChannel channel;  // to the old agent: finish_handover() on it
 };
 
 inline constexpr std::chrono::milliseconds kHandoverTimeout{10000};
 
-// Old agent: after the "handover" request arrived on `ch`, sends the pods and the control
-// listener, then waits for the new agent's "handover_done". Success means the old agent must
+// Old agent: after the "handover" request arrived on `ch`, sends the pods, the control
+// listener and the control connections it accepted but has not served, then waits for the new agent's "handover_done". Success means the old agent must
 // stop accepting and serving the control socket (without unlinking it), then drain.
 Status send_handover(protocol::SeqpacketChannel& ch, const std::vector<HandoverPod>& pods, int control_fd,
-                     std::chrono::milliseconds timeout = kHandoverTimeout);
+                     const std::vector<int>& control_clients, std::chrono::milliseconds timeout = kHandoverTimeout);
 
 // New agent: connects to the running agent's control socket and receives everything. ENOENT /
 // ECONNREFUSED mean no agent is running (start normally).

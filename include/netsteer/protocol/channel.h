@@ -13,6 +13,11 @@
 
 namespace netsteer::protocol {
 
+// recv() takes up to this many fds in one packet; more is reported as MSG_CTRUNC (and the kernel
+// closes what did not fit), which is refused. A handed-over pod needs 8: netns, 3 listeners, DNS
+// (UDP+TCP), UDP out and in.
+inline constexpr size_t kMaxFdsPerPacket = 8;
+
 struct Packet {
   std::string data;
   std::vector<UniqueFd> fds;  // every received fd is owned here before anything looks at it
