@@ -80,22 +80,26 @@ def test_dns_captured_and_answered_from_the_server_asked(v6):
         assert "ipproto udp dport 53 lookup 133" in rules, rules
 
 
-def test_no_conntrack_entry_for_captured_dns():
+@pytest.mark.parametrize("v6", [False, True])
+def test_no_conntrack_entry_for_captured_dns(v6):
     """The captured flow leaves nothing in the pod's conntrack table. The positive control shows
     the check can fail: with a (test-only) nft rule that makes conntrack track the pod's traffic,
     the same query does leave an entry."""
     nstest.require_tool("conntrack")
     with agent() as a, topology() as t:
         dns_server(t)
+        t.wait_v6_ready()
         enrol_pod(t, a)
-        assert ask(t, t.remote_ip, "query", "a.test") == "NOERROR 10.53.0.1 udp"
-        listed = t.pod.exec(["conntrack", "-L", "-p", "udp", "--dport", "53"], check=False)
+        server = t.remote_ip6 if v6 else t.remote_ip
+        listing = ["conntrack", "-L", "-f", "ipv6" if v6 else "ipv4", "-p", "udp", "--dport", "53"]
+        assert ask(t, server, "query", "a.test") == "NOERROR 10.53.0.1 udp"
+        listed = t.pod.exec(listing, check=False)
         assert "dport=53" not in listed.stdout, listed.stdout
         t.pod.exec(["nft", "add table inet ctcheck; add chain inet ctcheck out "
                     "{ type filter hook output priority 0; }; add rule inet ctcheck out ct state new counter"])
         try:
-            assert ask(t, t.remote_ip, "query", "b.test") == "NOERROR 10.53.0.1 udp"
-            listed = t.pod.exec(["conntrack", "-L", "-p", "udp", "--dport", "53"], check=False)
+            assert ask(t, server, "query", "b.test") == "NOERROR 10.53.0.1 udp"
+            listed = t.pod.exec(listing, check=False)
             assert "dport=53" in listed.stdout, "positive control: conntrack did not see the flow"
         finally:
             t.pod.exec(["nft", "delete table inet ctcheck"], check=False)
