@@ -124,6 +124,31 @@ ScopedNetns::~ScopedNetns() {
   }
 }
 
+Status NetnsCursor::enter(const NetnsHandle& ns) {
+  if (at(ns)) return {};
+  if (::setns(ns.fd(), CLONE_NEWNET) < 0) return Error::from_errno(errno, "setns into pod netns");  // still at_
+  at_ = ns.id();
+  thread_ = std::this_thread::get_id();
+  ++switches_;
+  return {};
+}
+
+void NetnsCursor::home() {
+  if (at(home_)) return;
+  if (::setns(home_.fd(), CLONE_NEWNET) < 0) {
+    spdlog::critical("setns back to the agent's netns failed (errno {}): aborting", errno);
+    std::abort();
+  }
+  at_ = home_.id();
+  ++switches_;
+}
+
+NetnsCursor::~NetnsCursor() {
+  // On another thread (the worker's thread has ended) there is nothing to undo: a thread's netns
+  // reference ends with it.
+  if (thread_ == std::this_thread::get_id()) home();
+}
+
 NetnsExecutor::NetnsExecutor(size_t threads) {
   (void)NetnsHandle::host();  // capture the host netns before any thread moves
   if (threads == 0) threads = 1;

@@ -97,10 +97,17 @@ int sock_error(int fd) {
 }
 
 // Every relayed socket, both sides: no Nagle, and dead-peer detection (keepalive, user timeout).
-// Upstreams get it at socket(); the client side inherits it from the listeners (Relay::add_pod).
-void tune_socket(int fd, const RelayOptions& o) {
+// The client side inherits all of it from the listeners (Relay::add_pod). Upstreams get no Nagle
+// at socket() and the dead-peer options once they have lived a second (Worker::on_tick) when both
+// bounds are 10 s or more (the defaults are 60 s): a shorter connection would pay five system
+// calls for bounds it cannot reach.
+void set_nodelay(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+void set_dead_peer_bounds(int fd, const RelayOptions& o) {
+  int one = 1;
   if (o.tcp_user_timeout_ms > 0) {
     unsigned ut = static_cast<unsigned>(o.tcp_user_timeout_ms);
     ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof ut);
@@ -112,6 +119,15 @@ void tune_socket(int fd, const RelayOptions& o) {
     ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &o.keepalive_count, sizeof o.keepalive_count);
   }
 }
+
+void tune_socket(int fd, const RelayOptions& o) {
+  set_nodelay(fd);
+  set_dead_peer_bounds(fd, o);
+}
+
+// Below this a flow is copied through the worker's buffer (recv + send); a read that fills it
+// means the flow moves bulk, and from then on it is spliced through a pipe (HAProxy's splice-auto).
+constexpr size_t kCopyChunk = 16 * 1024;
 
 struct Pipe {
   UniqueFd r, w;
@@ -146,14 +162,17 @@ uint64_t conn_id_salt() {
   return salt;
 }
 
-// One direction of a connection: src → pipe → dst.
+// One direction of a connection: src → dst, copied while small, then spliced through a pipe.
 struct Flow {
   int src = -1, dst = -1;
   std::unique_ptr<Pipe> pipe;
   size_t in_pipe = 0;
-  std::string pending;  // bytes to write to dst before spliced data (tunnel reply/leftover)
-  uint64_t moved = 0;   // bytes spliced src → dst over the connection's life
+  std::string pending;  // bytes to write to dst first (tunnel reply, PROXY header, a copy's rest)
+  uint64_t moved = 0;   // bytes taken from src for dst over the connection's life
   bool src_eof = false, dst_shut = false;
+  bool bulk = false;       // splice from now on
+  bool readable = true;    // src may have bytes: cleared by a short read, set by its next event
+  bool hup_seen = false;   // src reported its FIN: read on to the 0 despite short reads
   bool done() const { return src_eof && in_pipe == 0 && pending.empty() && dst_shut; }
 };
 
@@ -176,6 +195,7 @@ struct Conn {
   const char* reason = "closed";  // why it ended (access log)
   uint64_t id = 0;           // the connection id (PROXY v2 UNIQUE_ID)
   int64_t deadline_ms = 0;  // connect deadline, then idle (or half-close) deadline
+  bool up_tuned = false;    // the upstream has its dead-peer options (set once it lived a second)
 };
 
 class Worker {
@@ -244,6 +264,7 @@ class Worker {
   size_t connections() const { return conns_.size(); }
 
   void remove_pod(const PodContext* pod) {
+    netns_.leave(pod->netns);  // this thread must not keep the pod's netns alive
     release_listeners(pod);
     std::vector<Conn*> victims;
     for (auto& [p, c] : conns_)
@@ -289,8 +310,13 @@ class Worker {
   void on_tick() {
     int64_t now = now_ms();
     std::vector<Conn*> expired;
-    for (auto& [p, c] : conns_)
+    for (auto& [p, c] : conns_) {
       if (c->deadline_ms && now >= c->deadline_ms) expired.push_back(p);
+      if (!c->up_tuned && c->up && now - c->started_ms >= 1000) {  // see set_dead_peer_bounds
+        set_dead_peer_bounds(c->up.get(), opts_);
+        c->up_tuned = true;
+      }
+    }
     for (Conn* c : expired) {
       auto& ctr = c->pod->of(c->dir);
       if (c->state == Conn::kEstablished && c->half_closed) {
@@ -402,16 +428,12 @@ class Worker {
     note_ends(c, dst, client);
     bool keep_source = c.dir != Direction::outbound && !c.redirected && opts_.preserve_client_source;
     int family = dst.ip().family;
-    UniqueFd up;
-    {
-      auto scope = netns::ScopedNetns::enter(c.pod->netns, netns::NetnsHandle::host());
-      if (!scope.ok()) return fail(c, scope.error().message);
-      up.reset(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    }
+    if (auto st = netns_.enter(c.pod->netns); !st.ok()) return fail(c, st.error().message);
+    UniqueFd up(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!up) return fail(c, std::string("upstream socket: ") + std::strerror(errno));
     int mark = static_cast<int>(opts_.mark), one = 1;
     ::setsockopt(up.get(), SOL_SOCKET, SO_MARK, &mark, sizeof mark);
-    tune_socket(up.get(), opts_);
+    tune_upstream(c, up.get());
     if (keep_source) {
       IpAddr cip = client.ip().unmapped();
       if (cip.family != family) return fail(c, "client and destination address families differ");
@@ -438,6 +460,13 @@ class Worker {
     int r = ::connect(up.get(), dst.sa(), dst.len);
     if (r < 0 && errno != EINPROGRESS) return fail(c, std::string("connect ") + dst.str() + ": " + std::strerror(errno));
     watch_connecting(c, std::move(up));
+  }
+
+  void tune_upstream(Conn& c, int fd) {
+    set_nodelay(fd);
+    if (defer_bounds_) return;  // on_tick, once the connection has lived a second
+    set_dead_peer_bounds(fd, opts_);
+    c.up_tuned = true;
   }
 
   void watch_connecting(Conn& c, UniqueFd up) {
@@ -469,9 +498,10 @@ class Worker {
     if (!header.ok()) return fail(c, header.error().message);
     c.proxied = true;
     c.pod->of(c.dir).proxied++;
+    netns_.home();  // a node-local proxy: dialled from the agent's netns
     UniqueFd up(::socket(proxy.ip().family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!up) return proxy_failed(c, proxy, errno);
-    tune_socket(up.get(), opts_);
+    tune_upstream(c, up.get());
     if (::connect(up.get(), proxy.sa(), proxy.len) < 0 && errno != EINPROGRESS) return proxy_failed(c, proxy, errno);
     c.to_up.pending.assign(header->begin(), header->end());
     c.proxy = proxy;
@@ -588,7 +618,8 @@ class Worker {
         return;
       }
       if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
-      if (int err = sock_error(c.up.get()); err != 0) {
+      // A failed connect reports EPOLLERR: only then is SO_ERROR worth a system call.
+      if (int err = events & (EPOLLERR | EPOLLHUP) ? sock_error(c.up.get()) : 0; err != 0) {
         if (c.proxied) return proxy_failed(c, c.proxy, err);
         return fail(c, std::string("connect: ") + std::strerror(err));
       }
@@ -600,12 +631,21 @@ class Worker {
       c.to_up.dst = c.up.get();
       c.to_down.src = c.up.get();
       c.to_down.dst = c.down.get();
+      // The client's first bytes may have come while connecting (its events were not read then);
+      // this event from the upstream tells whether it has sent anything yet.
+      c.to_down.readable = events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+      c.to_down.hup_seen = events & (EPOLLRDHUP | EPOLLHUP);
+    } else {
+      // Edge-triggered: this event is the only news that src has bytes (or its FIN) again.
+      Flow& from = up_side ? c.to_down : c.to_up;
+      if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) from.readable = true;
+      if (events & (EPOLLRDHUP | EPOLLHUP)) from.hup_seen = true;
     }
     if (events & EPOLLERR)
       if (int err = sock_error(up_side ? c.up.get() : c.down.get()); err != 0) return reset_both(c, err);
-    int a = pump(c, c.to_up, c.pod->of(c.dir).bytes_up);
+    int a = pump(c.to_up, c.to_down, c.pod->of(c.dir).bytes_up);
     if (a < 0) return reset_both(c, -a);
-    int b = pump(c, c.to_down, c.pod->of(c.dir).bytes_down);
+    int b = pump(c.to_down, c.to_up, c.pod->of(c.dir).bytes_down);
     if (b < 0) return reset_both(c, -b);
     if (c.to_up.done() && c.to_down.done()) return finish(c, false, false);
     // Activity: the idle deadline moves on; once either side has shut its half, the shorter
@@ -626,7 +666,10 @@ class Worker {
   }
 
   // Moves what is available from f.src to f.dst. Returns 0 (wait for events) or -errno (reset).
-  int pump(Conn& c, Flow& f, std::atomic<uint64_t>& bytes) {
+  // Small transfers are copied through the worker's buffer: one recv and one send, where a splice
+  // needs two and a pipe; a short read means src is drained (TCP), so no read to EAGAIN follows
+  // unless its FIN was reported. A read that fills the buffer switches the flow to splice.
+  int pump(Flow& f, const Flow& other, std::atomic<uint64_t>& bytes) {
     for (;;) {
       if (!f.pending.empty()) {
         ssize_t n = ::send(f.dst, f.pending.data(), f.pending.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -644,11 +687,39 @@ class Worker {
       }
       if (f.src_eof) {
         if (!f.dst_shut) {
-          ::shutdown(f.dst, SHUT_WR);  // half-close travels on
+          // The half-close travels on; when the other way is finished too, the close that follows
+          // sends this FIN (src is at EOF, so nothing unread turns it into a reset).
+          if (!other.done()) ::shutdown(f.dst, SHUT_WR);
           f.dst_shut = true;
         }
         release_pipe(f);
         return 0;
+      }
+      if (!f.readable) return 0;
+      if (!f.bulk) {
+        ssize_t n = ::recv(f.src, scratch_.get(), kCopyChunk, MSG_DONTWAIT);
+        if (n == 0) {
+          f.src_eof = true;
+          continue;
+        }
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          if (errno == EAGAIN) {
+            f.readable = false;
+            return 0;
+          }
+          return -errno;
+        }
+        size_t got = static_cast<size_t>(n);
+        bytes.fetch_add(got, std::memory_order_relaxed);
+        f.moved += got;
+        if (got == kCopyChunk) f.bulk = true;
+        else if (!f.hup_seen) f.readable = false;
+        ssize_t w = ::send(f.dst, scratch_.get(), got, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno != EAGAIN && errno != EINTR) return -errno;
+        size_t sent = w > 0 ? static_cast<size_t>(w) : 0;
+        if (sent < got) f.pending.assign(scratch_.get() + sent, got - sent);  // sent on EPOLLOUT
+        continue;
       }
       if (!f.pipe && !acquire_pipe(f)) return -ENOBUFS;
       ssize_t n = ::splice(f.src, nullptr, f.pipe->w.get(), nullptr, static_cast<size_t>(opts_.pipe_size),
@@ -663,6 +734,7 @@ class Worker {
       }
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
+        f.readable = false;
         release_pipe(f);  // idle connections hold no pipe
         return 0;
       }
@@ -728,14 +800,10 @@ class Worker {
     c.state = Conn::kDead;
     release_pipe(c.to_up);
     release_pipe(c.to_down);
-    if (c.down) {
-      if (rst_down) set_linger_zero(c.down.get());
-      loop_.forget(c.down.get());
-    }
-    if (c.up) {
-      if (rst_up) set_linger_zero(c.up.get());
-      loop_.forget(c.up.get());
-    }
+    // No EPOLL_CTL_DEL: close() removes the registration (these fds are never duplicated), and
+    // an event for them later in this batch finds the connection dead (graveyard).
+    if (c.down && rst_down) set_linger_zero(c.down.get());
+    if (c.up && rst_up) set_linger_zero(c.up.get());
     c.down.reset();
     c.up.reset();
     // Only once the upstream is closed: the FIN or RST close() sends may still need the entry.
@@ -755,6 +823,11 @@ class Worker {
   size_t id_;
   RelayOptions opts_;
   EventLoop loop_{"relay worker"};
+  // Short bounds (tests, tight deployments) are set at socket(); the default ones after a second.
+  bool defer_bounds_ = (opts_.tcp_user_timeout_ms <= 0 || opts_.tcp_user_timeout_ms >= 10000) &&
+                       (opts_.keepalive_idle_s <= 0 || opts_.keepalive_idle_s >= 10);
+  netns::NetnsCursor netns_{netns::NetnsHandle::host()};  // upstream sockets are born in the pod's netns
+  std::unique_ptr<char[]> scratch_{new char[kCopyChunk]};  // the copy path's buffer (one per worker)
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::unique_ptr<Listener>> listener_graveyard_;  // released in this epoll batch
   std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;

@@ -408,3 +408,58 @@ def test_out_of_fds_resets_clients_and_keeps_serving():
         assert shed >= 1
         assert relay(a, uid, "inbound")["failed"] >= 1
         assert t.client(t.remote, t.pod_ip, APP, "peer").startswith(t.remote_ip)
+
+
+def _pipes(a):
+    st = a.status()["relay"]
+    return sum(w["pipes_idle"] for w in st), sum(w["pipes_in_use"] for w in st)
+
+
+def _threads_in(pid, ns):
+    """How many of the process's threads are inside the netns (by nsfs inode)."""
+    ino = os.stat(f"/var/run/netns/{ns.name}").st_ino
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            n += os.stat(f"/proc/{pid}/task/{tid}/ns/net").st_ino == ino
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def test_small_exchanges_are_copied_bulk_is_spliced_and_workers_leave_the_pod_netns():
+    """splice-auto: request/response traffic goes through the worker's buffer and never makes a
+    pipe; a flow that fills the buffer moves on to splice (the pool then holds a pipe); an idle
+    connection holds none. The worker that made an upstream socket in the pod netns stays there
+    (no setns for the next one) and leaves when the pod is unenrolled: a thread inside a netns
+    keeps it alive."""
+    with agent() as a, topology() as t:
+        t.serve(t.remote, 9000)
+        t.serve(t.pod, APP)
+        uid = enrol(a, t)
+        for _ in range(10):  # byte-exact both ways, half-close included
+            assert t.client(t.pod, t.remote_ip, 9000, "echo", 3000) == "ok 3000"
+            assert t.client(t.remote, t.pod_ip, APP, "echo", 3000) == "ok 3000"
+        assert _pipes(a) == (0, 0), "small exchanges made a pipe"
+        assert _threads_in(a.pid, t.pod) >= 1, "no worker stayed in the pod netns"
+        holder = t.spawn(t.pod, "import socket,time\n"
+                         f"s=socket.create_connection(('{t.remote_ip}',9000)); s.sendall(b'ECHO\\nhello')\n"
+                         "assert s.recv(5)==b'hello'; print('ready',flush=True); time.sleep(60)")
+        assert t.client(t.pod, t.remote_ip, 9000, "bytes", 8 << 20) == f"ok {8 << 20}"
+        assert t.client(t.remote, t.pod_ip, APP, "echo", 4 << 20) == f"ok {4 << 20}"
+        idle, in_use = _pipes(a)
+        assert idle >= 1 and in_use == 0, (idle, in_use)  # bulk spliced; the idle holder has none
+        # The held connection's upstream (in the pod, marked) gets its keepalive once it has lived
+        # a second (default bounds: set by the worker's tick, not at socket()).
+        deadline, ss = time.time() + 5, ""
+        while time.time() < deadline:
+            ss = t.pod.exec(["ss", "-Htnoe", "state", "established", "dst", t.remote_ip]).stdout
+            if any("timer:(keepalive" in l and "fwmark:0x539" in l for l in ss.splitlines()):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the held upstream has no keepalive timer:\n" + ss)
+        assert relay(a, uid, "outbound")["active"] == 1
+        holder.kill()
+        a.ctl("unenroll", "--uid", uid)
+        assert _threads_in(a.pid, t.pod) == 0, "a relay worker still holds the unenrolled pod's netns"
