@@ -91,6 +91,8 @@ Reply RequestHandler::handle(protocol::Packet& packet) {
     }
     case MsgType::kHandover:
       return error_reply("'handover' is served on the control socket only", EINVAL);
+    case MsgType::kLease:  // the control server serves a lease itself (it keeps the connection)
+      return error_reply("'lease' carries no fds and is served on the control socket only", EINVAL);
     case MsgType::kConns: {
       if (!req->uid.empty() && mgr_.pod_json(req->uid).is_null()) return error_reply("unknown pod '" + req->uid + "'", ENOENT);
       r.data = {{"connections", conns_ ? conns_(req->uid) : nlohmann::json::array()}};

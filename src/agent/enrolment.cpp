@@ -46,7 +46,8 @@ EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore*
     guards_ = std::make_unique<GuardAttacher>(
         [this](const std::shared_ptr<GuardJob>& job, int ifindex, UniqueFd in, UniqueFd eg) {
           deliver_guard(job, ifindex, std::move(in), std::move(eg));
-        });
+        },
+        std::chrono::milliseconds(dp_->guard_quiet_ms));
 }
 
 size_t EnrolmentManager::guards_pending() const {
@@ -56,7 +57,8 @@ size_t EnrolmentManager::guards_pending() const {
   return n;
 }
 
-GuardAttacher::GuardAttacher(Deliver deliver) : deliver_(std::move(deliver)), thread_([this] { run(); }) {}
+GuardAttacher::GuardAttacher(Deliver deliver, std::chrono::milliseconds quiet)
+    : deliver_(std::move(deliver)), quiet_(quiet), thread_([this] { run(); }) {}
 
 GuardAttacher::~GuardAttacher() {
   {
@@ -95,12 +97,12 @@ size_t GuardAttacher::pending() const {
 }
 
 void GuardAttacher::run() {
-  constexpr auto quiet = std::chrono::milliseconds(kQuietMs);
+  const auto quiet = quiet_;
   std::unique_lock lk(mu_);
   for (;;) {
     cv_.wait(lk, [&] { return stop_ || !q_.empty(); });
     if (stop_) return;
-    // Wait for a quiet moment: no enrol in flight, none finished in the last kQuietMs.
+    // Wait for a quiet moment: no enrol in flight, none finished in the last `quiet`.
     for (;;) {
       if (stop_) return;
       auto now = std::chrono::steady_clock::now();
@@ -718,6 +720,19 @@ std::vector<HandoverPod> EnrolmentManager::export_pods() const {
     out.push_back(std::move(h));
   }
   return out;
+}
+
+void EnrolmentManager::resume_guards() {
+  std::lock_guard lk(mu_);
+  for (auto& [uid, p] : pods_) {
+    if (!p->guard_job || !p->capture) continue;
+    {
+      std::lock_guard jl(p->guard_job->mu);
+      if (!p->guard_job->cancelled) continue;
+    }
+    spdlog::info("pod {}: tc guard queued again (the handover failed)", uid);
+    queue_guard(*p);  // what is still missing: the interfaces attached before stay attached
+  }
 }
 
 void EnrolmentManager::adopt(std::vector<HandoverPod> pods) {

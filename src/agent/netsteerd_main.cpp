@@ -52,6 +52,12 @@ int main(int argc, char** argv) {
                  "Strict pods and clsact are always sync")
       ->check(CLI::IsMember({"deferred", "sync"}))
       ->capture_default_str();
+  int guard_quiet_ms = 20;
+  app.add_option("--guard-quiet-ms", guard_quiet_ms,
+                 "deferred tc guards are attached once no enrol has run for this long (an attach holds rtnl "
+                 "through an RCU grace period, which an enrol would otherwise wait out)")
+      ->check(CLI::Range(1, 60000))
+      ->capture_default_str();
   relay::RelayOptions ropts;
   app.add_option("--relay-workers", ropts.workers, "relay worker threads (fixed, whatever the pod count)")
       ->capture_default_str()
@@ -308,7 +314,7 @@ int main(int argc, char** argv) {
     *to = *a;
   }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred"});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred", guard_quiet_ms});
   // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
   std::optional<agent::Handover> handover;
   if (takeover) {
@@ -434,6 +440,7 @@ int main(int argc, char** argv) {
     auto st = agent::send_handover(ch, pods, listen_fd, clients);
     if (!st.ok()) {
       spdlog::error("handover failed, still serving: {}", st.error().message);
+      manager.resume_guards();
       ready = true;
       start_metrics();
       return false;

@@ -120,13 +120,35 @@ def test_burst_then_every_pod_has_exactly_one_guard():
 
 @pytest.mark.parametrize("how", ["takeover", "restart"])
 def test_pending_guards_are_attached_by_the_next_agent(how):
-    with agent() as a, pods(6, 232) as nss:
+    # A 1.5 s quiet period keeps the guards pending while the next agent comes.
+    with agent(["--guard-quiet-ms", "1500"]) as a, pods(6, 232) as nss:
         for ns in nss:
             a.enrol(ns, wait_guard=False)
-        # At once, while guards are (likely) pending: the next agent must finish the job.
+        assert a.status()["guards_pending"] == 6
         if how == "takeover":
             a.upgrade()
         else:
             a.kill()
             a.restart()
         assert_one_guard_each(a, nss)
+
+
+def test_a_failed_handover_queues_the_stopped_guards_again():
+    """The handover stops this agent's pending guard attaches (the new agent would make them);
+    when the handover then fails, this agent carries on and must attach them itself."""
+    import socket
+    with agent(["--guard-quiet-ms", "1500"]) as a, pods(2, 233) as nss:
+        for ns in nss:
+            a.enrol(ns, wait_guard=False)
+        assert a.status()["guards_pending"] == 2
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(a.socket)
+        s.send(json.dumps({"type": "handover", "version": 1}).encode())
+        assert json.loads(s.recv(65536))["pods"] == 2
+        s.close()  # never sends handover_done
+        deadline = time.time() + 15
+        while "handover failed, still serving" not in a.logs():
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert_one_guard_each(a, nss)
+        assert a.logs().count("tc guard queued again (the handover failed)") == 2

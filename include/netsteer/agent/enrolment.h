@@ -53,6 +53,7 @@ struct Dataplane {
   // tcx: a non-strict pod's tc guard is attached after its enrol answered (GuardAttacher);
   // false (`--guard-attach sync`): during the enrol, as for strict pods.
   bool defer_guard = true;
+  int guard_quiet_ms = 20;  // --guard-quiet-ms (GuardAttacher)
 };
 
 // A non-strict pod's tc guard, attached after its enrol has answered (see GuardAttacher).
@@ -68,13 +69,13 @@ struct GuardJob {
 // One thread that attaches deferred tc guards while no enrol is running: a tcx attach holds rtnl
 // through an RCU grace period, and an enrol's rules and routes need rtnl, so an attach running
 // beside an enrol would put the grace period back on the enrol's path. It waits until no enrol has
-// been in flight for kQuietMs (longer than the gap between two CNI ADDs run back to back), then makes one interface's two links, and checks again.
+// been in flight for `quiet` (default 20 ms: longer than the gap between two CNI ADDs run back to
+// back), then makes one interface's two links, and checks again.
 class GuardAttacher {
  public:
-  static constexpr int kQuietMs = 20;
   // `deliver` runs on the attacher's thread with the links made for one interface.
   using Deliver = std::function<void(const std::shared_ptr<GuardJob>&, int ifindex, UniqueFd in, UniqueFd eg)>;
-  explicit GuardAttacher(Deliver deliver);
+  GuardAttacher(Deliver deliver, std::chrono::milliseconds quiet);
   ~GuardAttacher();  // pending jobs are dropped (a restarted agent attaches at restore)
   void push(std::shared_ptr<GuardJob> job);
   void enrol_started();
@@ -84,6 +85,7 @@ class GuardAttacher {
  private:
   void run();
   Deliver deliver_;
+  std::chrono::milliseconds quiet_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<GuardJob>> q_;
@@ -149,6 +151,8 @@ class EnrolmentManager {
   void restore(const std::vector<PodRecord>& records);
   // Hitless upgrade, old agent: every pod's record with dups of its netns and listener fds.
   std::vector<HandoverPod> export_pods() const;
+  // The handover failed and this agent serves on: queue again the tc guards export_pods() stopped.
+  void resume_guards();
 
   // Lends a pod's listeners (by uid or "namespace/name") to the requester: the relay stops
   // accepting on them (they stay in the socket map: capture and fail-closed are unchanged); with an
