@@ -15,6 +15,9 @@ bulk throughput with iperf3 (1 and 8 streams) and CPU seconds per GB moved (/pro
 Control plane: enrol N pods (own netns + veth each), latency p50/p99 (agent's fd → capture ready),
 total time, agent RSS/threads; unenrol all and compare fds/RSS/pins/rules with the baseline.
 BPF: sk_lookup and tc guard ns per run (kernel.bpf_stats_enabled).
+Idle connections (--idle, issue 17): N connections held idle through netsteer and HAProxy (and
+none: direct), half each way, in 1 pod and over 100 pods; the proxy's RSS, fds, pipes and kernel
+objects per connection, and the host's slab (bench/idle_peer.py holds the connections).
 Traffic goes only to addresses inside the namespaces this script creates.
 """
 import argparse
@@ -22,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shlex
 import signal
 import shutil
@@ -108,18 +112,21 @@ def iperf(ns, ip, streams, secs):
     return {"gbit_s": bps / 1e9, "cpu_s_per_gb": cpu / gb if gb else None}
 
 
-def haproxy(ns, tmp):
+def haproxy(ns, tmp, maxconn=4000, timeout="60s", maxpipes=None):
+    """HAProxy in ns behind REDIRECT; `timeout` is its client and server inactivity timeout and
+    maxpipes its splice pipes (default maxconn/4; it needs two fds for each, at start)."""
     conf = os.path.join(tmp, "haproxy.cfg")
+    pipes = f"\n  maxpipes {maxpipes}" if maxpipes is not None else ""
     with open(conf, "w") as f:
         f.write(f"""global
   nbthread 2
-  maxconn 4000
+  maxconn {maxconn}{pipes}
   user nobody
 defaults
   mode tcp
   timeout connect 5s
-  timeout client 60s
-  timeout server 60s
+  timeout client {timeout}
+  timeout server {timeout}
   option splice-auto
 # IPv4 sockets: HAProxy reads SO_ORIGINAL_DST only on them (on a dual-stack socket it would take
 # the REDIRECT target, 127.0.0.1:15001, and loop). The bench topology is IPv4.
@@ -132,23 +139,30 @@ frontend in
 backend orig
   server orig 0.0.0.0:0
 """)
-    p = ns.popen(["haproxy", "-W", "-db", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = os.path.join(tmp, "haproxy.log")
+    with open(log, "w") as f:
+        p = ns.popen(["haproxy", "-W", "-db", "-f", conf], stdout=subprocess.DEVNULL, stderr=f)
     deadline = time.time() + 10
     while ":15006 " not in ns.exec(["ss", "-Htln"]).stdout or ":15001 " not in ns.exec(["ss", "-Htln"]).stdout:
-        if time.time() > deadline:
-            raise RuntimeError("haproxy did not start")
+        if time.time() > deadline or p.poll() is not None:
+            p.kill()
+            p.wait()
+            raise RuntimeError("haproxy did not start:\n" + open(log).read()[-2000:])
         time.sleep(0.05)
     return p
 
 
-def redirect_rules(t, skip_owner=None):
+# The pod's server ports that the iptables arms capture inbound.
+IN_PORTS = (APP, IPERF)
+
+
+def redirect_rules(t, skip_owner=None, in_ports=IN_PORTS):
     """nat REDIRECT in the pod: outbound to the remote → 15001, inbound to the app → 15006."""
     rules = []
     if skip_owner is not None:
         rules.append(f"-t nat -A OUTPUT -p tcp -m owner --uid-owner {skip_owner} -j RETURN")
-    rules += [f"-t nat -A OUTPUT -p tcp -d {t.remote_ip} -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001",
-              f"-t nat -A PREROUTING -p tcp -d {t.pod_ip} --dport {APP} -j REDIRECT --to-ports 15006",
-              f"-t nat -A PREROUTING -p tcp -d {t.pod_ip} --dport {IPERF} -j REDIRECT --to-ports 15006"]
+    rules.append(f"-t nat -A OUTPUT -p tcp -d {t.remote_ip} -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001")
+    rules += [f"-t nat -A PREROUTING -p tcp -d {t.pod_ip} --dport {p} -j REDIRECT --to-ports 15006" for p in in_ports]
     for r in rules:
         t.pod.exec(["iptables"] + r.split())
 
@@ -157,17 +171,17 @@ def redirect_rules(t, skip_owner=None):
 TPROXY_MARK = "0x1000/0x1000"
 
 
-def tproxy_rules(t):
+def tproxy_rules(t, in_ports=IN_PORTS):
     """mangle TPROXY in the pod: outbound (OUTPUT mark → fwmark rule → local route on lo →
     PREROUTING TPROXY to 15001), inbound (PREROUTING TPROXY to 15006). The relay's own sockets carry
     mark 0x539 and are never re-captured; its inbound upstreams come from lo and are left alone."""
     m = TPROXY_MARK
-    for r in (f"-t mangle -A OUTPUT -p tcp -d {t.remote_ip} -m mark ! --mark 0x539/0xfff -j MARK --set-xmark {m}",
-              f"-t mangle -A PREROUTING -i lo -p tcp -d {t.remote_ip} -m mark --mark {m} "
-              f"-j TPROXY --on-port 15001 --tproxy-mark {m}",
-              f"-t mangle -A PREROUTING ! -i lo -p tcp -d {t.pod_ip} --dport {APP} -j TPROXY --on-port 15006 --tproxy-mark {m}",
-              f"-t mangle -A PREROUTING ! -i lo -p tcp -d {t.pod_ip} --dport {IPERF} -j TPROXY --on-port 15006 "
-              f"--tproxy-mark {m}"):
+    rules = [f"-t mangle -A OUTPUT -p tcp -d {t.remote_ip} -m mark ! --mark 0x539/0xfff -j MARK --set-xmark {m}",
+             f"-t mangle -A PREROUTING -i lo -p tcp -d {t.remote_ip} -m mark --mark {m} "
+             f"-j TPROXY --on-port 15001 --tproxy-mark {m}"]
+    rules += [f"-t mangle -A PREROUTING ! -i lo -p tcp -d {t.pod_ip} --dport {p} -j TPROXY --on-port 15006 "
+              f"--tproxy-mark {m}" for p in in_ports]
+    for r in rules:
         t.pod.exec(["iptables"] + r.split())
     t.pod.ip(f"rule add fwmark {m} lookup 100 priority 50")
     t.pod.ip("route add local 0.0.0.0/0 dev lo table 100")
@@ -195,9 +209,10 @@ def bench_pair(tmp):
 
 
 @contextlib.contextmanager
-def arm_running(arm, t, tmp):
+def arm_running(arm, t, tmp, in_ports=IN_PORTS, **haproxy_opts):
     """What carries the pod's traffic in one arm; yields (agent or None, haproxy process or None),
-    and undoes it all (unenrol, agent, HAProxy, iptables rules) afterwards."""
+    and undoes it all (unenrol, agent, HAProxy, iptables rules) afterwards. in_ports: the pod's
+    server ports the iptables arms capture; haproxy_opts go to haproxy()."""
     a = hp = None
     try:
         if arm == "netsteer":
@@ -206,10 +221,10 @@ def arm_running(arm, t, tmp):
         elif arm in ("redirect", "tproxy"):
             a = nstest.Agent(["--capture", "none"])
             a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
-            (redirect_rules if arm == "redirect" else tproxy_rules)(t)
+            (redirect_rules if arm == "redirect" else tproxy_rules)(t, in_ports=in_ports)
         elif arm == "haproxy":
-            hp = haproxy(t.pod, tmp)
-            redirect_rules(t, skip_owner=65534)
+            hp = haproxy(t.pod, tmp, **haproxy_opts)
+            redirect_rules(t, skip_owner=65534, in_ports=in_ports)
         yield a, hp
     finally:
         if a is not None:
@@ -518,6 +533,337 @@ def proc_status(pid):
             "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
+# ---- idle connections (issue 17) ----------------------------------------------------------------
+
+IDLE_PEER = os.path.join(HERE, "idle_peer.py")
+IDLE_PORTS = tuple(range(7101, 7109))  # 8 server ports a side: the clients never run short of source ports
+IDLE_ARMS = {1: ("direct", "netsteer", "haproxy"), 100: ("direct", "netsteer")}  # HAProxy is per pod: 1 only
+IDLE_HAPROXY_MAXCONN = 25000
+
+
+def idle_haproxy_limits(nofile):
+    """HAProxy's maxconn and maxpipes for the idle arms: 25000 and its default maxconn/4 where the
+    fd limit allows (it takes 2 fds per connection and per pipe, and refuses to start without
+    them), else as many connections as fit beside 512 pipes (an idle connection holds none)."""
+    maxconn = min(IDLE_HAPROXY_MAXCONN, (nofile - 64 - 2 * 512) // 2)
+    return maxconn, min(maxconn // 4, (nofile - 64 - 2 * maxconn) // 2)
+
+
+def spread(total, k):
+    """total split into k near-equal parts."""
+    return [total // k + (i < total % k) for i in range(k)]
+
+
+@contextlib.contextmanager
+def nofile_limit(want):
+    """RLIMIT_NOFILE of this process (and so of the agents, HAProxy and peers it starts) raised to
+    `want` where it may (CAP_SYS_RESOURCE), else to its hard limit; yields the limit in force and
+    restores the old one after."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(want, old[1])
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old[1], old[1]))
+    try:
+        yield resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+
+
+@contextlib.contextmanager
+def extra_pods(t, n):
+    """n more pod netns beside t.pod, each with a veth to t.remote and its address routed there
+    (10.S.i.1/32, as a routed CNI does); yields [(netns, ip)] and deletes them after."""
+    made = []
+    try:
+        for i in range(1, n + 1):
+            ns, ip = nstest.Netns(nstest.unique("ipod")), f"10.{t.s}.{i}.1"
+            made.append((ns, ip))
+            t.remote.ip(f"link add rp{i} type veth peer name eth0 netns {ns.name}")
+            ns.ip(f"addr add {ip}/32 dev eth0")
+            ns.ip("link set eth0 up")
+            ns.ip(f"route add {t.remote_ip}/32 dev eth0")
+            t.remote.ip(f"link set rp{i} up")
+            t.remote.ip(f"route add {ip}/32 dev rp{i}")
+        yield made
+    finally:
+        for ns, _ in made:
+            ns.close()
+
+
+@contextlib.contextmanager
+def idle_peer(*args):
+    """bench/idle_peer.py (it enters the namespaces named in its arguments itself); yields the
+    process and its first line of output; after, closes its stdin (it resets every connection it
+    holds and exits) and kills it if it has not."""
+    p = subprocess.Popen([nstest.PY, IDLE_PEER] + list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = p.stdout.readline()
+        if not first:
+            raise RuntimeError(f"idle_peer.py {args[0]} exited with {p.wait()}")
+        yield p, first
+    finally:
+        with contextlib.suppress(OSError):
+            p.stdin.close()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def proc_tree(pid):
+    """pid and its descendants (HAProxy -W: the master and its worker)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in os.listdir(f"/proc/{pids[i]}/task"):
+            pids += [int(x) for x in open(f"/proc/{pids[i]}/task/{task}/children").read().split()]
+        i += 1
+    return pids
+
+
+def proc_memory(pids):
+    """Summed over pids: RSS (KiB), open fds, pipe fds, socket fds (and their inodes), and the fds
+    watched by their epoll instances."""
+    out = {"rss_kib": 0, "fds": 0, "pipes": 0, "sockets": 0, "epoll_items": 0, "socket_inodes": []}
+    for pid in pids:
+        out["rss_kib"] += round(proc_status(pid)["rss_mb"] * 1024)
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            out["fds"] += 1
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target == "anon_inode:[eventpoll]":
+                    out["epoll_items"] += sum(line.startswith("tfd:") for line in open(f"/proc/{pid}/fdinfo/{fd}"))
+            except OSError:
+                continue
+            out["pipes"] += target.startswith("pipe:")
+            if target.startswith("socket:["):
+                out["sockets"] += 1
+                out["socket_inodes"].append(int(target[8:-1]))
+    return out
+
+
+SS_LINE = re.compile(r"ino:(\d+).*?skmem:\(r(\d+),rb\d+,t(\d+),tb\d+,f(\d+),w(\d+),o(\d+),bl(\d+)")
+
+
+def netns_sockets(ns):
+    """The TCP sockets in ns (ss): {inode: (family, bytes charged to its buffers: skmem r + t + f +
+    w + o + bl, i.e. queues, forward allocation, options, backlog)}, how many in TIME_WAIT, and the
+    netns's conntrack entries."""
+    out = ns.exec(["sh", "-c", "cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo 0; "
+                               "ss -HtanmeO -f inet; echo inet6; ss -HtanmeO -f inet6"]).stdout
+    lines = out.splitlines()
+    res = {"sockets": {}, "time_wait": 0, "conntrack": int(lines[0])}
+    family = 4
+    for line in lines[1:]:
+        if line == "inet6":
+            family = 6
+        elif line.startswith("TIME-WAIT"):
+            res["time_wait"] += 1
+        elif m := SS_LINE.search(line):
+            res["sockets"][int(m.group(1))] = (family, sum(map(int, m.groups()[1:])))
+    return res
+
+
+def slab_flush():
+    """Every slab cache's per-CPU objects back to its lists and its empty slabs freed
+    (/sys/kernel/slab/*/shrink), so that /proc/slabinfo's active objects are the ones in use."""
+    for name in os.listdir("/sys/kernel/slab"):
+        path = os.path.join("/sys/kernel/slab", name)
+        if not os.path.islink(path):  # an alias of a merged cache
+            with contextlib.suppress(OSError), open(os.path.join(path, "shrink"), "w") as f:
+                f.write("1")
+
+
+def slab_kib():
+    """The host's slab (/proc/meminfo Slab), per-CPU caches flushed."""
+    slab_flush()
+    return int(re.search(r"^Slab:\s+(\d+)", open("/proc/meminfo").read(), re.M).group(1))
+
+
+def slab_settled(timeout=20, window=1.0, tolerance_kib=1024):
+    """Until the host's slab moves less than tolerance_kib over a window (the namespaces of the
+    previous arm free their sockets from a work queue, after RCU grace periods). Returns seconds."""
+    t0, last = time.time(), slab_kib()
+    while time.time() - t0 < timeout:
+        time.sleep(window)
+        now = slab_kib()
+        if abs(now - last) < tolerance_kib:
+            break
+        last = now
+    return round(time.time() - t0, 1)
+
+
+def slab_size(cache):
+    """Bytes an object of `cache` takes in its slab (merged caches too, by their alias)."""
+    return int(open(f"/sys/kernel/slab/{cache}/slab_size").read())
+
+
+# The kernel objects of an idle relayed connection that the proxy holds, counted, and each one's
+# slab cache: its TCP socks (TCP or TCPv6: a dual-stack socket is TCPv6), per socket fd an inode
+# (sock_inode_cache), a dentry and an LSM inode blob, per fd a file and an LSM file blob, per epoll
+# registration an item and a wait queue entry, and per NAT-redirected connection a conntrack entry.
+PROXY_OBJECTS = (("TCP", "tcp4"), ("TCPv6", "tcp6"), ("sock_inode_cache", "sockets"), ("dentry", "sockets"),
+                 ("lsm_inode_cache", "sockets"), ("filp", "fds"), ("lsm_file_cache", "fds"),
+                 ("eventpoll_epi", "epoll_items"), ("eventpoll_pwq", "epoll_items"), ("nf_conntrack", "conntrack"))
+
+
+def idle_sample(pids, namespaces):
+    """The host's slab (meminfo, and per cache: active objects × object size, after slab_flush()),
+    the TCP sockets and conntrack entries in the bench's namespaces, and the proxy's processes with
+    the kernel objects they hold; in that order, so that listing the proxy's fds under /proc (an
+    inode and a dentry each) is not counted in the slab."""
+    slab_flush()
+    mi = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in open("/proc/meminfo"))}
+    caches = {}
+    for line in open("/proc/slabinfo").readlines()[2:]:
+        f = line.split()
+        caches[f[0]] = int(f[1]) * int(f[3])
+    out = {"slab_kib": mi["Slab"], "sunreclaim_kib": mi["SUnreclaim"], "sreclaimable_kib": mi["SReclaimable"],
+           "caches": caches, "time_wait": 0, "conntrack": 0}
+    socks = {}
+    for ns in namespaces:
+        x = netns_sockets(ns)
+        socks.update(x["sockets"])
+        out["time_wait"] += x["time_wait"]
+        out["conntrack"] += x["conntrack"]
+    out["sockets"] = len(socks)
+    out["buffer_bytes"] = sum(b for _, b in socks.values())
+    out["proc"] = proc = proc_memory(pids) if pids else None
+    if proc:
+        mine = [socks[i] for i in proc.pop("socket_inodes") if i in socks]
+        proc.update(tcp4=sum(f == 4 for f, _ in mine), tcp6=sum(f == 6 for f, _ in mine),
+                    buffer_bytes=sum(b for _, b in mine))
+    return out
+
+
+def relay_counters(a, pods):
+    """The agent's own view: relay workers (connections, pipes) and the pods' relay counters."""
+    workers = a.status()["relay"]
+    out = {k: sum(w[k] for w in workers) for k in ("connections", "pipes_in_use", "pipes_idle", "accept_shed")}
+    for ns, _ in pods:
+        relay = a.inspect(ns.name)["relay"]
+        for d in ("outbound", "inbound"):
+            for k in ("active", "opened", "failed"):
+                out[f"{d}_{k}"] = out.get(f"{d}_{k}", 0) + relay[d][k]
+    return out
+
+
+def idle_per_conn(before, after, n):
+    """(after - before) / n. Measured on the host: its slab KiB (all; the caches of PROXY_OBJECTS
+    found in /proc/slabinfo; each cache that moved), and in the bench's namespaces: TCP sockets,
+    their buffers' KiB, conntrack entries. The proxy's: RSS KiB, fds, pipe fds, sockets, epoll
+    items, and its kernel KiB: the objects it holds (PROXY_OBJECTS, counted) × their slab size,
+    plus its sockets' buffers."""
+    delta = lambda k: after[k] - before[k]  # noqa: E731
+    caches = {k: (after["caches"].get(k, 0) - before["caches"].get(k, 0)) / 1024 / n
+              for k in set(after["caches"]) | set(before["caches"])}
+    out = {"slab_kib": delta("slab_kib") / n, "sunreclaim_kib": delta("sunreclaim_kib") / n,
+           "sreclaimable_kib": delta("sreclaimable_kib") / n,
+           "object_caches_kib": sum(caches.get(c, 0) for c in {c for c, _ in PROXY_OBJECTS}),
+           "buffers_kib": delta("buffer_bytes") / 1024 / n, "ns_tcp_sockets": delta("sockets") / n,
+           "conntrack": delta("conntrack") / n,
+           "slab_caches_kib": {k: round(v, 3) for k, v in sorted(caches.items(), key=lambda kv: -abs(kv[1]))
+                               if abs(v) >= 0.01}}
+    if after["proc"]:
+        b, a = dict(before["proc"], conntrack=before["conntrack"]), dict(after["proc"], conntrack=after["conntrack"])
+        out.update({k: (a[k] - b[k]) / n for k in ("rss_kib", "fds", "pipes", "sockets", "tcp4", "tcp6", "epoll_items")})
+        out["proxy_objects_kib"] = {cache: (a[k] - b[k]) * slab_size(cache) / 1024 / n for cache, k in PROXY_OBJECTS}
+        out["proxy_buffers_kib"] = (a["buffer_bytes"] - b["buffer_bytes"]) / 1024 / n
+        out["proxy_kernel_kib"] = sum(out["proxy_objects_kib"].values()) + out["proxy_buffers_kib"]
+        out["proxy_total_kib"] = out["rss_kib"] + out["proxy_kernel_kib"]
+    return out
+
+
+def idle_arm(arm, npods, args, tmp, **haproxy_opts):
+    """One arm: N connections held idle through it, half outbound (pods → remote), half inbound
+    (remote → pods), spread over npods pods and IDLE_PORTS; samples before and after. HAProxy's
+    inactivity timeout is netsteer's idle timeout (1 h): nothing expires during the run."""
+    n = args.idle_conns
+    with bench_pair(tmp) as t, extra_pods(t, npods - 1) as extra, \
+            arm_running(arm, t, tmp, in_ports=IDLE_PORTS, timeout="1h", **haproxy_opts) as (a, hp):
+        pods = [(t.pod, t.pod_ip)] + extra
+        try:
+            if a is not None:
+                for ns, ip in extra:
+                    a.enrol(ns, ip=[ip])
+                a.wait_settled()
+            specs = []
+            for (ns, ip), n_out, n_in in zip(pods, spread(n // 2, npods), spread(n - n // 2, npods)):
+                for port, c_out, c_in in zip(IDLE_PORTS, spread(n_out, len(IDLE_PORTS)), spread(n_in, len(IDLE_PORTS))):
+                    specs += [f"{ns.path},{t.remote_ip},{port},{c_out}"] * bool(c_out)
+                    specs += [f"{t.remote.path},{ip},{port},{c_in}"] * bool(c_in)
+            listen = [f"{ns.path},{ip},{p}" for ns, ip in [(t.remote, t.remote_ip)] + pods for p in IDLE_PORTS]
+            namespaces = [t.remote] + [ns for ns, _ in pods]
+            proxy = a.pid if a is not None else hp.pid if hp is not None else None
+            with idle_peer("serve", *listen):
+                row = {"pods": npods, "settle_s": slab_settled()}
+                before = idle_sample(proc_tree(proxy) if proxy else [], namespaces)
+                with idle_peer("connect", "--rate", str(args.idle_rate), *specs) as (client, line):
+                    row["opened"] = json.loads(line)
+                    if row["opened"]["open"] != n:
+                        raise RuntimeError(f"idle {arm}, {npods} pods: {row['opened']} of {n} connections")
+                    time.sleep(2)
+                    pids = proc_tree(proxy) if proxy else []
+                    after = idle_sample(pids, namespaces)
+                    time.sleep(2)
+                    row["slab_drift_kib_2s"] = slab_kib() - after["slab_kib"]
+                    client.stdin.write("check\n")
+                    client.stdin.flush()
+                    row["check"] = json.loads(client.stdout.readline())
+                    if a is not None:
+                        row["agent"] = relay_counters(a, pods)
+            if row["check"]["closed"]:
+                raise RuntimeError(f"idle {arm}, {npods} pods: connections ended while idle: {row['check']}")
+            if proxy and after["proc"]["sockets"] - before["proc"]["sockets"] < 2 * n:
+                raise RuntimeError(f"idle {arm}, {npods} pods: the proxy does not hold both legs of every connection "
+                                   f"({before['proc']} → {after['proc']})")
+            row["before"], row["after"] = ({k: v for k, v in x.items() if k != "caches"} for x in (before, after))
+            row["per_conn"] = idle_per_conn(before, after, n)
+            return row
+        finally:
+            if a is not None:
+                for ns, _ in extra:
+                    a.ctl("unenroll", "--uid", ns.name, check=False)
+
+
+def idle_connections(args, tmp):
+    """Issue 17: N idle relayed connections (both directions mixed; one pod, then spread over 100
+    pods), each having moved a few bytes once. Per connection: the proxy's RSS, fds and pipes, and
+    its kernel memory, twice: the objects it holds counted × their slab size (exact for those
+    objects, blind to what else runs), and the host's slab measured, an arm's minus a direct arm's
+    (no proxy, the same clients and servers: their own sockets). Goals: <= 2 KiB of user memory per
+    idle connection, no pipe held by one, and a total no higher than HAProxy's."""
+    n = args.idle_conns
+    out = {"connections": n, "rate_per_s": args.idle_rate, "layouts": {}}
+    with nofile_limit(65536) as limit:
+        maxconn, maxpipes = idle_haproxy_limits(limit)
+        out.update({"nofile_limit": limit, "haproxy_maxconn": maxconn, "haproxy_maxpipes": maxpipes})
+        for npods in args.idle_pods:
+            # The agent: 2 fds a connection, ~15 a pod, ~60 of its own and at most 256 for idle pipes.
+            need = 2 * n + 16 * npods + 400
+            if need > limit:
+                sys.exit(f"bench: idle: {n} connections over {npods} pod(s) need ~{need} fds in the agent, the limit "
+                         f"here is {limit} (and cannot be raised: no CAP_SYS_RESOURCE): pass a smaller --idle-conns")
+            if "haproxy" in IDLE_ARMS[npods] and n > maxconn:
+                sys.exit(f"bench: idle: {n} connections are more than HAProxy's maxconn {maxconn} under the fd limit "
+                         f"{limit}: pass a smaller --idle-conns")
+        for npods in args.idle_pods:
+            arms = {}
+            for arm in IDLE_ARMS[npods]:
+                arms[arm] = idle_arm(arm, npods, args, tmp, maxconn=maxconn, maxpipes=maxpipes)
+                print(f"  idle {npods} pod(s), {arm}: {arms[arm]['opened']}", flush=True)
+            direct = arms["direct"]["per_conn"]
+            for arm, r in arms.items():
+                pc = r["per_conn"]
+                if arm != "direct":  # measured: the host's slab beyond the clients' and servers' own
+                    pc["object_caches_vs_direct_kib"] = pc["object_caches_kib"] - direct["object_caches_kib"]
+                    pc["slab_vs_direct_kib"] = pc["slab_kib"] - direct["slab_kib"]
+            out["layouts"][str(npods)] = arms
+    return out
+
+
 def cni_add(conf_path, env):
     """One `netsteer-cni ADD` as the runtime runs it (netconf on stdin, result on stdout): ms from
     spawn to exit, and its exit status."""
@@ -603,6 +949,51 @@ def control_plane(sizes, tc_mode, agent_args=(), strict=False):
     return out
 
 
+def idle_table(idle):
+    n = idle["connections"]
+    fmt = lambda v, p=2: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
+    lines = ["", f"{n} idle connections, half outbound (pod → remote) and half inbound (remote → pod), each after one "
+             f"4-byte request and echo; per connection = (after − before) / {n}. Proxy kernel: the objects the proxy "
+             "holds, counted (TCP socks, socket inodes, dentries, files, epoll items, LSM blobs, conntrack entries) × "
+             "their slab size, plus its sockets' buffers. Measured slab: the host's, after flushing the per-CPU caches; "
+             "an arm's minus the direct arm's (the clients' and servers' own sockets; the direct row shows its own). "
+             "Drift: the host's slab moving in 2 s with the connections idle (anything else running on the host).", "",
+             "| pods | arm | proxy RSS KiB/conn | proxy fds/conn | proxy pipe fds Δ | proxy kernel KiB/conn | "
+             "proxy total KiB/conn | measured slab of those caches KiB/conn | measured slab, all KiB/conn | "
+             "TCP sockets/conn | slab drift MiB/2 s |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for npods, arms in idle["layouts"].items():
+        for arm, r in arms.items():
+            pc, proc = r["per_conn"], r["after"]["proc"]
+            pipes = proc["pipes"] - r["before"]["proc"]["pipes"] if proc else "–"
+            caches, slab = (pc["object_caches_kib"], pc["slab_kib"]) if arm == "direct" else \
+                (pc["object_caches_vs_direct_kib"], pc["slab_vs_direct_kib"])
+            lines.append(f"| {npods} | {arm} | {fmt(pc.get('rss_kib'))} | {fmt(pc.get('fds'))} | {pipes} | "
+                         f"{fmt(pc.get('proxy_kernel_kib'))} | {fmt(pc.get('proxy_total_kib'))} | {fmt(caches)} | "
+                         f"{fmt(slab)} | {fmt(pc['ns_tcp_sockets'])} | {r['slab_drift_kib_2s'] / 1024:.1f} |")
+        if "haproxy" not in arms:
+            lines.append(f"| {npods} | haproxy | not run: one HAProxy per pod (a sidecar) | | | | | | | | |")
+    lines.append("")
+    for npods, arms in idle["layouts"].items():
+        ns = arms.get("netsteer")
+        if not ns:
+            continue
+        rss, ag = ns["per_conn"]["rss_kib"], ns["agent"]
+        lines.append(f"- {npods} pod(s): netsteer user memory {rss:.2f} KiB per idle connection (target <= 2): "
+                     f"{'met' if rss <= 2 else 'NOT met'}")
+        lines.append(f"- {npods} pod(s): pipes held by idle connections (target 0): netsteer pipes_in_use "
+                     f"{ag['pipes_in_use']} (its idle pool: {ag['pipes_idle']})"
+                     + (f"; HAProxy: {hp['after']['proc']['pipes'] - hp['before']['proc']['pipes']} pipe fds more than "
+                        f"before the connections" if (hp := arms.get("haproxy")) else ""))
+        if "haproxy" in arms:
+            a, h = ns["per_conn"]["proxy_total_kib"], arms["haproxy"]["per_conn"]["proxy_total_kib"]
+            lines.append(f"- {npods} pod(s): netsteer/HAProxy total per connection (target <= 1): {a:.2f} / {h:.2f} KiB "
+                         f"= {a / h:.2f}")
+    lines.append(f"- fd limit {idle['nofile_limit']}; HAProxy maxconn {idle['haproxy_maxconn']}, "
+                 f"maxpipes {idle['haproxy_maxpipes']}")
+    return lines
+
+
 def table(res):
     dp = res.get("data_path", {})
     lines = ["| arm | dir | conn/s | p50 ms | p99 ms | Gbit/s 1 | Gbit/s 8 | CPU s/GB (8) |",
@@ -674,6 +1065,9 @@ def table(res):
     if al:
         lines += ["", f"- access log: conn/s off {', '.join(f'{x:.0f}' for x in al['off'])}, on "
                   f"{', '.join(f'{x:.0f}' for x in al['on'])}: on/off {al['ratio_on_off']:.2f} (target >= 0.9)"]
+    idle = res.get("idle")
+    if idle:
+        lines += idle_table(idle)
     if res.get("bpf"):
         lines.append("")
         for k, v in res["bpf"].items():
@@ -708,6 +1102,12 @@ def main():
     ap.add_argument("--access-log", action="store_true", help="also conn/s with the access log off and on")
     ap.add_argument("--syscalls", action="store_true", help="also system calls and context switches per relayed "
                     "connection, netsteer vs HAProxy (perf stat, strace -c)")
+    ap.add_argument("--idle", action="store_true", help="also idle connections: memory, fds and pipes per idle "
+                    "relayed connection, netsteer vs HAProxy, 1 and 100 pods (issue 17)")
+    ap.add_argument("--idle-conns", type=int, default=10000, help="idle connections held per arm")
+    ap.add_argument("--idle-rate", type=int, default=2000, help="idle connections opened per second")
+    ap.add_argument("--idle-pods", default="1,100", help=f"pod counts the idle connections are spread over "
+                    f"(of {', '.join(map(str, IDLE_ARMS))})")
     ap.add_argument("--rcu-expedited", default="0", help="/sys/kernel/rcu_expedited for the control-plane runs "
                     "(0 = the kernel default; restored after)")
     ap.add_argument("--agent-args", default="", help="extra netsteerd flags for the control-plane agents "
@@ -716,6 +1116,9 @@ def main():
     args.secs = args.secs or (10 if args.full else 3)
     args.arms = [a for a in args.arms.split(",") if a]
     sizes = [int(x) for x in (args.pods or ("1,100,1000" if args.full else "1,100")).split(",") if x]
+    args.idle_pods = [int(x) for x in args.idle_pods.split(",") if x]
+    if any(p not in IDLE_ARMS for p in args.idle_pods):
+        sys.exit(f"bench: --idle-pods takes {', '.join(map(str, IDLE_ARMS))}")
     if os.geteuid() != 0:
         sys.exit("bench: run as root (network namespaces)")
     for tool in ("wrk", "iperf3", "nginx", "haproxy", "iptables", "bpftool"):
@@ -746,6 +1149,10 @@ def main():
         if args.access_log:
             print("access log cost ...", flush=True)
             res["access_log"] = access_log_cost(args, tmp)
+            save()
+        if args.idle:
+            print("idle connections ...", flush=True)
+            res["idle"] = idle_connections(args, tmp)
             save()
         print("bpf run time ...", flush=True)
         res["bpf"] = bpf_runtime(tmp)
