@@ -118,12 +118,21 @@ void GuardAttacher::run() {
       if (!job->cancelled && !job->ifindexes.empty()) {
         ifindex = job->ifindexes.back();
         job->ifindexes.pop_back();
+        auto t0 = std::chrono::steady_clock::now();
         auto made = [&]() -> Status {
           NS_TRY(auto scope, netns::ScopedNetns::enter(job->netns));
           NS_TRY(in, bpf::PodBpf::create_guard_link(job->prog_ingress.get(), ifindex, true));
           NS_TRY(eg, bpf::PodBpf::create_guard_link(job->prog_egress.get(), ifindex, false));
           return {};
         }();
+        if (auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+            ms >= 1000) {
+          // Each tcx attach takes rtnl and waits out an RCU grace period: seconds mean the host is
+          // busy with either (netns teardown holds rtnl), and every guard behind this one waits.
+          log::PodScope scope(job->uid);
+          spdlog::warn("pod {}: tc guard attach on ifindex {} took {} ms (rtnl or RCU busy on the host)", job->uid,
+                       ifindex, ms);
+        }
         if (!made.ok()) {
           log::PodScope scope(job->uid);
           spdlog::error("pod {}: tc guard on ifindex {} not attached: {} (capture and fail-closed hold; the "

@@ -258,7 +258,10 @@ class Agent:
             self.wait_guard(uid or ns.name)
         return out
 
-    def wait_guard(self, uid, timeout=10):
+    def wait_guard(self, uid, timeout=30):
+        """Until the pod's deferred tc guard is attached. Generous: a tcx attach needs rtnl, which
+        network namespaces being torn down elsewhere on the host can hold for seconds (a CI run
+        with other privileged tests on the machine saw one wait over 10 s)."""
         deadline = time.time() + timeout
         while True:
             j = json.loads(self.ctl("inspect", "--uid", uid, "--json", check=False).stdout or "null")
