@@ -614,7 +614,11 @@ class Worker {
           c.pod->of(c.dir).failed++;
           c.reason = "reset";
           finish(c, true, true);
+          return;
         }
+        // Edge-triggered: a FIN reported now is not reported again, so the first reads once
+        // connected must go on to it (to_up is readable from the start).
+        if (events & EPOLLRDHUP) c.to_up.hup_seen = true;
         return;
       }
       if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;

@@ -463,3 +463,47 @@ def test_small_exchanges_are_copied_bulk_is_spliced_and_workers_leave_the_pod_ne
         holder.kill()
         a.ctl("unenroll", "--uid", uid)
         assert _threads_in(a.pid, t.pod) == 0, "a relay worker still holds the unenrolled pod's netns"
+
+
+def test_request_and_fin_sent_before_the_upstream_answers():
+    """The client sends its request and shuts its side before the relay's upstream connect has
+    completed: the remote's accept queue is full (no SYN cookies), so the upstream SYN is only
+    answered on its retransmission ~1 s later. The FIN, reported once while the relay was still
+    connecting (edge-triggered), must still reach the server after the request: the server echoes
+    only at EOF, so without it nothing comes back."""
+    with agent() as a, topology() as t:
+        t.remote.exec(["sysctl", "-qw", "net.ipv4.tcp_syncookies=0"])
+        server = t.remote.popen([nstest.PY, "-c",
+                                 "import socket,sys\n"
+                                 "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+                                 "s.bind(('0.0.0.0',9100)); s.listen(0); print('ready',flush=True)\n"
+                                 "sys.stdin.readline()\n"
+                                 "while True:\n"
+                                 "  c,_=s.accept(); d=b''\n"
+                                 "  while (b:=c.recv(65536)): d+=b\n"
+                                 "  c.sendall(d); c.close()\n"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        t.procs.append(server)
+        assert server.stdout.readline().strip() == "ready"
+        blocker = t.remote.popen([nstest.PY, "-c",
+                                  "import socket,sys\n"
+                                  f"c=socket.create_connection(('{t.remote_ip}',9100)); print('in',flush=True)\n"
+                                  "sys.stdin.readline()\n"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        t.procs.append(blocker)
+        assert blocker.stdout.readline().strip() == "in"  # the accept queue (backlog 0) is full now
+        uid = enrol(a, t)
+        client = t.pod.popen([nstest.PY, "-c",
+                              "import socket\n"
+                              f"s=socket.create_connection(('{t.remote_ip}',9100),timeout=15)\n"
+                              "s.sendall(b'hello'); s.shutdown(socket.SHUT_WR); d=b''\n"
+                              "while (b:=s.recv(100)): d+=b\n"
+                              "print(d.decode(),flush=True)\n"], stdout=subprocess.PIPE, text=True)
+        t.procs.append(client)
+        time.sleep(0.5)
+        assert relay(a, uid, "outbound")["active"] == 1  # accepted, its upstream still connecting
+        blocker.stdin.close()  # the blocker leaves; the server starts accepting
+        blocker.wait()
+        server.stdin.write("go\n")
+        server.stdin.flush()
+        assert client.stdout.readline().strip() == "hello"
+        assert client.wait(timeout=15) == 0
