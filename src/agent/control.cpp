@@ -184,11 +184,9 @@ Status ControlServer::serve_on(UniqueFd listen_fd, std::vector<UniqueFd> clients
   }
   spdlog::info("control socket listening on {}", opts_.socket_path);
   if (!clients.empty()) spdlog::info("control: serving {} connection(s) the previous agent had accepted", clients.size());
-  for (auto& c : clients) {
-    int cfl = ::fcntl(c.get(), F_GETFL);
-    if (cfl >= 0) (void)::fcntl(c.get(), F_SETFL, cfl | O_NONBLOCK);  // shared file: already non-blocking
-    add_client(protocol::SeqpacketChannel(std::move(c)));
-  }
+  // Already non-blocking: O_NONBLOCK (accept4 in the previous agent) belongs to the open file,
+  // which the fd passed over SCM_RIGHTS shares.
+  for (auto& c : clients) add_client(protocol::SeqpacketChannel(std::move(c)));
   return {};
 }
 

@@ -109,14 +109,9 @@ Result<ScopedNetns> ScopedNetns::enter(const NetnsHandle& target) {
   return ScopedNetns(std::move(saved));
 }
 
-Result<ScopedNetns> ScopedNetns::enter(const NetnsHandle& target, const NetnsHandle& back) {
-  if (::setns(target.fd(), CLONE_NEWNET) < 0) return Error::from_errno(errno, "setns into pod netns");
-  return ScopedNetns(UniqueFd(), back.fd());
-}
-
 ScopedNetns::~ScopedNetns() {
-  int fd = saved_ ? saved_.get() : back_fd_;
-  if (fd < 0) return;
+  int fd = saved_.get();
+  if (fd < 0) return;  // moved from
   if (::setns(fd, CLONE_NEWNET) < 0) {
     // Never run on in the wrong netns: sockets created later would land in the pod.
     spdlog::critical("setns back to the previous netns failed (errno {}): aborting", errno);
@@ -129,7 +124,6 @@ Status NetnsCursor::enter(const NetnsHandle& ns) {
   if (::setns(ns.fd(), CLONE_NEWNET) < 0) return Error::from_errno(errno, "setns into pod netns");  // still at_
   at_ = ns.id();
   thread_ = std::this_thread::get_id();
-  ++switches_;
   return {};
 }
 
@@ -140,7 +134,6 @@ void NetnsCursor::home() {
     std::abort();
   }
   at_ = home_.id();
-  ++switches_;
 }
 
 NetnsCursor::~NetnsCursor() {

@@ -174,6 +174,11 @@ struct Flow {
   bool readable = true;    // src may have bytes: cleared by a short read, set by its next event
   bool hup_seen = false;   // src reported its FIN: read on to the 0 despite short reads
   bool done() const { return src_eof && in_pipe == 0 && pending.empty() && dst_shut; }
+  // Edge-triggered: an event on src is the only news that it has bytes, or its FIN, again.
+  void note(uint32_t events) {
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) readable = true;
+    if (events & (EPOLLRDHUP | EPOLLHUP)) hup_seen = true;
+  }
 };
 
 struct Conn {
@@ -616,9 +621,9 @@ class Worker {
           finish(c, true, true);
           return;
         }
-        // Edge-triggered: a FIN reported now is not reported again, so the first reads once
-        // connected must go on to it (to_up is readable from the start).
-        if (events & EPOLLRDHUP) c.to_up.hup_seen = true;
+        // A FIN reported now is not reported again: the first reads once connected go on to it
+        // (to_up is readable from the start).
+        c.to_up.note(events);
         return;
       }
       if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
@@ -635,16 +640,10 @@ class Worker {
       c.to_up.dst = c.up.get();
       c.to_down.src = c.up.get();
       c.to_down.dst = c.down.get();
-      // The client's first bytes may have come while connecting (its events were not read then);
-      // this event from the upstream tells whether it has sent anything yet.
-      c.to_down.readable = events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
-      c.to_down.hup_seen = events & (EPOLLRDHUP | EPOLLHUP);
-    } else {
-      // Edge-triggered: this event is the only news that src has bytes (or its FIN) again.
-      Flow& from = up_side ? c.to_down : c.to_up;
-      if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) from.readable = true;
-      if (events & (EPOLLRDHUP | EPOLLHUP)) from.hup_seen = true;
+      // This event from the upstream tells whether it has sent anything yet.
+      c.to_down.readable = false;
     }
+    (up_side ? c.to_down : c.to_up).note(events);
     if (events & EPOLLERR)
       if (int err = sock_error(up_side ? c.up.get() : c.down.get()); err != 0) return reset_both(c, err);
     int a = pump(c.to_up, c.to_down, c.pod->of(c.dir).bytes_up);

@@ -153,6 +153,7 @@ class Proxy::Loop {
   }
 
   void remove_pod(const PodUdp* pod) {
+    netns_.leave(pod->netns);  // this thread must not keep the pod's netns alive
     release_capture(pod);
     std::vector<Session*> victims;
     for (auto& [k, s] : sessions_)
@@ -254,19 +255,18 @@ class Proxy::Loop {
     return raw;
   }
 
-  // Sockets are created in the pod netns, all those of a flow in one visit (one setns there and
-  // one back); options and binds need no netns. Each carries the agent's mark.
+  // Sockets are created in the pod netns; the thread stays there for the next flow of the same pod
+  // (NetnsCursor: one setns per change of pod, none per flow). Options and binds need no netns.
+  // Each carries the agent's mark.
   struct SockSpec {
     UniqueFd* out;
     int family, type, proto;
   };
   Status pod_sockets(const PodUdp& pod, std::initializer_list<SockSpec> specs) {
-    {
-      NS_TRY(auto scope, netns::ScopedNetns::enter(pod.netns, netns::NetnsHandle::host()));
-      for (const auto& sp : specs) {
-        sp.out->reset(::socket(sp.family, sp.type | SOCK_NONBLOCK | SOCK_CLOEXEC, sp.proto));
-        if (!*sp.out) return Error::from_errno(errno, "socket");
-      }
+    NS_TRY_STATUS(netns_.enter(pod.netns));
+    for (const auto& sp : specs) {
+      sp.out->reset(::socket(sp.family, sp.type | SOCK_NONBLOCK | SOCK_CLOEXEC, sp.proto));
+      if (!*sp.out) return Error::from_errno(errno, "socket");
     }
     for (const auto& sp : specs)
       NS_TRY_STATUS(set_int(sp.out->get(), SOL_SOCKET, SO_MARK, static_cast<int>(opts_.mark), "SO_MARK"));
@@ -548,6 +548,7 @@ class Proxy::Loop {
 
   Options opts_;
   EventLoop loop_{"udp proxy"};
+  netns::NetnsCursor netns_{netns::NetnsHandle::host()};  // flow sockets are born in the pod's netns
   std::unordered_map<const PodUdp*, std::unique_ptr<PodEntry>> pods_;
   std::vector<std::unique_ptr<PodEntry>> pod_graveyard_;
   std::vector<std::unique_ptr<CaptureSocket>> capture_graveyard_;

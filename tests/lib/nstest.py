@@ -369,6 +369,18 @@ def agent(*args, **kw):
         a.close()
 
 
+def threads_in(pid, ns):
+    """How many of the process's threads are inside the netns (by nsfs inode)."""
+    ino = os.stat(f"/var/run/netns/{ns.name}").st_ino
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            n += os.stat(f"/proc/{pid}/task/{tid}/ns/net").st_ino == ino
+        except FileNotFoundError:
+            pass
+    return n
+
+
 def tcp_connect(ns, host, port, timeout=2.0):
     """Connect from inside ns; return 'ok', 'refused' or 'timeout'."""
     code = (

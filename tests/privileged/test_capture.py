@@ -415,18 +415,6 @@ def _pipes(a):
     return sum(w["pipes_idle"] for w in st), sum(w["pipes_in_use"] for w in st)
 
 
-def _threads_in(pid, ns):
-    """How many of the process's threads are inside the netns (by nsfs inode)."""
-    ino = os.stat(f"/var/run/netns/{ns.name}").st_ino
-    n = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            n += os.stat(f"/proc/{pid}/task/{tid}/ns/net").st_ino == ino
-        except FileNotFoundError:
-            pass
-    return n
-
-
 def test_small_exchanges_are_copied_bulk_is_spliced_and_workers_leave_the_pod_netns():
     """splice-auto: request/response traffic goes through the worker's buffer and never makes a
     pipe; a flow that fills the buffer moves on to splice (the pool then holds a pipe); an idle
@@ -441,7 +429,7 @@ def test_small_exchanges_are_copied_bulk_is_spliced_and_workers_leave_the_pod_ne
             assert t.client(t.pod, t.remote_ip, 9000, "echo", 3000) == "ok 3000"
             assert t.client(t.remote, t.pod_ip, APP, "echo", 3000) == "ok 3000"
         assert _pipes(a) == (0, 0), "small exchanges made a pipe"
-        assert _threads_in(a.pid, t.pod) >= 1, "no worker stayed in the pod netns"
+        assert nstest.threads_in(a.pid, t.pod) >= 1, "no worker stayed in the pod netns"
         holder = t.spawn(t.pod, "import socket,time\n"
                          f"s=socket.create_connection(('{t.remote_ip}',9000)); s.sendall(b'ECHO\\nhello')\n"
                          "assert s.recv(5)==b'hello'; print('ready',flush=True); time.sleep(60)")
@@ -462,7 +450,7 @@ def test_small_exchanges_are_copied_bulk_is_spliced_and_workers_leave_the_pod_ne
         assert relay(a, uid, "outbound")["active"] == 1
         holder.kill()
         a.ctl("unenroll", "--uid", uid)
-        assert _threads_in(a.pid, t.pod) == 0, "a relay worker still holds the unenrolled pod's netns"
+        assert nstest.threads_in(a.pid, t.pod) == 0, "a relay worker still holds the unenrolled pod's netns"
 
 
 def test_request_and_fin_sent_before_the_upstream_answers():
@@ -499,8 +487,12 @@ def test_request_and_fin_sent_before_the_upstream_answers():
                               "while (b:=s.recv(100)): d+=b\n"
                               "print(d.decode(),flush=True)\n"], stdout=subprocess.PIPE, text=True)
         t.procs.append(client)
-        time.sleep(0.5)
-        assert relay(a, uid, "outbound")["active"] == 1  # accepted, its upstream still connecting
+        # Accepted: its upstream SYN has gone (connect runs at accept) and met the full queue.
+        deadline = time.time() + 5
+        while relay(a, uid, "outbound")["active"] != 1:
+            assert time.time() < deadline, relay(a, uid, "outbound")
+            time.sleep(0.02)
+        assert client.poll() is None  # nothing came back while the upstream connects
         blocker.stdin.close()  # the blocker leaves; the server starts accepting
         blocker.wait()
         server.stdin.write("go\n")

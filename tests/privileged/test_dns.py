@@ -220,7 +220,11 @@ def test_metrics_debug_lines_and_unenrol():
         assert 'netsteer_bpf_sk_lookup_total{outcome="dns_assigned"}' in text
         logs = a.logs()
         assert "dns query id 4660" in logs and "dns answer id 4660 NXDOMAIN" in logs  # debug level
+        # The proxy thread made the flow's sockets in the pod netns and stays there (no setns per
+        # flow) until the pod goes: a thread inside a netns keeps it alive.
+        assert nstest.threads_in(a.pid, t.pod) >= 1
         a.ctl("unenroll", "--uid", uid)
+        assert nstest.threads_in(a.pid, t.pod) == 0, "an agent thread still holds the unenrolled pod's netns"
         assert "udp" not in t.pod.exec(["ip", "rule"]).stdout
         assert not t.pod.exec(["ss", "-Hunl"]).stdout.strip()
 

@@ -76,22 +76,19 @@ Result<uint64_t> current_netns_cookie();
 // RAII: enter `target` on this thread; restore the previous netns on destruction (abort on failure).
 class ScopedNetns {
  public:
+  // (Threads that make sockets in pod netns on a hot path use NetnsCursor instead.)
   static Result<ScopedNetns> enter(const NetnsHandle& target);
-  // Hot path (relay workers): enter target and return to `back` (which must be this thread's
-  // current netns and outlive the scope) without opening the current netns first.
-  static Result<ScopedNetns> enter(const NetnsHandle& target, const NetnsHandle& back);
-  ScopedNetns(ScopedNetns&& o) noexcept : saved_(std::move(o.saved_)), back_fd_(std::exchange(o.back_fd_, -1)) {}
+  ScopedNetns(ScopedNetns&& o) noexcept : saved_(std::move(o.saved_)) {}
   ScopedNetns& operator=(ScopedNetns&&) = delete;
   ScopedNetns(const ScopedNetns&) = delete;
   ~ScopedNetns();
 
  private:
-  explicit ScopedNetns(UniqueFd saved, int back_fd = -1) : saved_(std::move(saved)), back_fd_(back_fd) {}
+  explicit ScopedNetns(UniqueFd saved) : saved_(std::move(saved)) {}
   UniqueFd saved_;
-  int back_fd_ = -1;  // borrowed; used when saved_ is empty
 };
 
-// A thread that makes sockets in many netns (a relay worker) stays in the last one it entered:
+// A thread that makes sockets in many netns (a relay worker, the UDP proxy) stays in the last one it entered:
 // the next socket for the same pod costs no setns, and a run of pods costs one each instead of
 // two. The owner must call leave(ns) before that netns's handle goes away (a thread inside a netns
 // keeps it alive), and the destructor returns the thread home when it runs on that thread. Use on
@@ -111,13 +108,11 @@ class NetnsCursor {
     if (at(ns)) home();
   }
   bool at(const NetnsHandle& ns) const { return at_.dev == ns.id().dev && at_.ino == ns.id().ino; }
-  uint64_t switches() const { return switches_; }
 
  private:
   const NetnsHandle& home_;
   NetnsId at_;
   std::thread::id thread_;  // the thread that left home
-  uint64_t switches_ = 0;
 };
 
 // Fixed pool of threads that run tasks inside a given netns and return to the host netns.
