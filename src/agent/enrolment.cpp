@@ -41,7 +41,7 @@ EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore*
     : exec_(exec), store_(store), dp_(std::move(dp)) {
   // The first spare is loaded once restore() or adopt() has taken over the existing pods, so it
   // never competes with serving them again after a restart.
-  if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>(dp_->max_inbound_conns, true);
+  if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>(dp_->max_inbound_conns, true, dp_->bpf_spares);
   if (dp_ && dp_->capture && dp_->defer_guard && dp_->tc_mode == bpf::TcMode::tcx)
     guards_ = std::make_unique<GuardAttacher>(
         [this](const std::shared_ptr<GuardJob>& job, int ifindex, UniqueFd in, UniqueFd eg) {
@@ -78,6 +78,7 @@ void GuardAttacher::push(std::shared_ptr<GuardJob> job) {
 }
 
 void GuardAttacher::enrol_started() {
+  enrol_arrived_ = true;
   std::lock_guard lk(mu_);
   in_flight_++;
 }
@@ -97,7 +98,12 @@ size_t GuardAttacher::pending() const {
 }
 
 void GuardAttacher::run() {
-  const auto quiet = quiet_;
+  // The quiet period adapts: an enrol that came in while a link was being made waited out a grace
+  // period, so pods are arriving closer together than the period; it doubles (up to kMaxQuiet)
+  // and the guards wait for the burst to end. Each attach no enrol met halves it back.
+  constexpr std::chrono::milliseconds kMaxQuiet{1000};
+  const auto max_quiet = std::max(kMaxQuiet, quiet_);
+  auto quiet = quiet_;
   std::unique_lock lk(mu_);
   for (;;) {
     cv_.wait(lk, [&] { return stop_ || !q_.empty(); });
@@ -110,6 +116,7 @@ void GuardAttacher::run() {
       cv_.wait_until(lk, in_flight_ ? now + quiet : last_enrol_ + quiet);
     }
     std::shared_ptr<GuardJob> job = q_.front();
+    enrol_arrived_ = false;
     lk.unlock();
     int ifindex = -1;
     UniqueFd in, eg;
@@ -117,12 +124,17 @@ void GuardAttacher::run() {
       std::lock_guard jl(job->mu);
       if (!job->cancelled && !job->ifindexes.empty()) {
         ifindex = job->ifindexes.back();
-        job->ifindexes.pop_back();
         auto t0 = std::chrono::steady_clock::now();
+        bool yielded = false;
         auto made = [&]() -> Status {
           NS_TRY(auto scope, netns::ScopedNetns::enter(job->netns));
-          NS_TRY(in, bpf::PodBpf::create_guard_link(job->prog_ingress.get(), ifindex, true));
+          if (!job->ingress_made) {
+            NS_TRY(job->ingress_made, bpf::PodBpf::create_guard_link(job->prog_ingress.get(), ifindex, true));
+            // An enrol came in meanwhile: it waits for rtnl now; let it have it before the next link.
+            if (enrol_arrived_) return yielded = true, Status{};
+          }
           NS_TRY(eg, bpf::PodBpf::create_guard_link(job->prog_egress.get(), ifindex, false));
+          in = std::move(job->ingress_made);
           return {};
         }();
         if (auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
@@ -138,9 +150,16 @@ void GuardAttacher::run() {
           spdlog::error("pod {}: tc guard on ifindex {} not attached: {} (capture and fail-closed hold; the "
                         "guard's counters stay off until the pod is enrolled again)",
                         job->uid, ifindex, made.error().message);
+          job->ingress_made.reset();
           in.reset();
           eg.reset();
         }
+        if (!yielded) job->ifindexes.pop_back();
+        auto was = quiet;
+        quiet = enrol_arrived_ ? std::min(quiet * 2, max_quiet) : std::max(quiet / 2, quiet_);
+        if (quiet != was)
+          spdlog::debug("tc guard attacher: quiet period {} ms (an enrol {} the attach)", quiet.count(),
+                        enrol_arrived_ ? "met" : "did not meet");
       }
     }
     if (in && eg) deliver_(job, ifindex, std::move(in), std::move(eg));
@@ -187,6 +206,8 @@ void EnrolmentManager::deliver_guard(const std::shared_ptr<GuardJob>& job, int i
 }
 
 std::string EnrolmentManager::bpf_spare() const { return bpf_pool_ ? bpf_pool_->state() : "off"; }
+
+size_t EnrolmentManager::bpf_spares() const { return bpf_pool_ ? bpf_pool_->spares() : 0; }
 
 void EnrolmentManager::refill_bpf_pool() {
   if (bpf_pool_) bpf_pool_->request();
@@ -449,6 +470,7 @@ void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
   if (pod.guard_job) {
     std::lock_guard jl(pod.guard_job->mu);  // waits out an attach in progress (one grace period)
     pod.guard_job->cancelled = true;
+    pod.guard_job->ingress_made.reset();  // detaches a half-made guard
   }
   add_pod_totals(retired_, pod);  // read before the pins and the relay context go
   if (pod.lease) {
@@ -711,6 +733,7 @@ std::vector<HandoverPod> EnrolmentManager::export_pods() const {
       // The new agent attaches what is missing when it adopts the pod; this one stops trying.
       std::lock_guard jl(p->guard_job->mu);
       p->guard_job->cancelled = true;
+      p->guard_job->ingress_made.reset();
     }
     HandoverPod h;
     h.record = PodRecord{p->spec, p->netns.id(), false, p->capture ? p->capture->state().to_json() : json::object()};

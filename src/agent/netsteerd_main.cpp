@@ -58,6 +58,12 @@ int main(int argc, char** argv) {
                  "through an RCU grace period, which an enrol would otherwise wait out)")
       ->check(CLI::Range(1, 60000))
       ->capture_default_str();
+  size_t bpf_spares = 4;
+  app.add_option("--bpf-spares", bpf_spares,
+                 "pods' BPF objects kept loaded ahead of time (an enrol takes one instead of running the verifier; "
+                 "each holds ~12 fds and a pod's map memory)")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   relay::RelayOptions ropts;
   app.add_option("--relay-workers", ropts.workers, "relay worker threads (fixed, whatever the pod count)")
       ->capture_default_str()
@@ -314,7 +320,7 @@ int main(int argc, char** argv) {
     *to = *a;
   }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred", guard_quiet_ms});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred", guard_quiet_ms, bpf_spares});
   // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
   std::optional<agent::Handover> handover;
   if (takeover) {
@@ -356,6 +362,7 @@ int main(int argc, char** argv) {
         {"adopted", s.adopted},
         {"stale_cleaned", s.stale_cleaned},
         {"bpf_spare", manager.bpf_spare()},
+        {"bpf_spares", manager.bpf_spares()},
         {"guard_attach", guard_attach},
         {"guards_pending", manager.guards_pending()},
         {"relay_workers", (*relay)->workers()},

@@ -24,7 +24,7 @@ const std::vector<std::string>& seccomp_allowed() {
       "getresuid", "getresgid", "getrlimit", "setrlimit", "prlimit64", "getrusage", "sysinfo", "restart_syscall",
       "tgkill", "membarrier", "capget", "capset", "umask", "wait4",
       // the BPF preload thread lowers its own priority (raising one needs CAP_SYS_NICE, not kept)
-      "setpriority",
+      "setpriority", "sched_setscheduler",
       // signals (signalfd-driven shutdown, sigtimedwait while draining)
       "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "sigaltstack", "signalfd", "signalfd4",
       // files: state file, pins, /proc, /sys, kernel BTF

@@ -1,3 +1,4 @@
+#include <sched.h>
 #include <sys/resource.h>
 #include "netsteer/bpf/pod_bpf.h"
 
@@ -6,6 +7,7 @@
 #include <net/if.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 
@@ -125,7 +127,8 @@ Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns) {
   return LoadedPodBpf(std::move(s));
 }
 
-PodBpfPool::PodBpfPool(uint32_t max_inbound_conns, bool background) : max_inbound_conns_(max_inbound_conns) {
+PodBpfPool::PodBpfPool(uint32_t max_inbound_conns, bool background, size_t spares)
+    : max_inbound_conns_(max_inbound_conns), target_(std::max<size_t>(spares, 1)) {
   if (background) thread_ = std::thread([this] { run(); });
 }
 
@@ -138,63 +141,76 @@ PodBpfPool::~PodBpfPool() {
   if (thread_.joinable()) thread_.join();
 }
 
+bool PodBpfPool::wants_more() const { return !stop_ && started_ && !failed_ && !loading_ && spares_.size() < target_; }
+
 Result<LoadedPodBpf> PodBpfPool::take() {
   {
     std::lock_guard lk(mu_);
-    if (spare_) {
-      LoadedPodBpf l = std::move(*spare_);
-      spare_.reset();
+    if (!spares_.empty()) {
+      LoadedPodBpf l = std::move(spares_.front());
+      spares_.pop_front();
+      if (thread_.joinable()) cv_.notify_all();
       return l;
     }
   }
   return LoadedPodBpf::load(max_inbound_conns_);
 }
 
-void PodBpfPool::refill() {
-  {
-    std::lock_guard lk(mu_);
-    if (spare_ || loading_) return;
+void PodBpfPool::fill(std::unique_lock<std::mutex>& lk) {
+  while (wants_more()) {
     loading_ = true;
+    lk.unlock();
+    auto l = LoadedPodBpf::load(max_inbound_conns_);
+    lk.lock();
+    loading_ = false;
+    if (l.ok()) {
+      spares_.push_back(std::move(*l));
+    } else {
+      failed_ = true;
+      spdlog::warn("loading the next pod's BPF programs ahead of time: {}", l.error().message);
+    }
   }
-  load_spare();
 }
 
-void PodBpfPool::load_spare() {
-  auto l = LoadedPodBpf::load(max_inbound_conns_);
-  std::lock_guard lk(mu_);
-  loading_ = false;
-  if (l.ok()) spare_.emplace(std::move(*l));
-  else spdlog::warn("loading the next pod's BPF programs ahead of time: {}", l.error().message);
+void PodBpfPool::refill() {
+  std::unique_lock lk(mu_);
+  started_ = true;
+  failed_ = false;
+  fill(lk);
 }
 
 void PodBpfPool::request() {
   if (!thread_.joinable()) return refill();
   {
     std::lock_guard lk(mu_);
-    requested_ = true;
+    started_ = true;
+    failed_ = false;
   }
   cv_.notify_all();
 }
 
 void PodBpfPool::run() {
-  // This thread only: the lowest nice value. Loads then use CPU no enrol or relay wants.
-  (void)::setpriority(PRIO_PROCESS, 0, 19);
+  // This thread only: SCHED_IDLE (nice 19 where that is refused). Loads then use CPU no enrol,
+  // CNI plugin or relay wants.
+  sched_param sp{};
+  if (::sched_setscheduler(0, SCHED_IDLE, &sp) != 0) (void)::setpriority(PRIO_PROCESS, 0, 19);
   std::unique_lock lk(mu_);
   for (;;) {
-    cv_.wait(lk, [&] { return stop_ || requested_; });
+    cv_.wait(lk, [&] { return stop_ || wants_more(); });
     if (stop_) return;
-    requested_ = false;
-    if (spare_ || loading_) continue;
-    loading_ = true;  // in the same critical section: state() never shows "none" in between
-    lk.unlock();
-    load_spare();
-    lk.lock();
+    fill(lk);
   }
 }
 
 std::string PodBpfPool::state() {
   std::lock_guard lk(mu_);
-  return spare_ ? "ready" : loading_ || requested_ ? "loading" : "none";
+  if (loading_ || (thread_.joinable() && started_ && !failed_ && spares_.size() < target_)) return "loading";
+  return spares_.empty() ? "none" : "ready";
+}
+
+size_t PodBpfPool::spares() {
+  std::lock_guard lk(mu_);
+  return spares_.size();
 }
 
 Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,

@@ -118,6 +118,25 @@ def test_burst_then_every_pod_has_exactly_one_guard():
         assert_one_guard_each(a, nss)
 
 
+def test_enrols_that_meet_an_attach_make_the_attacher_back_off():
+    # Pods arriving a little further apart than a short quiet period: an attach (a grace period
+    # under rtnl per tcx link) is met by the next enrol, whose rules and routes then wait for rtnl.
+    # The attacher stops after the link in progress and doubles its quiet period, so the rest of
+    # the burst is not met again; every pod still ends with exactly one guard per interface (a
+    # half-made pair is finished, not duplicated or leaked).
+    with agent(["--guard-quiet-ms", "2"]) as a, pods(30, 234) as nss:
+        enrolled = []
+        for ns in nss:
+            a.enrol(ns, wait_guard=False)
+            enrolled.append(ns)
+            time.sleep(0.01)  # past the quiet period, within the next attach (~8 ms a link here)
+            if "an enrol met the attach" in a.logs() and len(enrolled) >= 6:
+                break
+        assert "an enrol met the attach" in a.logs(), "no enrol met an attach in 30 tries"
+        assert_one_guard_each(a, enrolled)
+        assert "an enrol did not meet the attach" in a.logs(), "the quiet period never came back down"
+
+
 @pytest.mark.parametrize("how", ["takeover", "restart"])
 def test_pending_guards_are_attached_by_the_next_agent(how):
     # A 1.5 s quiet period keeps the guards pending while the next agent comes.

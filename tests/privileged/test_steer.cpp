@@ -4,11 +4,14 @@
 #include <bpf/bpf.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <thread>
 
 #include "netsteer/agent/listeners.h"
 #include "netsteer/bpf/pod_bpf.h"
@@ -195,6 +198,44 @@ TEST_F(SteerTest, PoolSpareIsLoadedOnceAndSteers) {
   c.reset();
   listeners = agent::PodListeners{};
   EXPECT_EQ(fds(), empty - 3) << "fds left behind (the listeners' three were open before)";
+}
+
+// A pool of several spares: refill() fills it, take() hands the loaded ones out first. A
+// background pool starts at the first request() and from then on refills itself after every take(),
+// on a loader thread that runs SCHED_IDLE (it must never delay an enrol or the CNI plugin).
+TEST_F(SteerTest, PoolKeepsSeveralSparesAndRefillsOnAnIdleThread) {
+  {
+    bpf::PodBpfPool pool(bpf::kDefaultMaxInboundConns, false, 3);
+    EXPECT_EQ(pool.state(), "none");
+    pool.refill();
+    EXPECT_EQ(pool.spares(), 3u);
+    EXPECT_EQ(pool.state(), "ready");
+    ASSERT_TRUE(pool.take().ok());
+    EXPECT_EQ(pool.spares(), 2u);
+    pool.refill();
+    EXPECT_EQ(pool.spares(), 3u);
+  }
+  auto wait_full = [](bpf::PodBpfPool& pool, size_t n) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while ((pool.state() != "ready" || pool.spares() != n) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return pool.spares() == n && pool.state() == "ready";
+  };
+  auto idle_threads = [] {
+    size_t n = 0;
+    for (auto& e : std::filesystem::directory_iterator("/proc/self/task"))
+      n += ::sched_getscheduler(std::stoi(e.path().filename().string())) == SCHED_IDLE;
+    return n;
+  };
+  bpf::PodBpfPool pool(bpf::kDefaultMaxInboundConns, true, 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(pool.spares(), 0u) << "loaded before the first request()";
+  EXPECT_EQ(pool.state(), "none");
+  pool.request();
+  ASSERT_TRUE(wait_full(pool, 2)) << "the background pool did not fill: " << pool.state() << " " << pool.spares();
+  EXPECT_EQ(idle_threads(), 1u) << "the loader thread does not run SCHED_IDLE";
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(pool.take().ok());  // the third one inline, or a refill
+  EXPECT_TRUE(wait_full(pool, 2)) << "take() did not make the pool refill itself";
 }
 
 TEST(SteerFeatures, ProbeNamesTheMissingFeature) {

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -54,6 +55,7 @@ struct Dataplane {
   // false (`--guard-attach sync`): during the enrol, as for strict pods.
   bool defer_guard = true;
   int guard_quiet_ms = 20;  // --guard-quiet-ms (GuardAttacher)
+  size_t bpf_spares = 4;    // --bpf-spares (PodBpfPool)
 };
 
 // A non-strict pod's tc guard, attached after its enrol has answered (see GuardAttacher).
@@ -64,13 +66,17 @@ struct GuardJob {
   netns::NetnsHandle netns;  // a dup: the attach runs in the pod netns
   std::vector<int> ifindexes;
   UniqueFd prog_ingress, prog_egress;  // dups of the pod's guard programs
+  // The ingress link of ifindexes.back(), made before an enrol came in: the egress one follows at
+  // the next quiet moment (each link is one grace period an enrol would wait out).
+  UniqueFd ingress_made;
 };
 
 // One thread that attaches deferred tc guards while no enrol is running: a tcx attach holds rtnl
 // through an RCU grace period, and an enrol's rules and routes need rtnl, so an attach running
 // beside an enrol would put the grace period back on the enrol's path. It waits until no enrol has
 // been in flight for `quiet` (default 20 ms: longer than the gap between two CNI ADDs run back to
-// back), then makes one interface's two links, and checks again.
+// back), then makes one interface's two links, and checks again. An enrol that arrives while the
+// first link is made waits out that grace period only: the second waits for the next quiet moment.
 class GuardAttacher {
  public:
   // `deliver` runs on the attacher's thread with the links made for one interface.
@@ -91,6 +97,7 @@ class GuardAttacher {
   std::deque<std::shared_ptr<GuardJob>> q_;
   int in_flight_ = 0;
   std::chrono::steady_clock::time_point last_enrol_{};
+  std::atomic<bool> enrol_arrived_{false};  // since the attacher's last quiet moment
   bool stop_ = false;
   std::thread thread_;
 };
@@ -183,6 +190,7 @@ class EnrolmentManager {
   EnrolStats stats() const;
   // The ahead-of-time loaded BPF programs for the next pod: "ready", "loading", "none" or "off".
   std::string bpf_spare() const;
+  size_t bpf_spares() const;
   // Pods whose deferred tc guard is not attached yet (0 when guards are attached synchronously).
   size_t guards_pending() const;
   NodeTotals totals() const;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -70,38 +71,47 @@ class LoadedPodBpf {
   std::unique_ptr<Skeletons> s_;
 };
 
-// Keeps one LoadedPodBpf ready: take() hands it out (or loads one inline when there is none) and
-// the next one is loaded off the enrol's path. With `background`, request() wakes a loader thread
-// of its own that runs at nice 19: a load is ~3 ms of CPU (the verifier), and at normal priority
-// right after an enrol it competed, on a 2-core node, with the CNI plugin process finishing that
-// enrol (CNI ADD p50 7.1 -> see bench/RESULTS.md). The spare costs a pod's worth of fds and kernel
-// memory (~80 KiB).
+// Keeps up to `spares` LoadedPodBpf ready: take() hands one out (or loads one inline when there is
+// none) and the pool is refilled off the enrol's path. With `background`, a loader thread of its own
+// refills it under SCHED_IDLE: a load is ~3 ms of CPU (the verifier), and at any normal priority
+// (nice 19 included: EEVDF lets the running task finish its slice before a waking one runs) it
+// delayed the control thread and the CNI plugin finishing an enrol on a 2-core node; SCHED_IDLE
+// only runs on a core nothing else wants and is preempted at once (bench/RESULTS.md, "Pod
+// start-up"). More than one spare absorbs a burst of pod starts. Each spare costs a pod's worth of
+// fds (~12) and kernel memory (~270 KiB with the default bypass map).
 class PodBpfPool {
  public:
-  explicit PodBpfPool(uint32_t max_inbound_conns = kDefaultMaxInboundConns, bool background = false);
+  explicit PodBpfPool(uint32_t max_inbound_conns = kDefaultMaxInboundConns, bool background = false,
+                      size_t spares = 1);
   ~PodBpfPool();
   PodBpfPool(const PodBpfPool&) = delete;
   PodBpfPool& operator=(const PodBpfPool&) = delete;
   Result<LoadedPodBpf> take();
-  // Loads a spare now if there is none and no other refill is loading one; a failure is logged
-  // and the next take() loads inline (and reports the error to its enrol).
+  // Loads spares now until the pool is full (or a load fails: that is logged, and the next
+  // take() loads inline and reports the error to its enrol).
   void refill();
-  // Background pools: refill() on the loader thread, soon.
+  // Background pools: the loader starts refilling (the first call starts it; after that it keeps
+  // the pool full by itself, take() wakes it).
   void request();
-  // "ready" (a spare is loaded), "loading" (a refill is asked for or running) or "none" (the last
-  // refill failed, or none ran yet): shown by status, so a caller can wait for the agent to settle.
+  // "ready" (the pool is full), "loading" (a refill is asked for or running) or "none" (the last
+  // load failed, or none was asked for yet): shown by status, so a caller can wait for the agent
+  // to settle.
   std::string state();
+  size_t spares();
 
  private:
   void run();
-  void load_spare();  // loading_ set by the caller
+  bool wants_more() const;                       // mu_ held
+  void fill(std::unique_lock<std::mutex>& lk);  // loads while wants_more()
   std::mutex mu_;
   std::condition_variable cv_;
-  std::optional<LoadedPodBpf> spare_;
+  std::deque<LoadedPodBpf> spares_;
   bool loading_ = false;
-  bool requested_ = false;
+  bool started_ = false;  // request() was called: the loader keeps the pool full from now on
+  bool failed_ = false;   // the last load failed: no retry until the next request()
   bool stop_ = false;
   const uint32_t max_inbound_conns_;
+  const size_t target_;
   std::thread thread_;
 };
 
