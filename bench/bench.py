@@ -898,11 +898,12 @@ def pct(lat, q):
     return lat[min(len(lat) - 1, int(len(lat) * q))]
 
 
-def control_plane(sizes, tc_mode, agent_args=(), strict=False):
+def control_plane(sizes, tc_mode, agent_args=(), strict=False, every_s=0.0):
     """Pod start-up as the kubelet sees it: N pods enrolled back to back, each by a `netsteer-cni
     ADD` process (what the runtime waits for), timed from spawn to exit; then unenrolled. With
     tcx the guards of non-strict pods attach after the ADDs (--guard-attach deferred): also how
-    long until the last one is attached."""
+    long until the last one is attached. every_s > 0: one ADD starts every every_s seconds
+    instead (pods spread out as a kubelet starts them, which meets the deferred attaches)."""
     out = {}
     a = nstest.Agent(["--tc-mode", tc_mode] + list(agent_args))
     tmp = tempfile.mkdtemp(prefix="netsteer-cni-bench-")
@@ -932,6 +933,8 @@ def control_plane(sizes, tc_mode, agent_args=(), strict=False):
                 lat = []
                 t0 = time.time()
                 for i in range(n):
+                    if every_s:
+                        time.sleep(max(0.0, t0 + i * every_s - time.time()))
                     ms, rc = cni_add(os.path.join(tmp, f"{i}.json"), envs[i])
                     if rc != 0:
                         raise RuntimeError(f"netsteer-cni ADD of pod {i} exited {rc}")
@@ -1199,6 +1202,9 @@ def main():
             cp[m] = control_plane(sizes, m, shlex.split(args.agent_args))
             if m == "tcx" and sizes:  # strict pods keep a synchronous attach: measured apart
                 cp["tcx strict"] = control_plane([min(sizes[-1], 100)], m, shlex.split(args.agent_args), strict=True)
+            if sizes:  # pods spread out: each ADD can meet the previous pods' deferred attach
+                cp[f"{m}, one ADD every 50 ms"] = control_plane([min(sizes[-1], 100)], m, shlex.split(args.agent_args),
+                                                               every_s=0.05)
         res["control_plane"] = cp
     finally:
         if rcu_before is not None:
