@@ -26,7 +26,10 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
 ip link set lo up
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host /host || echo "NETSTEER_VM_RESULT mount-9p-failed"
+# cache=loose: the guest caches pages and metadata of the (read-only, unchanging) host root. Without
+# it every file access was a 9p round trip through TCG: a python3 start took 3.6 s instead of 0.45 s,
+# an `ip` 0.35 s instead of 0.10 s, and the matrix ~7.5 min instead of 3.5.
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /host || echo "NETSTEER_VM_RESULT mount-9p-failed"
 mount --rbind /proc /host/proc
 mount --rbind /sys /host/sys
 mount --rbind /dev /host/dev
