@@ -51,6 +51,17 @@ def cpu_busy():
     return (sum(v) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_listening(ns, *ports, timeout=10):
+    """Until every TCP port is listening in ns."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = ns.exec(["ss", "-Htln"]).stdout
+        if all(f":{p} " in out for p in ports):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {ports} in {ns.name}")
+
+
 class Servers:
     def __init__(self, ns, tmp):
         self.procs = []
@@ -70,13 +81,7 @@ http {{ access_log off; keepalive_requests 1000000;
         self.procs.append(ns.popen(["nginx", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.procs.append(ns.popen(["iperf3", "-s", "-p", str(IPERF)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL))
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            out = ns.exec(["ss", "-Htln"]).stdout
-            if f":{APP} " in out and f":{IPERF} " in out:
-                return
-            time.sleep(0.05)
-        raise RuntimeError("servers did not start")
+        wait_listening(ns, APP, IPERF)
 
     def close(self):
         for p in self.procs:
@@ -443,33 +448,51 @@ def iperf_udp(ns, ip, secs, rate):
             "packets": s["packets"], "cpu_s_per_gb": cpu / gb if gb else None}
 
 
+def udp_arm(t, arm, sender, dst_ip, args, **ports):
+    """One UDP arm: iperf3 -u from sender to dst_ip at every load; through netsteer when the pod's
+    UDP ports are given (enrolled with them), direct otherwise."""
+    a = None
+    try:
+        if ports:
+            a = nstest.Agent()
+            a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6], **ports)
+        r = {load: iperf_udp(sender, dst_ip, args.secs, load) for load in UDP_LOADS}
+        if a is not None:
+            r["agent"] = a.inspect(t.pod.name)["udp"]
+        print(f"  udp {arm}: done", flush=True)
+        return r
+    finally:
+        if a is not None:
+            a.ctl("unenroll", "--uid", t.pod.name, check=False)
+            a.close()
+
+
 def udp_path(args, tmp):
     """UDP bulk from the pod to iperf3 in the remote: direct, and through netsteer's UDP proxy
     (the port listed with --udp-outbound-port; iperf3's TCP control connection goes through the
-    relay). Loads: 200 Mbit/s (a busy UDP app), 1 Gbit/s, and as fast as iperf3 goes ("0")."""
+    relay). Loads: 200 Mbit/s (a busy UDP app), 1 Gbit/s, and as fast as iperf3 goes ("0").
+    Inbound, the same from the remote to iperf3 in the pod, the port listed with
+    --udp-inbound-port: every datagram is read from the pod's 15006/udp socket and delivered with
+    the client's address, so each one is looked up by flow."""
     t = nstest.Topology()
     results = {}
     try:
         t.wait_v6_ready()
         srv = Servers(t.remote, tmp)
         try:
-            for arm in ("direct", "netsteer"):
-                a = None
-                try:
-                    if arm == "netsteer":
-                        a = nstest.Agent()
-                        a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6], udp_outbound_port=IPERF)
-                    r = {load: iperf_udp(t.pod, t.remote_ip, args.secs, load) for load in UDP_LOADS}
-                    if a is not None:
-                        r["agent"] = a.inspect(t.pod.name)["udp"]
-                    results[arm] = r
-                    print(f"  udp {arm}: done", flush=True)
-                finally:
-                    if a is not None:
-                        a.ctl("unenroll", "--uid", t.pod.name, check=False)
-                        a.close()
+            results["direct"] = udp_arm(t, "direct", t.pod, t.remote_ip, args)
+            results["netsteer"] = udp_arm(t, "netsteer", t.pod, t.remote_ip, args, udp_outbound_port=IPERF)
         finally:
             srv.close()
+        pod_srv = t.pod.popen(["iperf3", "-s", "-p", str(IPERF)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(t.pod, IPERF)
+            results["direct inbound"] = udp_arm(t, "direct inbound", t.remote, t.pod_ip, args)
+            results["netsteer inbound"] = udp_arm(t, "netsteer inbound", t.remote, t.pod_ip, args,
+                                                  udp_inbound_port=IPERF)
+        finally:
+            pod_srv.kill()
+            pod_srv.wait()
     finally:
         t.close()
     return results
@@ -1068,17 +1091,18 @@ def table(res):
                              f"{n['fixed']['p99_ms'] / rd['fixed']['p99_ms']:.2f}")
     up = res.get("udp_path")
     if up:
-        lines += ["", "| UDP arm (pod → remote, iperf3 -u, 1400 B) | load | received Gbit/s | lost % | CPU s/GB |",
+        lines += ["", "| UDP arm (pod → remote; inbound: remote → pod; iperf3 -u, 1400 B) | load | received Gbit/s | lost % | CPU s/GB |",
                   "|---|---|---:|---:|---:|"]
         for arm, r in up.items():
             for load in UDP_LOADS:
                 x = r[load]
                 lines.append(f"| {arm} | {load if load != '0' else 'max'} | {x['gbit_s']:.3f} | {x['lost_percent']:.2f} | {(x['cpu_s_per_gb'] or 0):.1f} |")
-        if "netsteer" in up and "direct" in up:
-            for load in UDP_LOADS:
-                d = up["direct"][load]["gbit_s"]
-                if d:
-                    lines.append(f"- UDP netsteer/direct received at {load}: {up['netsteer'][load]['gbit_s'] / d:.2f}")
+        for ns_arm, d_arm in (("netsteer", "direct"), ("netsteer inbound", "direct inbound")):
+            if ns_arm in up and d_arm in up:
+                for load in UDP_LOADS:
+                    d = up[d_arm][load]["gbit_s"]
+                    if d:
+                        lines.append(f"- UDP {ns_arm}/{d_arm} received at {load}: {up[ns_arm][load]['gbit_s'] / d:.2f}")
     sc = res.get("syscalls")
     if sc:
         lines += ["", "| per relayed connection | dir | syscalls | context switches | top system calls (strace -c) |",
