@@ -73,12 +73,39 @@ struct PodEntry {
   size_t dns_sessions = 0, udp_flows = 0;
 };
 
+// A flow's identity: the pod's capture entry, the kind, and the client's and original destination's
+// addresses and ports, compared as bytes. Looked up for every datagram a capture socket reads (every
+// inbound datagram), so no string is formatted for it.
+struct FlowKey {
+  const PodEntry* entry = nullptr;
+  Kind kind{};
+  IpAddr client_ip, odst_ip;
+  uint16_t client_port = 0, odst_port = 0;
+  bool operator==(const FlowKey&) const = default;
+};
+
+struct FlowKeyHash {
+  size_t operator()(const FlowKey& k) const noexcept {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a, field by field (no padding bytes)
+    auto mix = [&](const void* p, size_t n) {
+      for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
+    };
+    mix(&k.entry, sizeof k.entry);
+    mix(&k.kind, sizeof k.kind);
+    mix(k.client_ip.bytes.data(), k.client_ip.len());
+    mix(k.odst_ip.bytes.data(), k.odst_ip.len());
+    mix(&k.client_port, sizeof k.client_port);
+    mix(&k.odst_port, sizeof k.odst_port);
+    return static_cast<size_t>(h);
+  }
+};
+
 struct Session {
   Endpoint up_ep{Endpoint::kUpstream, this}, reply_ep{Endpoint::kReply, this};
   PodEntry* entry;
   std::shared_ptr<PodUdp> pod;
   Kind kind;
-  std::string key;
+  FlowKey key;
   SockAddr client, odst, target;
   // Outbound/DNS: up is connected to the target, reply is bound to odst and connected to the client.
   // Inbound: up is the delivery socket (bound to the client, connected to the app over lo); no reply.
@@ -211,11 +238,7 @@ class Proxy::Loop {
 
   Session* session_for(PodEntry& e, Kind kind, const SockAddr& client, const SockAddr& odst) {
     const auto& pod = e.pod;
-    std::string key = pod->uid;
-    key += static_cast<char>('0' + static_cast<int>(kind));
-    key += client.str();
-    key += '|';
-    key += odst.str();
+    FlowKey key{&e, kind, client.ip(), odst.ip(), client.port(), odst.port()};
     if (auto it = sessions_.find(key); it != sessions_.end()) return it->second.get();
     bool is_dns = kind == Kind::dns;
     size_t& count = is_dns ? e.dns_sessions : e.udp_flows;
@@ -552,7 +575,7 @@ class Proxy::Loop {
   std::unordered_map<const PodUdp*, std::unique_ptr<PodEntry>> pods_;
   std::vector<std::unique_ptr<PodEntry>> pod_graveyard_;
   std::vector<std::unique_ptr<CaptureSocket>> capture_graveyard_;
-  std::unordered_map<std::string, std::unique_ptr<Session>> sessions_;
+  std::unordered_map<FlowKey, std::unique_ptr<Session>, FlowKeyHash> sessions_;
   std::vector<std::unique_ptr<Session>> graveyard_;
   int64_t last_warn_ms_ = 0;
   uint8_t buf_[65536];
