@@ -41,7 +41,10 @@ EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore*
     : exec_(exec), store_(store), dp_(std::move(dp)) {
   // The first spare is loaded once restore() or adopt() has taken over the existing pods, so it
   // never competes with serving them again after a restart.
-  if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>(dp_->max_inbound_conns, true, dp_->bpf_spares);
+  if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>(
+        dp_->max_inbound_conns, true, dp_->bpf_spares,
+        // Deferred tcx guards: the attacher loads a pod's guard programs; a strict pod loads them inline.
+        !(dp_->defer_guard && dp_->tc_mode == bpf::TcMode::tcx));
   if (dp_ && dp_->capture && dp_->defer_guard && dp_->tc_mode == bpf::TcMode::tcx)
     guards_ = std::make_unique<GuardAttacher>(
         [this](const std::shared_ptr<GuardJob>& job, int ifindex, UniqueFd in, UniqueFd eg) {
@@ -127,13 +130,20 @@ void GuardAttacher::run() {
         auto t0 = std::chrono::steady_clock::now();
         bool yielded = false;
         auto made = [&]() -> Status {
+          if (!job->prog_ingress && !job->loaded) {
+            NS_TRY(auto maps, bpf::PodBpf::guard_maps(job->pin_dir));
+            NS_TRY(job->loaded, bpf::LoadedGuard::load(maps.view));
+          }
+          auto prog = [&](bool ingress) {
+            return job->loaded ? job->loaded->prog(ingress) : (ingress ? job->prog_ingress : job->prog_egress).get();
+          };
           NS_TRY(auto scope, netns::ScopedNetns::enter(job->netns));
           if (!job->ingress_made) {
-            NS_TRY(job->ingress_made, bpf::PodBpf::create_guard_link(job->prog_ingress.get(), ifindex, true));
+            NS_TRY(job->ingress_made, bpf::PodBpf::create_guard_link(prog(true), ifindex, true));
             // An enrol came in meanwhile: it waits for rtnl now; let it have it before the next link.
             if (enrol_arrived_) return yielded = true, Status{};
           }
-          NS_TRY(eg, bpf::PodBpf::create_guard_link(job->prog_egress.get(), ifindex, false));
+          NS_TRY(eg, bpf::PodBpf::create_guard_link(prog(false), ifindex, false));
           in = std::move(job->ingress_made);
           return {};
         }();
@@ -173,18 +183,26 @@ void EnrolmentManager::queue_guard(Pod& pod) {
   auto job = std::make_shared<GuardJob>();
   job->uid = pod.spec.uid;
   job->ifindexes = pod.capture->deferred_guard();
+  auto& bpf = pod.capture->bpf();
   auto ns = pod.netns.dup();
-  auto in = pod.capture->bpf().guard_prog(true);
-  auto eg = pod.capture->bpf().guard_prog(false);
-  if (!ns.ok() || !in.ok() || !eg.ok()) {
+  Status st = ns.ok() ? Status{} : Status(ns.error());
+  if (st.ok() && bpf.guard_loaded()) {
+    auto in = bpf.guard_prog(true);
+    auto eg = bpf.guard_prog(false);
+    st = !in.ok() ? Status(in.error()) : !eg.ok() ? Status(eg.error()) : Status{};
+    if (st.ok()) {
+      job->prog_ingress = std::move(*in);
+      job->prog_egress = std::move(*eg);
+    }
+  } else {
+    job->pin_dir = bpf.pin_dir();  // the attacher loads the programs
+  }
+  if (!st.ok()) {
     // Out of fds, most likely: the pod is captured and fails closed; only the counters are off.
-    spdlog::error("pod {}: tc guard not queued: {}", pod.spec.uid,
-                  (!ns.ok() ? ns.error() : !in.ok() ? in.error() : eg.error()).message);
+    spdlog::error("pod {}: tc guard not queued: {}", pod.spec.uid, st.error().message);
     return;
   }
   job->netns = std::move(*ns);
-  job->prog_ingress = std::move(*in);
-  job->prog_egress = std::move(*eg);
   pod.guard_job = job;
   guards_->push(std::move(job));
 }
@@ -196,7 +214,9 @@ void EnrolmentManager::deliver_guard(const std::shared_ptr<GuardJob>& job, int i
   if (it == pods_.end() || it->second->guard_job != job || !it->second->capture) return;
   Pod& pod = *it->second;
   log::PodScope scope(pod.spec.uid, pod.spec.namespace_, pod.spec.name);
-  if (auto st = pod.capture->adopt_guard(ifindex, std::move(in), std::move(eg)); !st.ok()) {
+  Status st = job->loaded ? pod.capture->bpf().adopt_guard_progs(*job->loaded) : Status{};
+  if (st.ok()) st = pod.capture->adopt_guard(ifindex, std::move(in), std::move(eg));
+  if (!st.ok()) {
     spdlog::error("pod {}: tc guard on ifindex {}: {}", pod.spec.uid, ifindex, st.error().message);
     return;
   }

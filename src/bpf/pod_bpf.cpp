@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 
@@ -32,6 +33,9 @@ bool resident(const std::string& name) {
          name == "map_ns_guard_stats";
 }
 constexpr const char* kProgGuardIngress = "prog_guard_ingress";
+// The maps the guard shares with the steering program (the guard's own: ns_guard_stats).
+constexpr const char* kGuardSharedMaps[] = {"ns_pod_addrs", "ns_ex_in_port",   "ns_ex_out_port", "ns_ex_out_cidr",
+                                            "ns_ex_in_src", "ns_udp_out_port", "ns_udp_in_port", "ns_config"};
 constexpr const char* kProgGuardEgress = "prog_guard_egress";
 std::string map_pin(const char* map_name) { return std::string("map_") + map_name; }
 std::string guard_link_pin(int ifindex, bool ingress) {
@@ -90,9 +94,37 @@ nlohmann::json PodBpfStats::to_json() const {
   return j;
 }
 
+struct LoadedGuard::Skeleton {
+  SkelPtr<netsteer_guard, netsteer_guard__destroy> guard;
+};
+
+LoadedGuard::LoadedGuard(std::unique_ptr<Skeleton> s) : s_(std::move(s)) {}
+LoadedGuard::LoadedGuard(LoadedGuard&&) noexcept = default;
+LoadedGuard& LoadedGuard::operator=(LoadedGuard&&) noexcept = default;
+LoadedGuard::~LoadedGuard() = default;
+
+Result<LoadedGuard> LoadedGuard::load(const GuardMapFds& shared) {
+  auto s = std::make_unique<Skeleton>();
+  s->guard.p = netsteer_guard__open();
+  if (!s->guard.p) return Error::from_errno(errno ? errno : EINVAL, "open tc program netsteer_guard");
+  for (const auto& [name, fd] : shared) {
+    bpf_map* m = bpf_object__find_map_by_name(s->guard.p->obj, name.c_str());
+    if (!m) return Error::msg("tc program netsteer_guard has no map " + name, ENOENT);
+    if (int r = bpf_map__reuse_fd(m, fd); r < 0) return Error::from_libbpf(r, "share map " + name);
+  }
+  if (int r = netsteer_guard__load(s->guard.p); r < 0) return Error::from_libbpf(r, "load tc program netsteer_guard");
+  return LoadedGuard(std::move(s));
+}
+
+int LoadedGuard::prog(bool ingress) const {
+  return bpf_program__fd(ingress ? s_->guard.p->progs.netsteer_guard_ingress : s_->guard.p->progs.netsteer_guard_egress);
+}
+
+int LoadedGuard::stats_map() const { return bpf_map__fd(s_->guard.p->maps.ns_guard_stats); }
+
 struct LoadedPodBpf::Skeletons {
   SkelPtr<netsteer_steer, netsteer_steer__destroy> steer;
-  SkelPtr<netsteer_guard, netsteer_guard__destroy> guard;
+  std::optional<LoadedGuard> guard;
 };
 
 LoadedPodBpf::LoadedPodBpf(std::unique_ptr<Skeletons> s) : s_(std::move(s)) {}
@@ -100,7 +132,7 @@ LoadedPodBpf::LoadedPodBpf(LoadedPodBpf&&) noexcept = default;
 LoadedPodBpf& LoadedPodBpf::operator=(LoadedPodBpf&&) noexcept = default;
 LoadedPodBpf::~LoadedPodBpf() = default;
 
-Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns) {
+Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns, bool with_guard) {
   auto s = std::make_unique<Skeletons>();
   s->steer.p = netsteer_steer__open();
   if (!s->steer.p) return Error::from_errno(errno ? errno : EINVAL, "open sk_lookup program netsteer_steer");
@@ -109,26 +141,17 @@ Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns) {
     return Error::from_libbpf(r, "size the bypass map");
   s->steer.p->rodata->ns_have_ingress_ifindex = have_sk_lookup_ingress_ifindex() ? 1 : 0;
   if (int r = netsteer_steer__load(s->steer.p); r < 0) return Error::from_libbpf(r, "load sk_lookup program netsteer_steer");
-
-  // The guard shares the pod's address, exclusion and config maps with the steering program.
-  s->guard.p = netsteer_guard__open();
-  if (!s->guard.p) return Error::from_errno(errno ? errno : EINVAL, "open tc program netsteer_guard");
-  auto& gm = s->guard.p->maps;
-  std::pair<bpf_map*, bpf_map*> shared[] = {{gm.ns_pod_addrs, sm.ns_pod_addrs},   {gm.ns_ex_in_port, sm.ns_ex_in_port},
-                                            {gm.ns_ex_out_port, sm.ns_ex_out_port}, {gm.ns_ex_out_cidr, sm.ns_ex_out_cidr},
-                                            {gm.ns_ex_in_src, sm.ns_ex_in_src},   {gm.ns_config, sm.ns_config},
-                                            {gm.ns_udp_out_port, sm.ns_udp_out_port},
-                                            {gm.ns_udp_in_port, sm.ns_udp_in_port}};
-  for (auto [g, m] : shared) {
-    int r = bpf_map__reuse_fd(g, bpf_map__fd(m));
-    if (r < 0) return Error::from_libbpf(r, std::string("share map ") + bpf_map__name(g));
+  if (with_guard) {
+    GuardMapFds shared;
+    for (const char* name : kGuardSharedMaps)
+      shared.emplace_back(name, bpf_map__fd(bpf_object__find_map_by_name(s->steer.p->obj, name)));
+    NS_TRY(s->guard, LoadedGuard::load(shared));
   }
-  if (int r = netsteer_guard__load(s->guard.p); r < 0) return Error::from_libbpf(r, "load tc program netsteer_guard");
   return LoadedPodBpf(std::move(s));
 }
 
-PodBpfPool::PodBpfPool(uint32_t max_inbound_conns, bool background, size_t spares)
-    : max_inbound_conns_(max_inbound_conns), target_(std::max<size_t>(spares, 1)) {
+PodBpfPool::PodBpfPool(uint32_t max_inbound_conns, bool background, size_t spares, bool with_guard)
+    : max_inbound_conns_(max_inbound_conns), target_(std::max<size_t>(spares, 1)), with_guard_(with_guard) {
   if (background) thread_ = std::thread([this] { run(); });
 }
 
@@ -153,14 +176,14 @@ Result<LoadedPodBpf> PodBpfPool::take() {
       return l;
     }
   }
-  return LoadedPodBpf::load(max_inbound_conns_);
+  return LoadedPodBpf::load(max_inbound_conns_, with_guard_);
 }
 
 void PodBpfPool::fill(std::unique_lock<std::mutex>& lk) {
   while (wants_more()) {
     loading_ = true;
     lk.unlock();
-    auto l = LoadedPodBpf::load(max_inbound_conns_);
+    auto l = LoadedPodBpf::load(max_inbound_conns_, with_guard_);
     lk.lock();
     loading_ = false;
     if (l.ok()) {
@@ -216,9 +239,7 @@ size_t PodBpfPool::spares() {
 Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
                                                const PodBpfConfig& cfg, LoadedPodBpf loaded) {
   auto& steer = loaded.s_->steer;
-  auto& guard = loaded.s_->guard;
   auto& sm = steer.p->maps;
-  auto& gm = guard.p->maps;
 
   uint8_t one = 1;
   for (const auto& ip : cfg.pod_ips)
@@ -259,12 +280,10 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
     return pb->objs_.add(name, std::move(d));
   };
   NS_TRY_STATUS(pin_dup(kProgSteer, bpf_program__fd(steer.p->progs.netsteer_steer)));
-  NS_TRY_STATUS(pin_dup(kProgGuardIngress, bpf_program__fd(guard.p->progs.netsteer_guard_ingress)));
-  NS_TRY_STATUS(pin_dup(kProgGuardEgress, bpf_program__fd(guard.p->progs.netsteer_guard_egress)));
   for (bpf_map* m : {sm.ns_sockets, sm.ns_pod_addrs, sm.ns_bypass, sm.ns_ex_in_port, sm.ns_ex_out_port,
-                     sm.ns_ex_out_cidr, sm.ns_ex_in_src, sm.ns_udp_out_port, sm.ns_udp_in_port, sm.ns_config, sm.ns_stats,
-                     gm.ns_guard_stats})
+                     sm.ns_ex_out_cidr, sm.ns_ex_in_src, sm.ns_udp_out_port, sm.ns_udp_in_port, sm.ns_config, sm.ns_stats})
     NS_TRY_STATUS(pin_dup(map_pin(bpf_map__name(m)), bpf_map__fd(m)));
+  if (loaded.s_->guard) NS_TRY_STATUS(pb->adopt_guard_progs(*loaded.s_->guard));
   NS_TRY_STATUS(pb->open_bypass());
 
   UniqueFd link(bpf_link_create(bpf_program__fd(steer.p->progs.netsteer_steer), ns.fd(), BPF_SK_LOOKUP, nullptr));
@@ -303,6 +322,7 @@ Status PodBpf::open_bypass() {
 }
 
 Status PodBpf::attach_guard(int ifindex, TcMode mode) {
+  NS_TRY_STATUS(load_guard());
   for (bool ingress : {true, false}) {
     ObjRef prog_ref = objs_.ref(ingress ? kProgGuardIngress : kProgGuardEgress);
     int prog = prog_ref.get();
@@ -330,6 +350,38 @@ Result<UniqueFd> PodBpf::guard_prog(bool ingress) const {
   ObjRef prog = objs_.ref(name);
   if (!prog) return Error::msg("guard program not loaded", ENOENT);
   return dup_obj(prog.get(), name);
+}
+
+bool PodBpf::guard_loaded() const { return objs_.has(kProgGuardIngress) && objs_.has(kProgGuardEgress); }
+
+Result<PodBpf::GuardMaps> PodBpf::guard_maps(const std::string& pin_dir) {
+  GuardMaps m;
+  for (const char* name : kGuardSharedMaps) {
+    std::string path = pin_dir + "/" + map_pin(name);
+    UniqueFd fd(bpf_obj_get(path.c_str()));
+    if (!fd) return Error::from_errno(errno, "open pin " + path);
+    m.view.emplace_back(name, fd.get());
+    m.fds.push_back(std::move(fd));
+  }
+  return m;
+}
+
+Status PodBpf::adopt_guard_progs(const LoadedGuard& g) {
+  if (guard_loaded()) return {};
+  for (auto [name, fd] : {std::pair{kProgGuardIngress, g.prog(true)}, std::pair{kProgGuardEgress, g.prog(false)},
+                          std::pair{"map_ns_guard_stats", g.stats_map()}}) {
+    if (objs_.has(name)) continue;
+    NS_TRY(UniqueFd d, dup_obj(fd, name));
+    NS_TRY_STATUS(objs_.add(name, std::move(d)));
+  }
+  return {};
+}
+
+Status PodBpf::load_guard() {
+  if (guard_loaded()) return {};
+  NS_TRY(GuardMaps m, guard_maps(objs_.dir()));
+  NS_TRY(LoadedGuard g, LoadedGuard::load(m.view));
+  return adopt_guard_progs(g);
 }
 
 Result<UniqueFd> PodBpf::create_guard_link(int prog, int ifindex, bool ingress) {

@@ -67,22 +67,35 @@ def test_strict_is_attached_before_the_answer_and_nonstrict_soon_after():
         wait_no_pending(a)
         assert a.inspect("lax")["capture"]["guard"] == "attached"
         assert tcx_links(guard_progs(a, "lax")) == (1, 1)
+        lax_maps = [nstest.bpftool_json("map", "show", "pinned", f"{a.pin_root}/lax/map_ns_config")["id"]]
+        assert tcx_links_on_maps(lax_maps) == 2  # what the race test below counts, seen here
         before = guard_pkts(a, "lax")
         assert t.client(t.pod, t.remote_ip, 9000, "peer").startswith(t.pod_ip)
         assert guard_pkts(a, "lax") > before, "the deferred guard does not see the pod's packets"
 
 
+def tcx_links_on_maps(map_ids):
+    """tcx links whose program uses one of these maps (a deferred guard's programs are loaded by
+    the attacher, so only the pod's maps, pinned at the enrol, identify them beforehand)."""
+    links = nstest.bpftool_json("link", "show") or []
+    n = 0
+    for l in links:
+        if l.get("type") in (11, "tcx"):
+            prog = nstest.bpftool_json("prog", "show", "id", str(l["prog_id"]))
+            n += bool(set(prog.get("map_ids", [])) & set(map_ids))
+    return n
+
+
 def test_unenrol_racing_the_deferred_attach_leaves_nothing():
     with agent() as a, topology() as t:
-        progs = []
+        maps = []
         for i in range(15):
             a.enrol(t.pod, uid=f"p{i}", ip=[t.pod_ip], wait_guard=False)
-            progs.append(guard_progs(a, f"p{i}"))
+            maps.append(nstest.bpftool_json("map", "show", "pinned", f"{a.pin_root}/p{i}/map_ns_config")["id"])
             a.ctl("unenroll", "--uid", f"p{i}")
         wait_no_pending(a)
         time.sleep(0.1)  # past the attacher's quiet period: a leaked attach would show now
-        for p in progs:
-            assert tcx_links(p) == (0, 0)
+        assert tcx_links_on_maps(maps) == 0
         assert not nstest.os.path.exists(a.pin_root) or nstest.os.listdir(a.pin_root) == []
 
 

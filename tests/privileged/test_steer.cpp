@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -236,6 +237,45 @@ TEST_F(SteerTest, PoolKeepsSeveralSparesAndRefillsOnAnIdleThread) {
   EXPECT_EQ(idle_threads(), 1u) << "the loader thread does not run SCHED_IDLE";
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(pool.take().ok());  // the third one inline, or a refill
   EXPECT_TRUE(wait_full(pool, 2)) << "take() did not make the pool refill itself";
+}
+
+// A pod loaded without its guard programs (deferred tcx guards): nothing of the guard is pinned
+// until load_guard() (or the attacher's LoadedGuard + adopt_guard_progs) loads it on the pod's
+// own maps; attach_guard() loads it itself.
+TEST_F(SteerTest, GuardProgramsAreLoadedWhenNeeded) {
+  auto pns = ns(pod);
+  auto loaded = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false);
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  bpf::PodBpfConfig cfg;
+  cfg.pod_ips = {*IpAddr::parse("10.77.0.1")};
+  auto sp = bpf::PodBpf::create(pins + "/lazy", pns, cfg, std::move(*loaded));
+  ASSERT_TRUE(sp.ok()) << sp.error().message;
+  EXPECT_FALSE((*sp)->guard_loaded());
+  EXPECT_FALSE(std::filesystem::exists(pins + "/lazy/prog_guard_ingress"));
+  EXPECT_FALSE((*sp)->guard_prog(true).ok());
+  auto maps = bpf::PodBpf::guard_maps(pins + "/lazy");
+  ASSERT_TRUE(maps.ok()) << maps.error().message;
+  auto guard = bpf::LoadedGuard::load(maps->view);
+  ASSERT_TRUE(guard.ok()) << guard.error().message;
+  ASSERT_TRUE((*sp)->adopt_guard_progs(*guard).ok());
+  EXPECT_TRUE((*sp)->guard_loaded());
+  for (const char* pin : {"prog_guard_ingress", "prog_guard_egress", "map_ns_guard_stats"})
+    EXPECT_TRUE(std::filesystem::exists(pins + "/lazy/" + pin)) << pin;
+  // The guard reads the pod's maps: its programs reference the pod's config map.
+  bpf_prog_info info{};
+  uint32_t len = sizeof info, map_ids[16] = {}, n = 16;
+  info.nr_map_ids = n;
+  info.map_ids = reinterpret_cast<uint64_t>(map_ids);
+  auto prog = (*sp)->guard_prog(false);
+  ASSERT_TRUE(prog.ok());
+  ASSERT_EQ(bpf_obj_get_info_by_fd(prog->get(), &info, &len), 0);
+  bpf_map_info mi{};
+  uint32_t mlen = sizeof mi;
+  UniqueFd cfg_map(bpf_obj_get((pins + "/lazy/map_ns_config").c_str()));
+  ASSERT_TRUE(cfg_map.valid());
+  ASSERT_EQ(bpf_obj_get_info_by_fd(cfg_map.get(), &mi, &mlen), 0);
+  EXPECT_NE(std::find(map_ids, map_ids + info.nr_map_ids, mi.id), map_ids + info.nr_map_ids);
+  ASSERT_TRUE((*sp)->destroy().ok());
 }
 
 TEST(SteerFeatures, ProbeNamesTheMissingFeature) {

@@ -65,7 +65,12 @@ struct GuardJob {
   std::string uid;
   netns::NetnsHandle netns;  // a dup: the attach runs in the pod netns
   std::vector<int> ifindexes;
-  UniqueFd prog_ingress, prog_egress;  // dups of the pod's guard programs
+  UniqueFd prog_ingress, prog_egress;  // dups of the pod's guard programs, when they are loaded
+  // Otherwise the attacher loads them on the maps they share with the pod, opened from its pins
+  // then (a pending job holds no map fds: 1000 pending pods would hold 8,000), off the enrol's
+  // path; the manager pins what it loaded when it adopts the first links.
+  std::string pin_dir;
+  std::optional<bpf::LoadedGuard> loaded;
   // The ingress link of ifindexes.back(), made before an enrol came in: the egress one follows at
   // the next quiet moment (each link is one grace period an enrol would wait out).
   UniqueFd ingress_made;

@@ -56,10 +56,34 @@ struct PodBpfStats : ns_steer_counters, ns_guard_counters {
 // Default per-pod bound on concurrent inbound relay connections (bypass map entries).
 inline constexpr uint32_t kDefaultMaxInboundConns = NS_BYPASS_MAX;
 
+// The maps the guard shares with the pod's steering program (address, exclusion, UDP port and
+// config maps), by map name; the fds are owned elsewhere.
+using GuardMapFds = std::vector<std::pair<std::string, int>>;
+
+// A pod's tc guard programs (ingress, egress) loaded on their own, sharing the pod's maps: with
+// deferred tcx guards they are loaded by the attacher, after the enrol and out of the pool (they
+// are ~40 % of a pod's verifier time; bench/RESULTS.md, "Pod start-up").
+class LoadedGuard {
+ public:
+  static Result<LoadedGuard> load(const GuardMapFds& shared);
+  int prog(bool ingress) const;
+  int stats_map() const;  // ns_guard_stats, the guard's own map
+  LoadedGuard(LoadedGuard&&) noexcept;
+  LoadedGuard& operator=(LoadedGuard&&) noexcept;
+  ~LoadedGuard();
+
+ private:
+  struct Skeleton;
+  explicit LoadedGuard(std::unique_ptr<Skeleton> s);
+  std::unique_ptr<Skeleton> s_;
+};
+
 class LoadedPodBpf {
  public:
   // max_inbound_conns: size of the pod's bypass map (concurrent inbound relay connections).
-  static Result<LoadedPodBpf> load(uint32_t max_inbound_conns = kDefaultMaxInboundConns);
+  // with_guard: the guard programs too (for pods whose guard is attached during the enrol);
+  // without, PodBpf::load_guard() or a deferred attach loads them when they are needed.
+  static Result<LoadedPodBpf> load(uint32_t max_inbound_conns = kDefaultMaxInboundConns, bool with_guard = true);
   LoadedPodBpf(LoadedPodBpf&&) noexcept;
   LoadedPodBpf& operator=(LoadedPodBpf&&) noexcept;
   ~LoadedPodBpf();
@@ -81,8 +105,9 @@ class LoadedPodBpf {
 // fds (~12) and kernel memory (~270 KiB with the default bypass map).
 class PodBpfPool {
  public:
+  // with_guard: spares carry the guard programs (see LoadedPodBpf::load).
   explicit PodBpfPool(uint32_t max_inbound_conns = kDefaultMaxInboundConns, bool background = false,
-                      size_t spares = 1);
+                      size_t spares = 1, bool with_guard = true);
   ~PodBpfPool();
   PodBpfPool(const PodBpfPool&) = delete;
   PodBpfPool& operator=(const PodBpfPool&) = delete;
@@ -112,6 +137,7 @@ class PodBpfPool {
   bool stop_ = false;
   const uint32_t max_inbound_conns_;
   const size_t target_;
+  const bool with_guard_;
   std::thread thread_;
 };
 
@@ -134,9 +160,21 @@ class PodBpf {
   // A tcx guard attached later, outside the agent's lock (a deferred attach): a dup of the guard
   // program to attach, create_guard_link() in the pod netns (the link is not pinned yet: closing
   // it detaches it), then adopt_guard_link() pins it as this pod's guard on ifindex.
-  Result<UniqueFd> guard_prog(bool ingress) const;
+  Result<UniqueFd> guard_prog(bool ingress) const;  // ENOENT while the guard is not loaded
   static Result<UniqueFd> create_guard_link(int prog, int ifindex, bool ingress);
   Status adopt_guard_link(int ifindex, bool ingress, UniqueFd link);
+  // The guard programs of a pod loaded without them: the maps they share, opened from the pod's
+  // pins (fds[i] backs view[i]), to load them outside the agent's lock; adopt_guard_progs() pins
+  // what was loaded (a no-op when the pod's guard programs are pinned already). load_guard()
+  // does both here.
+  struct GuardMaps {
+    std::vector<UniqueFd> fds;
+    GuardMapFds view;
+  };
+  static Result<GuardMaps> guard_maps(const std::string& pin_dir);
+  Status adopt_guard_progs(const LoadedGuard& g);
+  Status load_guard();
+  bool guard_loaded() const;
 
   // Slot 0: the 15001 listener, slot 1: the 15006 listener.
   // dns_fd < 0: the pod's DNS is not captured (its slot stays empty).
