@@ -147,7 +147,10 @@ def test_connections_the_old_agent_accepted_are_answered_by_the_new_one():
         finally:
             for s in waiting:
                 s.close()
-        assert "serving 12 connection(s) the previous agent had accepted" in a.logs()
+        # At least the 12: upgrade() polls status while the new agent starts, and a poll that
+        # arrives in the same wake-up as the handover request moves too (ASan CI run: 13).
+        passed = re.findall(r"serving (\d+) connection\(s\) the previous agent had accepted", a.logs())
+        assert passed and int(passed[-1]) >= 12, passed
         old.wait(timeout=30)
         assert old.returncode == 0
         assert [p["uid"] for p in a.pods()] == [t.pod.name]
