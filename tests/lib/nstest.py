@@ -226,7 +226,14 @@ class Agent:
             return f.read()
 
     def ctl(self, *args, check=True):
-        return run([NETSTEERCTL, "--socket", self.socket] + list(args), check=check)
+        cmd = [NETSTEERCTL, "--socket", self.socket] + list(args)
+        p = run(cmd, check=False)
+        if check and p.returncode != 0:
+            # With the agent's side: whether it is still running, and the end of its log.
+            raise AssertionError(f"command failed ({p.returncode}): {cmd}\nstdout: {p.stdout}\nstderr: {p.stderr}\n"
+                                 f"agent alive: {self.alive()} (exit status {self.proc.returncode}); "
+                                 f"its log ends:\n{self.logs()[-4000:]}")
+        return p
 
     def connect(self):
         """Connect as the CNI plugin does: a blocking connect that waits out a full accept queue
