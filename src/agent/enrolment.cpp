@@ -128,11 +128,17 @@ void GuardAttacher::run() {
       if (!job->cancelled && !job->ifindexes.empty()) {
         ifindex = job->ifindexes.back();
         auto t0 = std::chrono::steady_clock::now();
-        bool yielded = false;
+        bool yielded = false, met = false;  // met: an enrol came in while a link (rtnl) was being made
         auto made = [&]() -> Status {
           if (!job->prog_ingress && !job->loaded) {
             NS_TRY(auto maps, bpf::PodBpf::guard_maps(job->pin_dir));
             NS_TRY(job->loaded, bpf::LoadedGuard::load(maps.view));
+            // The load takes no rtnl, but an enrol that started during it is in flight now: wait
+            // for the next quiet moment before taking rtnl for a link.
+            if (enrol_arrived_) {
+              yielded = true;
+              return {};
+            }
           }
           auto prog = [&](bool ingress) {
             return job->loaded ? job->loaded->prog(ingress) : (ingress ? job->prog_ingress : job->prog_egress).get();
@@ -141,9 +147,11 @@ void GuardAttacher::run() {
           if (!job->ingress_made) {
             NS_TRY(job->ingress_made, bpf::PodBpf::create_guard_link(prog(true), ifindex, true));
             // An enrol came in meanwhile: it waits for rtnl now; let it have it before the next link.
-            if (enrol_arrived_) return yielded = true, Status{};
+            met = yielded = enrol_arrived_;
+            if (yielded) return {};
           }
           NS_TRY(eg, bpf::PodBpf::create_guard_link(prog(false), ifindex, false));
+          met = enrol_arrived_;
           in = std::move(job->ingress_made);
           return {};
         }();
@@ -166,10 +174,10 @@ void GuardAttacher::run() {
         }
         if (!yielded) job->ifindexes.pop_back();
         auto was = quiet;
-        quiet = enrol_arrived_ ? std::min(quiet * 2, max_quiet) : std::max(quiet / 2, quiet_);
+        quiet = met ? std::min(quiet * 2, max_quiet) : std::max(quiet / 2, quiet_);
         if (quiet != was)
           spdlog::debug("tc guard attacher: quiet period {} ms (an enrol {} the attach)", quiet.count(),
-                        enrol_arrived_ ? "met" : "did not meet");
+                        met ? "met" : "did not meet");
       }
     }
     if (in && eg) deliver_(job, ifindex, std::move(in), std::move(eg));
@@ -549,8 +557,9 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
     pods_.erase(it);
     ++stats_.replaced;
   }
-  // Once this enrol is done (the pod's record saved), load the next pod's BPF objects if the
-  // spare was used: posted any earlier, the load would compete with this enrol for the CPU.
+  // The pool's loader refills on its own (take() woke it; it runs SCHED_IDLE, so it never competes
+  // with this enrol): this starts it after the first enrol or a restore, and retries after a
+  // failed load.
   struct RefillAtExit {
     EnrolmentManager& m;
     ~RefillAtExit() { m.refill_bpf_pool(); }

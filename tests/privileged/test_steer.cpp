@@ -276,6 +276,17 @@ TEST_F(SteerTest, GuardProgramsAreLoadedWhenNeeded) {
   ASSERT_EQ(bpf_obj_get_info_by_fd(cfg_map.get(), &mi, &mlen), 0);
   EXPECT_NE(std::find(map_ids, map_ids + info.nr_map_ids, mi.id), map_ids + info.nr_map_ids);
   ASSERT_TRUE((*sp)->destroy().ok());
+
+  // load_guard() (what attach_guard() calls first) does the same from the pod's own pins.
+  auto loaded2 = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false);
+  ASSERT_TRUE(loaded2.ok()) << loaded2.error().message;
+  auto sp2 = bpf::PodBpf::create(pins + "/lazy2", pns, cfg, std::move(*loaded2));
+  ASSERT_TRUE(sp2.ok()) << sp2.error().message;
+  EXPECT_FALSE((*sp2)->guard_loaded());
+  ASSERT_TRUE((*sp2)->load_guard().ok());
+  EXPECT_TRUE((*sp2)->guard_loaded());
+  EXPECT_TRUE(std::filesystem::exists(pins + "/lazy2/prog_guard_egress"));
+  ASSERT_TRUE((*sp2)->destroy().ok());
 }
 
 TEST(SteerFeatures, ProbeNamesTheMissingFeature) {
