@@ -65,6 +65,13 @@ int main(int argc, char** argv) {
                  "each holds ~12 fds and a pod's map memory)")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  std::string steer_program = "shared";
+  app.add_option("--steer-program", steer_program,
+                 "shared: one sk_lookup steering program for all pods, loaded once, and a stub of a few "
+                 "instructions per pod (falls back to own when the kernel cannot run it); own: a program per "
+                 "pod (a verifier run, ~2 ms of CPU, at each enrol)")
+      ->check(CLI::IsMember({"shared", "own"}))
+      ->capture_default_str();
   relay::RelayOptions ropts;
   app.add_option("--relay-workers", ropts.workers, "relay worker threads (fixed, whatever the pod count)")
       ->capture_default_str()
@@ -321,7 +328,7 @@ int main(int argc, char** argv) {
     *to = *a;
   }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred", guard_quiet_ms, bpf_spares});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred", guard_quiet_ms, bpf_spares, steer_program == "shared"});
   // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
   std::optional<agent::Handover> handover;
   if (takeover) {
@@ -364,6 +371,7 @@ int main(int argc, char** argv) {
         {"stale_cleaned", s.stale_cleaned},
         {"bpf_spare", manager.bpf_spare()},
         {"bpf_spares", manager.bpf_spares()},
+        {"steer_program", manager.steer_program()},
         {"guard_attach", guard_attach},
         {"guards_pending", manager.guards_pending()},
         {"relay_workers", (*relay)->workers()},

@@ -33,7 +33,11 @@ def test_agent_picks_the_tc_path_of_this_kernel():
     rel, ver = kernel()
     with agent() as a:
         mode = status(a)["tc_mode"]
-        print(f"kernel {rel}: tc attach path {mode}")
+        steer = status(a)["steer_program"]
+        print(f"kernel {rel}: tc attach path {mode}, steering program {steer['mode']}")
+        # One steering program for all pods (map-in-map arrays of sockmaps, tail calls from
+        # sk_lookup) on every kernel of the matrix.
+        assert steer["mode"] == "shared", a.logs()[-2000:]
         assert mode == ("tcx" if ver >= (6, 6) else "clsact")
         assert ("tcx yes" if ver >= (6, 6) else "tcx no") in a.logs()
     if ver < (6, 6):
