@@ -62,14 +62,6 @@ ns_lpm_key to_lpm(const Prefix& p) {
   return k;
 }
 
-template <typename Skel, void (*Destroy)(Skel*)>
-struct SkelPtr {
-  Skel* p = nullptr;
-  ~SkelPtr() {
-    if (p) Destroy(p);
-  }
-};
-
 Result<UniqueFd> dup_obj(int fd, const std::string& what) {
   UniqueFd d = dup_fd(fd);
   if (!d) return Error::from_errno(errno, "dup " + what);

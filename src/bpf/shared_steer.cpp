@@ -20,18 +20,10 @@ constexpr uint32_t kPodMax = 4096;  // NS_POD_MAX (bpf/netsteer_steer.h)
 std::string outer_name(const char* pod_map) { return std::string("ns_all_") + (pod_map + 3); }
 std::string pin_of(const std::string& map_name) { return "map_" + map_name; }
 
-template <typename Skel, void (*Destroy)(Skel*)>
-struct Skeleton {
-  Skel* p = nullptr;
-  ~Skeleton() {
-    if (p) Destroy(p);
-  }
-};
-
 // The maps of a pod's stub object, created bare (no pod, nothing in them): the inner-map
 // templates of the arrays.
 Result<std::vector<UniqueFd>> inner_templates() {
-  Skeleton<netsteer_stub, netsteer_stub__destroy> stub{netsteer_stub__open()};
+  SkelPtr<netsteer_stub, netsteer_stub__destroy> stub(netsteer_stub__open());
   if (!stub.p) return Error::from_errno(errno ? errno : EINVAL, "open the stub object");
   std::vector<UniqueFd> fds;
   for (const char* name : kPodMapNames) {
@@ -50,7 +42,7 @@ Result<std::vector<UniqueFd>> inner_templates() {
 
 Result<std::shared_ptr<SharedSteer>> SharedSteer::open(const std::string& pin_root) {
   const std::string dir = pin_root + "/" + kSharedSteerDir;
-  Skeleton<netsteer_shared, netsteer_shared__destroy> sk{netsteer_shared__open()};
+  SkelPtr<netsteer_shared, netsteer_shared__destroy> sk(netsteer_shared__open());
   if (!sk.p) return Error::from_errno(errno ? errno : EINVAL, "open the shared sk_lookup program");
 
   // A previous agent's arrays (and the pods registered in them), when all are pinned.
