@@ -117,9 +117,7 @@ struct ns_config {
 	__u32 flags; /* NS_CFG_* */
 	__u32 mark;
 	__u32 mark_mask;
-	/* The pod's index in the shared steering program's map-in-map arrays (1..); 0: the pod has
-	 * a steering program of its own (netsteer_steer.bpf.c). */
-	__u32 pod_idx;
+	__u32 pad;
 };
 
 #define NS_CFG_STRICT (1u << 0)

@@ -8,52 +8,46 @@
 
 #include "netsteer_common.h"
 
-/* Each per-pod map's type is a named struct: the per-pod objects declare their maps with it, and
- * the shared steering program (netsteer_shared.bpf.c) uses the same types as the inner-map
- * templates of its map-in-map arrays, so a pod's maps always match what that program expects. */
-
 /* The pod's own addresses (inbound destinations; pod-local sources). */
-struct ns_addr_set {
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16);
 	__type(key, struct ns_addr);
 	__type(value, __u8);
-};
+} ns_pod_addrs SEC(".maps");
 
 /* Exclusions: ports in host byte order; prefixes as LPM keys. */
-struct ns_port_set {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u16);
-	__type(value, __u8);
-};
-struct ns_prefix_set {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 256);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct ns_lpm_key);
-	__type(value, __u8);
-};
+#define NS_PORT_SET(name)                    \
+	struct {                                 \
+		__uint(type, BPF_MAP_TYPE_HASH);     \
+		__uint(max_entries, 256);            \
+		__uint(map_flags, BPF_F_NO_PREALLOC); \
+		__type(key, __u16);                  \
+		__type(value, __u8);                 \
+	} name SEC(".maps")
+#define NS_PREFIX_SET(name)                     \
+	struct {                                    \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);    \
+		__uint(max_entries, 256);               \
+		__uint(map_flags, BPF_F_NO_PREALLOC);   \
+		__type(key, struct ns_lpm_key);         \
+		__type(value, __u8);                    \
+	} name SEC(".maps")
+
+NS_PORT_SET(ns_ex_in_port);    /* inbound destination ports not captured */
+NS_PORT_SET(ns_ex_out_port);   /* outbound destination ports not captured */
+NS_PREFIX_SET(ns_ex_out_cidr); /* outbound destinations not captured */
+NS_PREFIX_SET(ns_ex_in_src);   /* inbound sources not captured (kubelet probes) */
+NS_PORT_SET(ns_udp_out_port);  /* UDP captured outbound: remote ports */
+NS_PORT_SET(ns_udp_in_port);   /* UDP captured inbound: the pod's ports */
 
 /* One entry: struct ns_config (strict flag, the agent's mark). */
-struct ns_config_map {
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct ns_config);
-};
-
-#ifndef NS_NO_POD_MAPS
-struct ns_addr_set ns_pod_addrs SEC(".maps");
-struct ns_port_set ns_ex_in_port SEC(".maps");    /* inbound destination ports not captured */
-struct ns_port_set ns_ex_out_port SEC(".maps");   /* outbound destination ports not captured */
-struct ns_prefix_set ns_ex_out_cidr SEC(".maps"); /* outbound destinations not captured */
-struct ns_prefix_set ns_ex_in_src SEC(".maps");   /* inbound sources not captured (kubelet probes) */
-struct ns_port_set ns_udp_out_port SEC(".maps");  /* UDP captured outbound: remote ports */
-struct ns_port_set ns_udp_in_port SEC(".maps");   /* UDP captured inbound: the pod's ports */
-struct ns_config_map ns_config SEC(".maps");
-#endif
+} ns_config SEC(".maps");
 
 static __always_inline void ns_addr_v4(struct ns_addr *a, __u32 ip4)
 {
@@ -70,17 +64,10 @@ static __always_inline int ns_in_prefixes(void *trie, const struct ns_addr *a)
 	return bpf_map_lookup_elem(trie, &k) != NULL;
 }
 
-static __always_inline struct ns_config *ns_config_of(void *config_map)
-{
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(config_map, &zero);
-}
-
-#ifndef NS_NO_POD_MAPS
 static __always_inline struct ns_config *ns_get_config(void)
 {
-	return ns_config_of(&ns_config);
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&ns_config, &zero);
 }
-#endif
 
 #endif /* NETSTEER_MAPS_H */

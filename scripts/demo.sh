@@ -170,6 +170,6 @@ counters
 
 say "unenrol: rules, routes, links and pins are gone"
 "$B/netsteerctl" --socket "$SOCK" unenroll --uid demo-web
-inpod ip rule; echo "table 133: '$(inpod ip route show table 133)'"; echo "pod pins left under $PINS: $(find "$PINS" -mindepth 1 -not -path "$PINS/_shared_v1*" 2>/dev/null | wc -l) (the agent's shared steering program, $PINS/_shared_v1, goes when the agent stops with no pods)"
+inpod ip rule; echo "table 133: '$(inpod ip route show table 133)'"; echo "pins left under $PINS: $(find "$PINS" -mindepth 1 2>/dev/null | wc -l)"
 say "agent log"
 tail -n 6 "$RUN/agent.log"

@@ -41,21 +41,10 @@ EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore*
     : exec_(exec), store_(store), dp_(std::move(dp)) {
   // The first spare is loaded once restore() or adopt() has taken over the existing pods, so it
   // never competes with serving them again after a restart.
-  if (dp_ && dp_->capture && dp_->shared_steer) {
-    auto shared = bpf::SharedSteer::open(dp_->pin_root);
-    if (shared.ok()) {
-      shared_steer_ = std::move(*shared);
-      spdlog::info("shared steering program loaded (prog id {}, {} pods registered already)", shared_steer_->prog_id(),
-                   shared_steer_->pods());
-    } else {
-      spdlog::warn("{}: each pod gets a steering program of its own (~2 ms more CPU per enrol)",
-                   shared.error().message);
-    }
-  }
   if (dp_ && dp_->capture) bpf_pool_ = std::make_shared<bpf::PodBpfPool>(
         dp_->max_inbound_conns, true, dp_->bpf_spares,
         // Deferred tcx guards: the attacher loads a pod's guard programs; a strict pod loads them inline.
-        !(dp_->defer_guard && dp_->tc_mode == bpf::TcMode::tcx), shared_steer_);
+        !(dp_->defer_guard && dp_->tc_mode == bpf::TcMode::tcx));
   if (dp_ && dp_->capture && dp_->defer_guard && dp_->tc_mode == bpf::TcMode::tcx)
     guards_ = std::make_unique<GuardAttacher>(
         [this](const std::shared_ptr<GuardJob>& job, int ifindex, UniqueFd in, UniqueFd eg) {
@@ -248,14 +237,6 @@ std::string EnrolmentManager::bpf_spare() const { return bpf_pool_ ? bpf_pool_->
 
 size_t EnrolmentManager::bpf_spares() const { return bpf_pool_ ? bpf_pool_->spares() : 0; }
 
-nlohmann::json EnrolmentManager::steer_program() const {
-  if (!dp_ || !dp_->capture) return {{"mode", "off"}};
-  if (!shared_steer_) return {{"mode", "own"}};
-  nlohmann::json j = shared_steer_->describe();
-  j["mode"] = "shared";
-  return j;
-}
-
 void EnrolmentManager::refill_bpf_pool() {
   if (bpf_pool_) bpf_pool_->request();
 }
@@ -263,16 +244,6 @@ void EnrolmentManager::refill_bpf_pool() {
 EnrolmentManager::~EnrolmentManager() {
   guards_.reset();  // its thread may call back into this manager
   clear();
-  bpf_pool_.reset();
-  // The shared program's pins go with the last pod's: none of this agent's, and no pin directory
-  // of another agent's pods (a handover's new agent) under the pin root.
-  if (shared_steer_) {
-    std::error_code ec;
-    bool others = false;
-    for (const auto& e : std::filesystem::directory_iterator(dp_->pin_root, ec))
-      others |= e.path().filename() != bpf::kSharedSteerDir;
-    if (!ec && !others && shared_steer_->pods() == 0) shared_steer_->remove_pins();
-  }
 }
 
 void EnrolmentManager::persist(const PodRecord* pending) {
@@ -386,7 +357,6 @@ Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& sp
     cfg.tc_mode = dp_->tc_mode;
     cfg.pin_dir = pin_dir(pod->spec.uid);
     cfg.bpf_pool = bpf_pool_.get();
-    cfg.shared_steer = shared_steer_;
     cfg.max_inbound_conns = dp_->max_inbound_conns;
     // Only a new enrol defers (restore and handover re-assert what is there, at once).
     cfg.defer_guard = guards_ && !previous && !given;
@@ -685,8 +655,8 @@ void EnrolmentManager::restore(const std::vector<PodRecord>& records) {
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(dp_->pin_root, ec)) {
       std::string uid = e.path().filename();
-      if (pods_.count(uid) || uid == bpf::kSharedSteerDir) continue;
-      if (auto st = bpf::PodBpf::remove_pins(e.path(), shared_steer_); !st.ok())
+      if (pods_.count(uid)) continue;
+      if (auto st = bpf::PodBpf::remove_pins(e.path()); !st.ok())
         spdlog::warn("stale pins {}: {}", e.path().string(), st.error().message);
     }
   }

@@ -16,7 +16,6 @@
 #include "netsteer/agent/control.h"
 #include "netsteer/agent/enrolment.h"
 #include "netsteer/bpf/features.h"
-#include <cstdio>
 #include "netsteer/relay/access_log.h"
 #include "netsteer/relay/relay.h"
 #include "netsteer/client/client.h"
@@ -65,14 +64,6 @@ int main(int argc, char** argv) {
                  "pods' BPF objects kept loaded ahead of time (an enrol takes one instead of running the verifier; "
                  "each holds ~12 fds and a pod's map memory)")
       ->check(CLI::Range(1, 64))
-      ->capture_default_str();
-  std::string steer_program = "auto";
-  app.add_option("--steer-program", steer_program,
-                 "shared: one sk_lookup steering program for all pods, loaded once, and a stub of a few "
-                 "instructions per pod (falls back to own when the kernel refuses it); own: a program per "
-                 "pod (a verifier run, ~2 ms of CPU, at each enrol); auto: shared on Linux >= 6.12, where it "
-                 "is tested (on 5.10 and 6.1 the agent did not start with it: not understood yet), else own")
-      ->check(CLI::IsMember({"auto", "shared", "own"}))
       ->capture_default_str();
   relay::RelayOptions ropts;
   app.add_option("--relay-workers", ropts.workers, "relay worker threads (fixed, whatever the pod count)")
@@ -233,12 +224,6 @@ int main(int argc, char** argv) {
   auto features = bpf::probe_features();
   spdlog::info("kernel {}: sk_lookup {}, tc bpf {}, tcx {}", features.kernel_release, features.sk_lookup ? "yes" : "NO",
                features.sched_cls ? "yes" : "NO", features.tcx ? "yes" : "no (Linux < 6.6: clsact fallback)");
-  if (steer_program == "auto") {
-    unsigned major = 0, minor = 0;
-    std::sscanf(features.kernel_release.c_str(), "%u.%u", &major, &minor);
-    steer_program = (major > 6 || (major == 6 && minor >= 12)) ? "shared" : "own";
-    spdlog::info("steering program: {} (--steer-program auto on Linux {}.{})", steer_program, major, minor);
-  }
   if (auto st = bpf::require_capture_features(features); !st.ok()) {
     spdlog::critical("cannot run here: {}", st.error().message);
     return 1;
@@ -336,7 +321,7 @@ int main(int argc, char** argv) {
     *to = *a;
   }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred", guard_quiet_ms, bpf_spares, steer_program == "shared"});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred", guard_quiet_ms, bpf_spares});
   // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
   std::optional<agent::Handover> handover;
   if (takeover) {
@@ -379,7 +364,6 @@ int main(int argc, char** argv) {
         {"stale_cleaned", s.stale_cleaned},
         {"bpf_spare", manager.bpf_spare()},
         {"bpf_spares", manager.bpf_spares()},
-        {"steer_program", manager.steer_program()},
         {"guard_attach", guard_attach},
         {"guards_pending", manager.guards_pending()},
         {"relay_workers", (*relay)->workers()},

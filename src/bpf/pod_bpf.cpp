@@ -17,7 +17,6 @@
 #include "netsteer/bpf/tcx.h"
 #include "netsteer/skel/netsteer_guard.skel.h"
 #include "netsteer/skel/netsteer_steer.skel.h"
-#include "netsteer/skel/netsteer_stub.skel.h"
 
 namespace netsteer::bpf {
 
@@ -61,6 +60,14 @@ ns_lpm_key to_lpm(const Prefix& p) {
   k.prefixlen = p.addr.is_v4() ? p.len + 96u : p.len;
   return k;
 }
+
+template <typename Skel, void (*Destroy)(Skel*)>
+struct SkelPtr {
+  Skel* p = nullptr;
+  ~SkelPtr() {
+    if (p) Destroy(p);
+  }
+};
 
 Result<UniqueFd> dup_obj(int fd, const std::string& what) {
   UniqueFd d = dup_fd(fd);
@@ -115,18 +122,9 @@ int LoadedGuard::prog(bool ingress) const {
 
 int LoadedGuard::stats_map() const { return bpf_map__fd(s_->guard.p->maps.ns_guard_stats); }
 
-// A pod's own steering program (steer), or the stub that calls the shared one (stub).
 struct LoadedPodBpf::Skeletons {
   SkelPtr<netsteer_steer, netsteer_steer__destroy> steer;
-  SkelPtr<netsteer_stub, netsteer_stub__destroy> stub;
   std::optional<LoadedGuard> guard;
-  std::shared_ptr<SharedSteer> shared;
-  bpf_object* obj() const { return steer.p ? steer.p->obj : stub.p->obj; }
-  int prog() const {
-    return bpf_program__fd(steer.p ? steer.p->progs.netsteer_steer : stub.p->progs.netsteer_steer);
-  }
-  bpf_map* map(const char* name) const { return bpf_object__find_map_by_name(obj(), name); }
-  int map_fd(const char* name) const { return bpf_map__fd(map(name)); }
 };
 
 LoadedPodBpf::LoadedPodBpf(std::unique_ptr<Skeletons> s) : s_(std::move(s)) {}
@@ -134,39 +132,26 @@ LoadedPodBpf::LoadedPodBpf(LoadedPodBpf&&) noexcept = default;
 LoadedPodBpf& LoadedPodBpf::operator=(LoadedPodBpf&&) noexcept = default;
 LoadedPodBpf::~LoadedPodBpf() = default;
 
-Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns, bool with_guard, std::shared_ptr<SharedSteer> shared) {
+Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns, bool with_guard) {
   auto s = std::make_unique<Skeletons>();
-  if (shared) {
-    s->stub.p = netsteer_stub__open();
-    if (!s->stub.p) return Error::from_errno(errno ? errno : EINVAL, "open sk_lookup stub netsteer_stub");
-    if (int r = bpf_map__reuse_fd(s->stub.p->maps.ns_steer_scratch, shared->scratch_fd()); r < 0)
-      return Error::from_libbpf(r, "share the shared program's scratch map");
-    if (int r = bpf_map__reuse_fd(s->stub.p->maps.ns_steer_progs, shared->progs_fd()); r < 0)
-      return Error::from_libbpf(r, "share the shared program's program array");
-  } else {
-    s->steer.p = netsteer_steer__open();
-    if (!s->steer.p) return Error::from_errno(errno ? errno : EINVAL, "open sk_lookup program netsteer_steer");
-    s->steer.p->rodata->ns_have_ingress_ifindex = have_sk_lookup_ingress_ifindex() ? 1 : 0;
-  }
-  if (int r = bpf_map__set_max_entries(s->map("ns_bypass"), max_inbound_conns); r < 0)
+  s->steer.p = netsteer_steer__open();
+  if (!s->steer.p) return Error::from_errno(errno ? errno : EINVAL, "open sk_lookup program netsteer_steer");
+  auto& sm = s->steer.p->maps;
+  if (int r = bpf_map__set_max_entries(sm.ns_bypass, max_inbound_conns); r < 0)
     return Error::from_libbpf(r, "size the bypass map");
-  if (int r = shared ? netsteer_stub__load(s->stub.p) : netsteer_steer__load(s->steer.p); r < 0)
-    return Error::from_libbpf(r, shared ? "load sk_lookup stub netsteer_stub" : "load sk_lookup program netsteer_steer");
-  s->shared = std::move(shared);
+  s->steer.p->rodata->ns_have_ingress_ifindex = have_sk_lookup_ingress_ifindex() ? 1 : 0;
+  if (int r = netsteer_steer__load(s->steer.p); r < 0) return Error::from_libbpf(r, "load sk_lookup program netsteer_steer");
   if (with_guard) {
-    GuardMapFds maps;
-    for (const char* name : kGuardSharedMaps) maps.emplace_back(name, s->map_fd(name));
-    NS_TRY(s->guard, LoadedGuard::load(maps));
+    GuardMapFds shared;
+    for (const char* name : kGuardSharedMaps)
+      shared.emplace_back(name, bpf_map__fd(bpf_object__find_map_by_name(s->steer.p->obj, name)));
+    NS_TRY(s->guard, LoadedGuard::load(shared));
   }
   return LoadedPodBpf(std::move(s));
 }
 
-PodBpfPool::PodBpfPool(uint32_t max_inbound_conns, bool background, size_t spares, bool with_guard,
-                       std::shared_ptr<SharedSteer> shared)
-    : max_inbound_conns_(max_inbound_conns),
-      target_(std::max<size_t>(spares, 1)),
-      with_guard_(with_guard),
-      shared_(std::move(shared)) {
+PodBpfPool::PodBpfPool(uint32_t max_inbound_conns, bool background, size_t spares, bool with_guard)
+    : max_inbound_conns_(max_inbound_conns), target_(std::max<size_t>(spares, 1)), with_guard_(with_guard) {
   if (background) thread_ = std::thread([this] { run(); });
 }
 
@@ -191,14 +176,14 @@ Result<LoadedPodBpf> PodBpfPool::take() {
       return l;
     }
   }
-  return LoadedPodBpf::load(max_inbound_conns_, with_guard_, shared_);
+  return LoadedPodBpf::load(max_inbound_conns_, with_guard_);
 }
 
 void PodBpfPool::fill(std::unique_lock<std::mutex>& lk) {
   while (wants_more()) {
     loading_ = true;
     lk.unlock();
-    auto l = LoadedPodBpf::load(max_inbound_conns_, with_guard_, shared_);
+    auto l = LoadedPodBpf::load(max_inbound_conns_, with_guard_);
     lk.lock();
     loading_ = false;
     if (l.ok()) {
@@ -253,23 +238,24 @@ size_t PodBpfPool::spares() {
 
 Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
                                                const PodBpfConfig& cfg, LoadedPodBpf loaded) {
-  auto& l = *loaded.s_;
+  auto& steer = loaded.s_->steer;
+  auto& sm = steer.p->maps;
 
   uint8_t one = 1;
   for (const auto& ip : cfg.pod_ips)
-    NS_TRY_STATUS(BpfMap<ns_addr, uint8_t>(l.map_fd("ns_pod_addrs")).put(to_key(ip), one));
+    NS_TRY_STATUS(BpfMap<ns_addr, uint8_t>(bpf_map__fd(sm.ns_pod_addrs)).put(to_key(ip), one));
   for (uint16_t p : cfg.exclusions.inbound_ports)
-    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(l.map_fd("ns_ex_in_port")).put(p, one));
+    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(bpf_map__fd(sm.ns_ex_in_port)).put(p, one));
   for (uint16_t p : cfg.exclusions.outbound_ports)
-    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(l.map_fd("ns_ex_out_port")).put(p, one));
+    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(bpf_map__fd(sm.ns_ex_out_port)).put(p, one));
   for (const auto& p : cfg.exclusions.outbound_cidrs)
-    NS_TRY_STATUS(BpfMap<ns_lpm_key, uint8_t>(l.map_fd("ns_ex_out_cidr")).put(to_lpm(p), one));
+    NS_TRY_STATUS(BpfMap<ns_lpm_key, uint8_t>(bpf_map__fd(sm.ns_ex_out_cidr)).put(to_lpm(p), one));
   for (const auto& p : cfg.exclusions.inbound_sources)
-    NS_TRY_STATUS(BpfMap<ns_lpm_key, uint8_t>(l.map_fd("ns_ex_in_src")).put(to_lpm(p), one));
+    NS_TRY_STATUS(BpfMap<ns_lpm_key, uint8_t>(bpf_map__fd(sm.ns_ex_in_src)).put(to_lpm(p), one));
   for (uint16_t p : cfg.udp_outbound_ports)
-    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(l.map_fd("ns_udp_out_port")).put(p, one));
+    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(bpf_map__fd(sm.ns_udp_out_port)).put(p, one));
   for (uint16_t p : cfg.udp_inbound_ports)
-    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(l.map_fd("ns_udp_in_port")).put(p, one));
+    NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(bpf_map__fd(sm.ns_udp_in_port)).put(p, one));
   ns_config c{};
   c.flags = (cfg.strict ? NS_CFG_STRICT : 0) | (cfg.exclusions.inbound_ports.empty() ? 0 : NS_CFG_EX_IN_PORT) |
             (cfg.exclusions.inbound_sources.empty() ? 0 : NS_CFG_EX_IN_SRC) |
@@ -278,42 +264,36 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
             (cfg.udp_outbound_ports.empty() ? 0 : NS_CFG_UDP_OUT) | (cfg.udp_inbound_ports.empty() ? 0 : NS_CFG_UDP_IN);
   c.mark = cfg.mark;
   c.mark_mask = cfg.mark_mask;
+  NS_TRY_STATUS(BpfMap<uint32_t, ns_config>(bpf_map__fd(sm.ns_config)).put(0, c));
 
-  // Pin everything; on failure whatever was pinned (or registered) is removed (the link detaches
-  // with its fd).
-  std::unique_ptr<PodBpf> pb(new PodBpf(BpfObjects(pin_dir, resident), l.shared));
+  // Pin everything; on failure whatever was pinned is removed (the link detaches with its fd).
+  std::unique_ptr<PodBpf> pb(new PodBpf(BpfObjects(pin_dir, resident)));
   struct Undo {
-    PodBpf& pb;
+    BpfObjects& o;
     bool armed = true;
     ~Undo() {
-      if (armed) (void)pb.destroy();
+      if (armed) o.remove_all();
     }
-  } undo{*pb};
-
+  } undo{pb->objs_};
   auto pin_dup = [&](const std::string& name, int fd) -> Status {
     NS_TRY(UniqueFd d, dup_obj(fd, name));
     return pb->objs_.add(name, std::move(d));
   };
-  NS_TRY_STATUS(pin_dup(kProgSteer, l.prog()));
-  for (const char* name : kPodMapNames) NS_TRY_STATUS(pin_dup(map_pin(name), l.map_fd(name)));
-  if (l.shared) {
-    // The stub hands this index to the shared program, which finds the pod's maps there.
-    // (After the pins: an undo finds the maps to take out through them.)
-    NS_TRY(pb->idx_, l.shared->add([&](const char* name) { return l.map_fd(name); }));
-    c.pod_idx = pb->idx_;
-  }
-  NS_TRY_STATUS(BpfMap<uint32_t, ns_config>(l.map_fd("ns_config")).put(0, c));
-  if (l.guard) NS_TRY_STATUS(pb->adopt_guard_progs(*l.guard));
+  NS_TRY_STATUS(pin_dup(kProgSteer, bpf_program__fd(steer.p->progs.netsteer_steer)));
+  for (bpf_map* m : {sm.ns_sockets, sm.ns_pod_addrs, sm.ns_bypass, sm.ns_ex_in_port, sm.ns_ex_out_port,
+                     sm.ns_ex_out_cidr, sm.ns_ex_in_src, sm.ns_udp_out_port, sm.ns_udp_in_port, sm.ns_config, sm.ns_stats})
+    NS_TRY_STATUS(pin_dup(map_pin(bpf_map__name(m)), bpf_map__fd(m)));
+  if (loaded.s_->guard) NS_TRY_STATUS(pb->adopt_guard_progs(*loaded.s_->guard));
   NS_TRY_STATUS(pb->open_bypass());
 
-  UniqueFd link(bpf_link_create(l.prog(), ns.fd(), BPF_SK_LOOKUP, nullptr));
+  UniqueFd link(bpf_link_create(bpf_program__fd(steer.p->progs.netsteer_steer), ns.fd(), BPF_SK_LOOKUP, nullptr));
   if (!link) return Error::from_errno(errno, "attach sk_lookup link to pod netns");
   NS_TRY_STATUS(pb->objs_.add(kLinkSteer, std::move(link)));
   undo.armed = false;
   return pb;
 }
 
-Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir, std::shared_ptr<SharedSteer> shared) {
+Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir) {
   NS_TRY(BpfObjects objs, BpfObjects::open(pin_dir, resident));
   for (const char* need : {kProgSteer, kLinkSteer, "map_ns_sockets", "map_ns_bypass", "map_ns_stats"}) {
     if (!objs.has(need)) return Error::msg("pin " + pin_dir + "/" + need + " is missing", ENOENT);
@@ -330,29 +310,9 @@ Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir, std::s
                           std::to_string(NS_SLOT_MAX) + " needed): replaced",
                       ENOEXEC);
   }
-  NS_TRY(ns_config c, (BpfMap<uint32_t, ns_config>(objs.ref("map_ns_config").get()).get(0)));
-  std::unique_ptr<PodBpf> pb(new PodBpf(std::move(objs), c.pod_idx ? std::move(shared) : nullptr, c.pod_idx));
-  if (c.pod_idx) {
-    if (!pb->shared_)
-      return Error::msg("pod pinned at index " + std::to_string(c.pod_idx) +
-                            " of the shared steering program, which this agent does not run",
-                        ENOEXEC);
-    std::vector<ObjRef> keep;
-    NS_TRY_STATUS(pb->shared_->claim(c.pod_idx, pb->map_fds(keep)));
-  }
+  std::unique_ptr<PodBpf> pb(new PodBpf(std::move(objs)));
   NS_TRY_STATUS(pb->open_bypass());
   return pb;
-}
-
-std::function<int(const char*)> PodBpf::map_fds(std::vector<ObjRef>& keep) const {
-  keep.clear();
-  keep.reserve(kPodMaps);
-  for (const char* name : kPodMapNames) keep.push_back(objs_.ref(map_pin(name)));
-  return [&keep](const char* name) {
-    for (size_t i = 0; i < kPodMaps; ++i)
-      if (std::strcmp(kPodMapNames[i], name) == 0) return keep[i].get();
-    return -1;
-  };
 }
 
 Status PodBpf::open_bypass() {
@@ -523,9 +483,6 @@ nlohmann::json PodBpf::describe() const {
   nlohmann::json j = objs_.describe();
   j["steer_link_id"] = steer_link_id();
   j["pin_dir"] = objs_.dir();
-  // "shared": the pod's prog_steer is a stub calling the agent's program (prog id) at pod_idx.
-  j["steer_program"] = shared_ ? "shared" : "own";
-  if (shared_) j["shared"] = {{"pod_idx", idx_}, {"prog_id", shared_->prog_id()}};
   return j;
 }
 
@@ -548,16 +505,13 @@ Status PodBpf::verify() const {
   return {};
 }
 
-Status PodBpf::remove_pins(const std::string& pin_dir, std::shared_ptr<SharedSteer> shared) {
+Status PodBpf::remove_pins(const std::string& pin_dir) {
   auto objs = BpfObjects::open(pin_dir, resident);
   if (!objs.ok()) {
     ::rmdir(pin_dir.c_str());
     return objs.error().code == ENOENT ? Status{} : Status(std::move(objs).error());
   }
-  uint32_t idx = 0;
-  if (ObjRef cfg = objs->ref("map_ns_config"))
-    if (auto c = BpfMap<uint32_t, ns_config>(cfg.get()).get(0); c.ok()) idx = c->pod_idx;
-  return PodBpf(std::move(*objs), std::move(shared), idx).destroy();
+  return PodBpf(std::move(*objs)).destroy();
 }
 
 Status PodBpf::destroy() {
@@ -567,12 +521,6 @@ Status PodBpf::destroy() {
     ObjRef link = objs_.ref(name);
     if (link && bpf_link_detach(link.get()) < 0 && errno != EINVAL && errno != ENOLINK && errno != ENODEV && st.ok())
       st = Error::from_errno(errno, "detach " + name);
-  }
-  // The stub is unlinked: nothing calls the shared program for this pod any more.
-  if (shared_ && idx_) {
-    std::vector<ObjRef> keep;
-    shared_->remove(idx_, map_fds(keep));
-    idx_ = 0;
   }
   objs_.remove_all();
   return st;

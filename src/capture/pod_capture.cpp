@@ -209,7 +209,7 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   if (previous) {
     // Keep the original sysctl values recorded by the agent that first changed them.
     pc->state_.sysctls = previous->sysctls;
-    auto adopted = bpf::PodBpf::adopt(cfg.pin_dir, cfg.shared_steer);
+    auto adopted = bpf::PodBpf::adopt(cfg.pin_dir);
     if (adopted.ok()) {
       pc->bpf_ = std::move(*adopted);
       pc->adopted_ = true;
@@ -222,7 +222,7 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   auto t0 = std::chrono::steady_clock::now();
   auto t_loaded = t0;
   if (!pc->bpf_) {
-    NS_TRY(bpf::LoadedPodBpf loaded, cfg.bpf_pool ? cfg.bpf_pool->take() : bpf::LoadedPodBpf::load(cfg.max_inbound_conns, true, cfg.shared_steer));
+    NS_TRY(bpf::LoadedPodBpf loaded, cfg.bpf_pool ? cfg.bpf_pool->take() : bpf::LoadedPodBpf::load(cfg.max_inbound_conns));
     t_loaded = std::chrono::steady_clock::now();
     NS_TRY(pc->bpf_, bpf::PodBpf::create(cfg.pin_dir, ns, bc, std::move(loaded)));
   }

@@ -159,10 +159,6 @@ def check_sanitizer_reports(log_path):
             raise AssertionError(f"sanitizer report in {log_path}:\n{text[max(0, i - 200):i + 4000]}")
 
 
-# bpf::kSharedSteerDir: the shared steering program's pins under the agent's pin root.
-SHARED_STEER_DIR = "_shared_v1"
-
-
 class Agent:
     """A netsteerd process of our own, on a private socket and state dir."""
 
@@ -317,13 +313,6 @@ class Agent:
 
     def restart(self):
         self.start()
-
-    def pod_pins(self):
-        """The pod pin directories under the pin root (not the agent's shared steering program's,
-        which lives there as long as the agent runs)."""
-        if not os.path.exists(self.pin_root):
-            return []
-        return sorted(n for n in os.listdir(self.pin_root) if n != SHARED_STEER_DIR)
 
     def cleanup_pins(self):
         """Remove this agent's pin root (after it stopped); True if something was left."""

@@ -46,7 +46,7 @@ def test_demo_runs_and_leaves_nothing():
                      '"seen_as": ["10.250.0.2 5555"]', "udp: outbound_flows=1 inbound_flows=1 datagrams up=6 down=6",
                      "haproxy: client=::ffff:10.250.0.2:", "original destination=::ffff:10.250.0.1:8080",
                      "lease of listeners ended (the holder closed the connection)",
-                     "pod pins left under /sys/fs/bpf/netsteer-demo: 0"):
+                     "pins left under /sys/fs/bpf/netsteer-demo: 0"):
             assert want in out, f"demo output lacks {want!r}:\n{out}"
         left = demo_processes()
         assert not left, f"the demo left processes running: {left}"

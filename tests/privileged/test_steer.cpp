@@ -53,15 +53,9 @@ class SteerTest : public ::testing::Test {
 
   netns::NetnsHandle ns(const std::string& name) { return std::move(*netns::NetnsHandle::open("/var/run/netns/" + name)); }
 
-  void inbound_bypass_fail_closed(std::shared_ptr<bpf::SharedSteer> shared);
-
   // Non-blocking connect from the remote netns; returns the fd and whether it completed in time.
   std::pair<UniqueFd, bool> connect_from_remote(uint16_t port, uint16_t bind_port = 0, int wait_ms = 2000) {
-    return connect_from(rem, "10.77.0.1", port, bind_port, wait_ms);
-  }
-  std::pair<UniqueFd, bool> connect_from(const std::string& from, const char* to, uint16_t port,
-                                         uint16_t bind_port = 0, int wait_ms = 2000) {
-    auto rns = ns(from);
+    auto rns = ns(rem);
     UniqueFd fd;
     {
       auto scope = netns::ScopedNetns::enter(rns);
@@ -72,7 +66,7 @@ class SteerTest : public ::testing::Test {
       SockAddr b = SockAddr::make(*IpAddr::parse("10.77.0.2"), bind_port);
       EXPECT_EQ(::bind(fd.get(), b.sa(), b.len), 0);
     }
-    SockAddr dst = SockAddr::make(*IpAddr::parse(to), port);
+    SockAddr dst = SockAddr::make(*IpAddr::parse("10.77.0.1"), port);
     ::connect(fd.get(), dst.sa(), dst.len);
     pollfd p{fd.get(), POLLOUT, 0};
     bool done = ::poll(&p, 1, wait_ms) == 1;
@@ -91,8 +85,7 @@ class SteerTest : public ::testing::Test {
 
 }  // namespace
 
-// Steering on the pod's own program (shared == nullptr) or through the agent's shared one.
-void SteerTest::inbound_bypass_fail_closed(std::shared_ptr<bpf::SharedSteer> shared) {
+TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
   auto pns = ns(pod);
   netns::NetnsExecutor exec(1);
   auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539, {}); });
@@ -110,12 +103,10 @@ void SteerTest::inbound_bypass_fail_closed(std::shared_ptr<bpf::SharedSteer> sha
 
   bpf::PodBpfConfig cfg;
   cfg.pod_ips = {*IpAddr::parse("10.77.0.1")};
-  auto loaded = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, true, shared);
+  auto loaded = bpf::LoadedPodBpf::load();
   ASSERT_TRUE(loaded.ok()) << loaded.error().message;
   auto sp = bpf::PodBpf::create(pins + "/pod", pns, cfg, std::move(*loaded));
   ASSERT_TRUE(sp.ok()) << sp.error().message;
-  EXPECT_EQ((*sp)->pod_idx() != 0, shared != nullptr);
-  if (shared) EXPECT_EQ(shared->pods(), 1u);
   ASSERT_TRUE((*sp)->set_listeners(listeners->outbound.fd.get(), listeners->inbound.fd.get()).ok());
   for (const char* pin : {"prog_steer", "link_steer", "map_ns_sockets", "map_ns_stats", "map_ns_bypass",
                           "prog_guard_ingress", "prog_guard_egress", "map_ns_guard_stats", "map_ns_config"})
@@ -156,7 +147,6 @@ void SteerTest::inbound_bypass_fail_closed(std::shared_ptr<bpf::SharedSteer> sha
   ASSERT_TRUE((*sp)->destroy().ok());
   EXPECT_FALSE(std::filesystem::exists(pins + "/pod"));
   sp->reset();
-  if (shared) EXPECT_EQ(shared->pods(), 0u) << "the pod's maps are still in the shared program's arrays";
   int lfd = bpf_link_get_fd_by_id(link_id);
   EXPECT_LT(lfd, 0) << "link still exists after destroy";
   if (lfd >= 0) ::close(lfd);
@@ -164,101 +154,6 @@ void SteerTest::inbound_bypass_fail_closed(std::shared_ptr<bpf::SharedSteer> sha
   auto [c4, ok4] = connect_from_remote(8080);
   EXPECT_TRUE(ok4);
   EXPECT_TRUE(accept_one(app->get()).valid());
-}
-
-TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) { inbound_bypass_fail_closed(nullptr); }
-
-TEST_F(SteerTest, InboundSteeredThroughTheSharedProgram) {
-  auto shared = bpf::SharedSteer::open(pins);
-  ASSERT_TRUE(shared.ok()) << shared.error().message;
-  inbound_bypass_fail_closed(*shared);
-}
-
-// Two pods on one shared program: each pod's stub reaches its own maps and sockets only; a pod's
-// removal takes its maps out of the arrays; a restarted agent re-opens the arrays, swaps its own
-// copy of the program in, and the pod left keeps steering throughout.
-TEST_F(SteerTest, SharedProgramKeepsPodsApartAndSurvivesARestart) {
-  std::string pod2 = "nsstq" + tag;
-  sh("ip netns add " + pod2);
-  sh("ip link add vsu" + tag + " netns " + pod2 + " type veth peer name eth1 netns " + rem);
-  sh("ip -n " + pod2 + " link set vsu" + tag + " name eth0");
-  sh("ip -n " + pod2 + " addr add 10.78.0.1/24 dev eth0 && ip -n " + pod2 + " link set eth0 up && ip -n " + pod2 +
-     " link set lo up");
-  sh("ip -n " + rem + " addr add 10.78.0.2/24 dev eth1 && ip -n " + rem + " link set eth1 up");
-  struct DelNs {
-    std::string n;
-    ~DelNs() { std::system(("ip netns del " + n + " 2>/dev/null").c_str()); }
-  } del2{pod2};
-
-  auto opened = bpf::SharedSteer::open(pins);
-  ASSERT_TRUE(opened.ok()) << opened.error().message;
-  std::shared_ptr<bpf::SharedSteer> shared = *opened;
-  netns::NetnsExecutor exec(1);
-  struct PodUnderTest {
-    std::unique_ptr<bpf::PodBpf> bpf;
-    agent::PodListeners listeners;
-  };
-  auto enrol = [&](const std::string& name, const char* ip) -> PodUnderTest {
-    auto pns = ns(name);
-    auto l = exec.run(pns, [] { return agent::create_listeners(0x539, {}); });
-    EXPECT_TRUE(l.ok());
-    bpf::PodBpfConfig cfg;
-    cfg.pod_ips = {*IpAddr::parse(ip)};
-    auto loaded = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false, shared);
-    EXPECT_TRUE(loaded.ok()) << loaded.error().message;
-    auto sp = bpf::PodBpf::create(pins + "/" + name, pns, cfg, std::move(*loaded));
-    EXPECT_TRUE(sp.ok()) << sp.error().message;
-    EXPECT_TRUE((*sp)->set_listeners(l->outbound.fd.get(), l->inbound.fd.get()).ok());
-    return {std::move(*sp), std::move(*l)};
-  };
-  PodUnderTest a = enrol(pod, "10.77.0.1"), b = enrol(pod2, "10.78.0.1");
-  ASSERT_NE(a.bpf->pod_idx(), b.bpf->pod_idx());
-  EXPECT_EQ(shared->pods(), 2u);
-
-  auto steered_to = [&](const char* ip, PodUnderTest& to, PodUnderTest& not_to) {
-    auto [c, ok] = connect_from(rem, ip, 8080);
-    EXPECT_TRUE(ok) << ip;
-    EXPECT_TRUE(accept_one(to.listeners.inbound.fd.get()).valid()) << ip << ": not on its own pod's listener";
-    EXPECT_FALSE(accept_one(not_to.listeners.inbound.fd.get(), 50).valid()) << ip << ": on the other pod's listener";
-  };
-  steered_to("10.77.0.1", a, b);
-  steered_to("10.78.0.1", b, a);
-  EXPECT_EQ(a.bpf->stats()->inbound_assigned, 1u);
-  EXPECT_EQ(b.bpf->stats()->inbound_assigned, 1u);
-
-  // Pod a leaves: its index is free, pod b is untouched.
-  uint32_t a_idx = a.bpf->pod_idx();
-  ASSERT_TRUE(a.bpf->destroy().ok());
-  EXPECT_EQ(shared->pods(), 1u);
-  steered_to("10.78.0.1", b, a);
-
-  // "Restart": the agent's objects go, a new agent re-opens the pins and adopts pod b.
-  uint32_t old_prog = shared->prog_id();
-  std::string b_pins = b.bpf->pin_dir();
-  b.bpf.reset();
-  shared.reset();
-  auto again = bpf::SharedSteer::open(pins);
-  ASSERT_TRUE(again.ok()) << again.error().message;
-  shared = *again;
-  EXPECT_EQ(shared->pods(), 1u) << "the registered pod was not found in the pinned arrays";
-  EXPECT_NE(shared->prog_id(), old_prog) << "the new agent's program was not swapped in";
-  auto adopted = bpf::PodBpf::adopt(b_pins, shared);
-  ASSERT_TRUE(adopted.ok()) << adopted.error().message;
-  b.bpf = std::move(*adopted);
-  steered_to("10.78.0.1", b, a);
-  EXPECT_EQ(b.bpf->stats()->inbound_assigned, 3u);
-
-  // A pod pinned on the shared program cannot be adopted without it.
-  EXPECT_FALSE(bpf::PodBpf::adopt(b_pins, nullptr).ok());
-  // A new pod takes the index pod a left.
-  PodUnderTest c = enrol(pod, "10.77.0.1");
-  EXPECT_EQ(c.bpf->pod_idx(), a_idx);
-  steered_to("10.77.0.1", c, b);
-  ASSERT_TRUE(c.bpf->destroy().ok());
-  ASSERT_TRUE(b.bpf->destroy().ok());
-  EXPECT_EQ(shared->pods(), 0u);
-  shared->remove_pins();
-  EXPECT_FALSE(std::filesystem::exists(pins + "/" + bpf::kSharedSteerDir));
 }
 
 // The agent's spare: loaded ahead of time (holding its fds), refilled only when empty, and a

@@ -56,9 +56,6 @@ struct Dataplane {
   bool defer_guard = true;
   int guard_quiet_ms = 20;  // --guard-quiet-ms (GuardAttacher)
   size_t bpf_spares = 4;    // --bpf-spares (PodBpfPool)
-  // --steer-program shared: pods get a stub calling one steering program the agent loads once
-  // (bpf::SharedSteer); own (or a kernel that cannot run the shared one): a program per pod.
-  bool shared_steer = true;
 };
 
 // A non-strict pod's tc guard, attached after its enrol has answered (see GuardAttacher).
@@ -199,8 +196,6 @@ class EnrolmentManager {
   // The ahead-of-time loaded BPF programs for the next pod: "ready", "loading", "none" or "off".
   std::string bpf_spare() const;
   size_t bpf_spares() const;
-  // {"mode": "shared"|"own"|"off", and for shared its program id, pin directory and pods}.
-  nlohmann::json steer_program() const;
   // Pods whose deferred tc guard is not attached yet (0 when guards are attached synchronously).
   size_t guards_pending() const;
   NodeTotals totals() const;
@@ -240,7 +235,6 @@ class EnrolmentManager {
   const StateStore* store_;
   std::optional<Dataplane> dp_;
   // The next pod's BPF objects, loaded by the pool's own low-priority thread after each enrol.
-  std::shared_ptr<bpf::SharedSteer> shared_steer_;  // nullptr: each pod has a steering program of its own
   std::shared_ptr<bpf::PodBpfPool> bpf_pool_;
   void refill_bpf_pool();
   mutable std::mutex mu_;

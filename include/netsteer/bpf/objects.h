@@ -76,19 +76,6 @@ class BpfObjects {
   std::map<std::string, UniqueFd> fds_;  // invalid fd: pinned only
 };
 
-// Owns a libbpf skeleton (bpftool's generated <name>__destroy frees it).
-template <typename Skel, void (*Destroy)(Skel*)>
-struct SkelPtr {
-  Skel* p = nullptr;
-  SkelPtr() = default;
-  explicit SkelPtr(Skel* s) : p(s) {}
-  SkelPtr(const SkelPtr&) = delete;
-  SkelPtr& operator=(const SkelPtr&) = delete;
-  ~SkelPtr() {
-    if (p) Destroy(p);
-  }
-};
-
 // Kernel id of a BPF program/map/link fd (0 when unknown).
 uint32_t object_id(int fd);
 

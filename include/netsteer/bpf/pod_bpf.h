@@ -9,7 +9,6 @@
 
 #include <cstdint>
 #include <deque>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -22,7 +21,6 @@
 
 #include "netsteer/bpf/features.h"
 #include "netsteer/bpf/objects.h"
-#include "netsteer/bpf/shared_steer.h"
 #include "netsteer/common/inet.h"
 #include "netsteer/common/result.h"
 #include "netsteer/netns/netns.h"
@@ -85,10 +83,7 @@ class LoadedPodBpf {
   // max_inbound_conns: size of the pod's bypass map (concurrent inbound relay connections).
   // with_guard: the guard programs too (for pods whose guard is attached during the enrol);
   // without, PodBpf::load_guard() or a deferred attach loads them when they are needed.
-  // shared: the pod gets a stub that calls the agent's shared steering program (its maps are
-  // registered with it at create()); nullptr: a steering program of its own.
-  static Result<LoadedPodBpf> load(uint32_t max_inbound_conns = kDefaultMaxInboundConns, bool with_guard = true,
-                                   std::shared_ptr<SharedSteer> shared = nullptr);
+  static Result<LoadedPodBpf> load(uint32_t max_inbound_conns = kDefaultMaxInboundConns, bool with_guard = true);
   LoadedPodBpf(LoadedPodBpf&&) noexcept;
   LoadedPodBpf& operator=(LoadedPodBpf&&) noexcept;
   ~LoadedPodBpf();
@@ -112,7 +107,7 @@ class PodBpfPool {
  public:
   // with_guard: spares carry the guard programs (see LoadedPodBpf::load).
   explicit PodBpfPool(uint32_t max_inbound_conns = kDefaultMaxInboundConns, bool background = false,
-                      size_t spares = 1, bool with_guard = true, std::shared_ptr<SharedSteer> shared = nullptr);
+                      size_t spares = 1, bool with_guard = true);
   ~PodBpfPool();
   PodBpfPool(const PodBpfPool&) = delete;
   PodBpfPool& operator=(const PodBpfPool&) = delete;
@@ -143,7 +138,6 @@ class PodBpfPool {
   const uint32_t max_inbound_conns_;
   const size_t target_;
   const bool with_guard_;
-  const std::shared_ptr<SharedSteer> shared_;
   std::thread thread_;
 };
 
@@ -155,8 +149,7 @@ class PodBpf {
   static Result<std::unique_ptr<PodBpf>> create(const std::string& pin_dir, const netns::NetnsHandle& ns,
                                                 const PodBpfConfig& cfg, LoadedPodBpf loaded);
   // Re-opens the pins a previous agent left (restart takeover). The link stays attached throughout.
-  // A pod on the shared program needs `shared` (its maps are claimed there again).
-  static Result<std::unique_ptr<PodBpf>> adopt(const std::string& pin_dir, std::shared_ptr<SharedSteer> shared = nullptr);
+  static Result<std::unique_ptr<PodBpf>> adopt(const std::string& pin_dir);
 
   // Attaches the guard to ifindex on ingress and egress. Must run IN THE POD NETNS (ifindex is
   // netns-relative). Idempotent: an attachment that already exists (pinned tcx link, or our
@@ -208,21 +201,13 @@ class PodBpf {
   Status verify() const;
   // Cleans up a pin directory nobody owns (stale pod, crash mid-enrol): detaches its links and
   // removes its pins, whatever subset of them exists.
-  // A pod of the shared program also leaves its arrays (given `shared`).
-  static Status remove_pins(const std::string& pin_dir, std::shared_ptr<SharedSteer> shared = nullptr);
-  // The pod's index in the shared program's arrays; 0: the pod has a steering program of its own.
-  uint32_t pod_idx() const { return idx_; }
+  static Status remove_pins(const std::string& pin_dir);
 
  private:
-  explicit PodBpf(BpfObjects objs, std::shared_ptr<SharedSteer> shared = nullptr, uint32_t idx = 0)
-      : objs_(std::move(objs)), shared_(std::move(shared)), idx_(idx) {}
-  // A pinned map of the pod by its BPF name (a temporary fd when it is not kept open).
-  std::function<int(const char*)> map_fds(std::vector<ObjRef>& keep) const;
+  explicit PodBpf(BpfObjects objs) : objs_(std::move(objs)) {}
   // Opens bypass_ once the bypass map is in objs_ (create: after pinning; adopt: from the pins).
   Status open_bypass();
   BpfObjects objs_;
-  std::shared_ptr<SharedSteer> shared_;
-  uint32_t idx_ = 0;
   // Relay worker threads add/remove bypass entries while the control side may change objs_
   // (detach, remove): they use this fd of their own, fixed for the object's life (TSan).
   UniqueFd bypass_;

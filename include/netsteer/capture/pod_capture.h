@@ -53,8 +53,6 @@ struct CaptureConfig {
   std::string pin_dir;
   // Where the pod's BPF objects come from already loaded (nullptr: loaded during install).
   bpf::PodBpfPool* bpf_pool = nullptr;
-  // The agent's shared steering program (nullptr: a program of the pod's own).
-  std::shared_ptr<bpf::SharedSteer> shared_steer;
   uint32_t max_inbound_conns = bpf::kDefaultMaxInboundConns;  // when loaded here (no pool)
   // tcx only, non-strict pods only: leave the tc guard to a later attach (adopt_guard). Each tcx
   // attach waits for an RCU grace period under rtnl (7-25 ms with rcu_expedited=0); without the
