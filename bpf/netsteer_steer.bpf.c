@@ -78,6 +78,12 @@ static __always_inline int is_link_local(const struct ns_addr *a)
 	return !(w[0] | w[1]) && w[2] == bpf_htonl(0xffff) && (w[3] & bpf_htonl(0xffff0000)) == bpf_htonl(0xa9fe0000);
 }
 
+/* Set by the loader before load: the NS_CFG_* features this copy of the program serves. The
+ * verifier skips the branches of the features left out (read-only data is known at load), so a pod
+ * with DNS capture and no exclusions or UDP ports verifies 643 instructions instead of 1,610. The
+ * agent never gives a pod a copy without a feature its config uses. */
+const volatile __u32 ns_features = 0xffffffff;
+
 /* Set by the loader before load: the kernel has bpf_sk_lookup.ingress_ifindex (Linux 5.17).
  * While 0 the verifier never visits the read of that field, so the program loads on 5.10. */
 const volatile __u8 ns_have_ingress_ifindex = 0;
@@ -219,7 +225,7 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 	lport = (__u16)ctx->local_port;                 /* host byte order */
 	rport = bpf_ntohs((__u16)ctx->remote_port);     /* network byte order in the ctx */
 	cfg = ns_get_config();
-	flags = cfg ? cfg->flags : 0;
+	flags = (cfg ? cfg->flags : 0) & ns_features;
 
 	if (ctx->protocol == IPPROTO_UDP) {
 		slot = udp_slot(ctx, stats, flags, &local, &remote, lport, rport);

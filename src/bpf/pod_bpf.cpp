@@ -125,14 +125,30 @@ int LoadedGuard::stats_map() const { return bpf_map__fd(s_->guard.p->maps.ns_gua
 struct LoadedPodBpf::Skeletons {
   SkelPtr<netsteer_steer, netsteer_steer__destroy> steer;
   std::optional<LoadedGuard> guard;
+  uint32_t features = kAllSteerFeatures;
 };
+
+namespace {
+// ns_config.flags for a pod.
+uint32_t config_flags(const PodBpfConfig& cfg) {
+  return (cfg.strict ? NS_CFG_STRICT : 0) | (cfg.exclusions.inbound_ports.empty() ? 0 : NS_CFG_EX_IN_PORT) |
+         (cfg.exclusions.inbound_sources.empty() ? 0 : NS_CFG_EX_IN_SRC) |
+         (cfg.exclusions.outbound_ports.empty() ? 0 : NS_CFG_EX_OUT_PORT) |
+         (cfg.exclusions.outbound_cidrs.empty() ? 0 : NS_CFG_EX_OUT_CIDR) | (cfg.dns ? NS_CFG_DNS : 0) |
+         (cfg.udp_outbound_ports.empty() ? 0 : NS_CFG_UDP_OUT) | (cfg.udp_inbound_ports.empty() ? 0 : NS_CFG_UDP_IN);
+}
+}  // namespace
+
+uint32_t steer_features(const PodBpfConfig& cfg) { return config_flags(cfg) & kAllSteerFeatures; }
+
+uint32_t LoadedPodBpf::features() const { return s_->features; }
 
 LoadedPodBpf::LoadedPodBpf(std::unique_ptr<Skeletons> s) : s_(std::move(s)) {}
 LoadedPodBpf::LoadedPodBpf(LoadedPodBpf&&) noexcept = default;
 LoadedPodBpf& LoadedPodBpf::operator=(LoadedPodBpf&&) noexcept = default;
 LoadedPodBpf::~LoadedPodBpf() = default;
 
-Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns, bool with_guard) {
+Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns, bool with_guard, uint32_t features) {
   auto s = std::make_unique<Skeletons>();
   s->steer.p = netsteer_steer__open();
   if (!s->steer.p) return Error::from_errno(errno ? errno : EINVAL, "open sk_lookup program netsteer_steer");
@@ -140,6 +156,8 @@ Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns, bool with_gu
   if (int r = bpf_map__set_max_entries(sm.ns_bypass, max_inbound_conns); r < 0)
     return Error::from_libbpf(r, "size the bypass map");
   s->steer.p->rodata->ns_have_ingress_ifindex = have_sk_lookup_ingress_ifindex() ? 1 : 0;
+  s->features = features & kAllSteerFeatures;
+  s->steer.p->rodata->ns_features = s->features;
   if (int r = netsteer_steer__load(s->steer.p); r < 0) return Error::from_libbpf(r, "load sk_lookup program netsteer_steer");
   if (with_guard) {
     GuardMapFds shared;
@@ -166,24 +184,37 @@ PodBpfPool::~PodBpfPool() {
 
 bool PodBpfPool::wants_more() const { return !stop_ && started_ && !failed_ && !loading_ && spares_.size() < target_; }
 
-Result<LoadedPodBpf> PodBpfPool::take() {
+Result<LoadedPodBpf> PodBpfPool::take(uint32_t features) {
   {
     std::lock_guard lk(mu_);
-    if (!spares_.empty()) {
-      LoadedPodBpf l = std::move(spares_.front());
-      spares_.pop_front();
+    features_ = features;
+    // The tightest fit: spares serving more stay for pods that need more.
+    auto fits = spares_.end();
+    for (auto it = spares_.begin(); it != spares_.end(); ++it)
+      if ((features & ~it->features()) == 0 &&
+          (fits == spares_.end() || __builtin_popcount(it->features()) < __builtin_popcount(fits->features())))
+        fits = it;
+    if (fits != spares_.end()) {
+      LoadedPodBpf l = std::move(*fits);
+      spares_.erase(fits);
       if (thread_.joinable()) cv_.notify_all();
       return l;
     }
+    // None serves this pod: make room for spares that will (the oldest goes).
+    if (!spares_.empty()) {
+      spares_.pop_front();
+      if (thread_.joinable()) cv_.notify_all();
+    }
   }
-  return LoadedPodBpf::load(max_inbound_conns_, with_guard_);
+  return LoadedPodBpf::load(max_inbound_conns_, with_guard_, features);
 }
 
 void PodBpfPool::fill(std::unique_lock<std::mutex>& lk) {
   while (wants_more()) {
     loading_ = true;
+    uint32_t features = features_;
     lk.unlock();
-    auto l = LoadedPodBpf::load(max_inbound_conns_, with_guard_);
+    auto l = LoadedPodBpf::load(max_inbound_conns_, with_guard_, features);
     lk.lock();
     loading_ = false;
     if (l.ok()) {
@@ -238,6 +269,10 @@ size_t PodBpfPool::spares() {
 
 Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
                                                const PodBpfConfig& cfg, LoadedPodBpf loaded) {
+  if (uint32_t missing = steer_features(cfg) & ~loaded.features())
+    return Error::msg("the steering program was loaded without features the pod uses (NS_CFG bits 0x" +
+                          fmt::format("{:x}", missing) + ")",
+                      EINVAL);
   auto& steer = loaded.s_->steer;
   auto& sm = steer.p->maps;
 
@@ -257,11 +292,7 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
   for (uint16_t p : cfg.udp_inbound_ports)
     NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(bpf_map__fd(sm.ns_udp_in_port)).put(p, one));
   ns_config c{};
-  c.flags = (cfg.strict ? NS_CFG_STRICT : 0) | (cfg.exclusions.inbound_ports.empty() ? 0 : NS_CFG_EX_IN_PORT) |
-            (cfg.exclusions.inbound_sources.empty() ? 0 : NS_CFG_EX_IN_SRC) |
-            (cfg.exclusions.outbound_ports.empty() ? 0 : NS_CFG_EX_OUT_PORT) |
-            (cfg.exclusions.outbound_cidrs.empty() ? 0 : NS_CFG_EX_OUT_CIDR) | (cfg.dns ? NS_CFG_DNS : 0) |
-            (cfg.udp_outbound_ports.empty() ? 0 : NS_CFG_UDP_OUT) | (cfg.udp_inbound_ports.empty() ? 0 : NS_CFG_UDP_IN);
+  c.flags = config_flags(cfg);
   c.mark = cfg.mark;
   c.mark_mask = cfg.mark_mask;
   NS_TRY_STATUS(BpfMap<uint32_t, ns_config>(bpf_map__fd(sm.ns_config)).put(0, c));

@@ -300,3 +300,91 @@ TEST(SteerFeatures, ProbeNamesTheMissingFeature) {
   EXPECT_NE(st.error().message.find("5.9"), std::string::npos);
   EXPECT_NE(st.error().message.find("5.4.0-test"), std::string::npos);
 }
+
+// The steering program is loaded for the features a pod uses (read-only data the verifier prunes
+// on): fewer instructions to verify for a plain pod, a pod is never given a copy that lacks one of
+// its features, and the pool hands out spares by feature set.
+TEST_F(SteerTest, ProgramIsLoadedForThePodsFeatures) {
+  auto pns = ns(pod);
+  netns::NetnsExecutor exec(1);
+  auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539, {}); });
+  ASSERT_TRUE(listeners.ok()) << listeners.error().message;
+  auto app = exec.run(pns, []() -> Result<UniqueFd> {
+    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    SockAddr a = SockAddr::make(*IpAddr::parse("0.0.0.0"), 8080);
+    if (::bind(fd.get(), a.sa(), a.len) < 0 || ::listen(fd.get(), 16) < 0) return Error::from_errno(errno, "app");
+    return fd;
+  });
+  ASSERT_TRUE(app.ok());
+  bpf::PodBpfConfig plain;
+  plain.pod_ips = {*IpAddr::parse("10.77.0.1")};
+  plain.dns = true;
+  bpf::PodBpfConfig excluding = plain;
+  excluding.exclusions.inbound_ports = {8080};
+  ASSERT_EQ(bpf::steer_features(plain), uint32_t(NS_CFG_DNS));
+  ASSERT_EQ(bpf::steer_features(excluding), uint32_t(NS_CFG_DNS | NS_CFG_EX_IN_PORT));
+
+  auto verified_insns = [&](const std::string& dir) {
+    UniqueFd p(bpf_obj_get((dir + "/prog_steer").c_str()));
+    bpf_prog_info info{};
+    uint32_t len = sizeof info;
+    EXPECT_EQ(bpf_obj_get_info_by_fd(p.get(), &info, &len), 0);
+    return info.verified_insns;
+  };
+  // A copy without the exclusion feature is refused for the excluding pod.
+  auto narrow = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false, bpf::steer_features(plain));
+  ASSERT_TRUE(narrow.ok()) << narrow.error().message;
+  auto refused = bpf::PodBpf::create(pins + "/refused", pns, excluding, std::move(*narrow));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, EINVAL);
+  EXPECT_FALSE(std::filesystem::exists(pins + "/refused"));
+
+  // The excluding pod's own copy honours the exclusion, and verified fewer instructions than one
+  // serving every feature (which a plain pod's would, fewer still).
+  auto fitted = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false, bpf::steer_features(excluding));
+  ASSERT_TRUE(fitted.ok()) << fitted.error().message;
+  auto sp = bpf::PodBpf::create(pins + "/pod", pns, excluding, std::move(*fitted));
+  ASSERT_TRUE(sp.ok()) << sp.error().message;
+  ASSERT_TRUE((*sp)->set_listeners(listeners->outbound.fd.get(), listeners->inbound.fd.get()).ok());
+  auto [c1, ok1] = connect_from_remote(8080);
+  ASSERT_TRUE(ok1);
+  EXPECT_TRUE(accept_one(app->get()).valid()) << "the excluded port was captured";
+  EXPECT_EQ((*sp)->stats()->passed_excluded, 1u);
+  auto all = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false);
+  ASSERT_TRUE(all.ok());
+  auto sp_all = bpf::PodBpf::create(pins + "/all", pns, plain, std::move(*all));
+  ASSERT_TRUE(sp_all.ok()) << sp_all.error().message;
+  auto plain_loaded = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false, bpf::steer_features(plain));
+  ASSERT_TRUE(plain_loaded.ok());
+  auto sp_plain = bpf::PodBpf::create(pins + "/plain", pns, plain, std::move(*plain_loaded));
+  ASSERT_TRUE(sp_plain.ok()) << sp_plain.error().message;
+  uint32_t n_all = verified_insns(pins + "/all"), n_excl = verified_insns(pins + "/pod"),
+           n_plain = verified_insns(pins + "/plain");
+  EXPECT_LT(n_excl, n_all);
+  EXPECT_LT(n_plain, n_excl);
+  EXPECT_LT(n_plain * 2, n_all) << "a plain pod's copy should verify well under half: " << n_plain << " vs " << n_all;
+  for (auto* p : {&*sp, &*sp_all, &*sp_plain}) ASSERT_TRUE((*p)->destroy().ok());
+
+  // The pool: spares are first loaded for every feature, then for what the last pod needed; a
+  // spare that serves no new pod makes room, and that pod's copy is loaded inline for it.
+  bpf::PodBpfPool pool(bpf::kDefaultMaxInboundConns, false, 2, false);
+  pool.refill();
+  ASSERT_EQ(pool.spares(), 2u);
+  auto t1 = pool.take(NS_CFG_DNS);
+  ASSERT_TRUE(t1.ok());
+  EXPECT_EQ(t1->features(), bpf::kAllSteerFeatures);
+  pool.refill();  // one spare for every feature, one for DNS only
+  ASSERT_EQ(pool.spares(), 2u);
+  auto t2 = pool.take(NS_CFG_DNS);
+  ASSERT_TRUE(t2.ok());
+  EXPECT_EQ(t2->features(), uint32_t(NS_CFG_DNS)) << "not the tightest fit";
+  auto t3 = pool.take(NS_CFG_DNS | NS_CFG_UDP_OUT);
+  ASSERT_TRUE(t3.ok());
+  EXPECT_EQ(t3->features(), bpf::kAllSteerFeatures);
+  pool.refill();  // two spares for DNS | UDP_OUT
+  ASSERT_EQ(pool.spares(), 2u);
+  auto t4 = pool.take(NS_CFG_DNS | NS_CFG_EX_OUT_CIDR);
+  ASSERT_TRUE(t4.ok());
+  EXPECT_EQ(t4->features(), uint32_t(NS_CFG_DNS | NS_CFG_EX_OUT_CIDR));
+  EXPECT_EQ(pool.spares(), 1u) << "a spare no pod wanted was not dropped";
+}
