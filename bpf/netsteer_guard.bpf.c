@@ -96,6 +96,15 @@ static __always_inline int ns_parse(struct __sk_buff *skb, struct ns_pkt *p)
 	return 0;
 }
 
+/* Set by the loader before load: the NS_CFG_* features this copy serves (as netsteer_steer's).
+ * A pod that is not strict gets a copy whose strict branches the verifier never walks. */
+const volatile __u32 ns_features = 0xffffffff;
+
+static __always_inline __u32 ns_flags(const struct ns_config *cfg)
+{
+	return cfg ? cfg->flags & ns_features : 0;
+}
+
 static __always_inline struct ns_guard_counters *ns_counters(void)
 {
 	__u32 zero = 0;
@@ -114,9 +123,9 @@ static __always_inline int egress_udp(struct __sk_buff *skb, const struct ns_pkt
 				      const struct ns_config *cfg)
 {
 	c->egress_udp_pkts++;
-	if (!cfg || !(cfg->flags & NS_CFG_STRICT) || ns_is_marked(skb, cfg))
+	__u32 f = ns_flags(cfg);
+	if (!(f & NS_CFG_STRICT) || ns_is_marked(skb, cfg))
 		return NS_TC_NEXT;
-	__u32 f = cfg->flags;
 	int captured = (p->dport == 53 && (f & NS_CFG_DNS)) ||
 		       ((f & NS_CFG_UDP_OUT) && bpf_map_lookup_elem(&ns_udp_out_port, &p->dport)) ||
 		       ((f & NS_CFG_UDP_IN) && bpf_map_lookup_elem(&ns_udp_in_port, &p->sport));
@@ -153,7 +162,7 @@ int netsteer_guard_egress(struct __sk_buff *skb)
 	}
 	c->egress_unmarked_pkts++;
 	c->egress_unmarked_bytes += skb->len;
-	if (!cfg || !(cfg->flags & NS_CFG_STRICT))
+	if (!(ns_flags(cfg) & NS_CFG_STRICT))
 		return NS_TC_NEXT;
 	/* Strict: the app's own TCP may leave only where capture is excluded on purpose. */
 	if (p.rst_only || bpf_map_lookup_elem(&ns_ex_in_port, &p.sport) ||

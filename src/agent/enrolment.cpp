@@ -132,7 +132,7 @@ void GuardAttacher::run() {
         auto made = [&]() -> Status {
           if (!job->prog_ingress && !job->loaded) {
             NS_TRY(auto maps, bpf::PodBpf::guard_maps(job->pin_dir));
-            NS_TRY(job->loaded, bpf::LoadedGuard::load(maps.view));
+            NS_TRY(job->loaded, bpf::LoadedGuard::load(maps.view, maps.features));
             // The load takes no rtnl, but an enrol that started during it is in flight now: wait
             // for the next quiet moment before taking rtnl for a link.
             if (enrol_arrived_) {

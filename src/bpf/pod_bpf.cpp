@@ -103,10 +103,11 @@ LoadedGuard::LoadedGuard(LoadedGuard&&) noexcept = default;
 LoadedGuard& LoadedGuard::operator=(LoadedGuard&&) noexcept = default;
 LoadedGuard::~LoadedGuard() = default;
 
-Result<LoadedGuard> LoadedGuard::load(const GuardMapFds& shared) {
+Result<LoadedGuard> LoadedGuard::load(const GuardMapFds& shared, uint32_t features) {
   auto s = std::make_unique<Skeleton>();
   s->guard.p = netsteer_guard__open();
   if (!s->guard.p) return Error::from_errno(errno ? errno : EINVAL, "open tc program netsteer_guard");
+  s->guard.p->rodata->ns_features = features & kAllPodFeatures;
   for (const auto& [name, fd] : shared) {
     bpf_map* m = bpf_object__find_map_by_name(s->guard.p->obj, name.c_str());
     if (!m) return Error::msg("tc program netsteer_guard has no map " + name, ENOENT);
@@ -125,7 +126,7 @@ int LoadedGuard::stats_map() const { return bpf_map__fd(s_->guard.p->maps.ns_gua
 struct LoadedPodBpf::Skeletons {
   SkelPtr<netsteer_steer, netsteer_steer__destroy> steer;
   std::optional<LoadedGuard> guard;
-  uint32_t features = kAllSteerFeatures;
+  uint32_t features = kAllPodFeatures;
 };
 
 namespace {
@@ -139,7 +140,7 @@ uint32_t config_flags(const PodBpfConfig& cfg) {
 }
 }  // namespace
 
-uint32_t steer_features(const PodBpfConfig& cfg) { return config_flags(cfg) & kAllSteerFeatures; }
+uint32_t pod_features(const PodBpfConfig& cfg) { return config_flags(cfg) & kAllPodFeatures; }
 
 uint32_t LoadedPodBpf::features() const { return s_->features; }
 
@@ -156,14 +157,14 @@ Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns, bool with_gu
   if (int r = bpf_map__set_max_entries(sm.ns_bypass, max_inbound_conns); r < 0)
     return Error::from_libbpf(r, "size the bypass map");
   s->steer.p->rodata->ns_have_ingress_ifindex = have_sk_lookup_ingress_ifindex() ? 1 : 0;
-  s->features = features & kAllSteerFeatures;
+  s->features = features & kAllPodFeatures;
   s->steer.p->rodata->ns_features = s->features;
   if (int r = netsteer_steer__load(s->steer.p); r < 0) return Error::from_libbpf(r, "load sk_lookup program netsteer_steer");
   if (with_guard) {
     GuardMapFds shared;
     for (const char* name : kGuardSharedMaps)
       shared.emplace_back(name, bpf_map__fd(bpf_object__find_map_by_name(s->steer.p->obj, name)));
-    NS_TRY(s->guard, LoadedGuard::load(shared));
+    NS_TRY(s->guard, LoadedGuard::load(shared, s->features));
   }
   return LoadedPodBpf(std::move(s));
 }
@@ -269,7 +270,7 @@ size_t PodBpfPool::spares() {
 
 Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const netns::NetnsHandle& ns,
                                                const PodBpfConfig& cfg, LoadedPodBpf loaded) {
-  if (uint32_t missing = steer_features(cfg) & ~loaded.features())
+  if (uint32_t missing = pod_features(cfg) & ~loaded.features())
     return Error::msg("the steering program was loaded without features the pod uses (NS_CFG bits 0x" +
                           fmt::format("{:x}", missing) + ")",
                       EINVAL);
@@ -394,6 +395,10 @@ Result<PodBpf::GuardMaps> PodBpf::guard_maps(const std::string& pin_dir) {
     m.view.emplace_back(name, fd.get());
     m.fds.push_back(std::move(fd));
   }
+  // The guard serves what the pod's config uses.
+  for (const auto& [name, fd] : m.view)
+    if (name == "ns_config")
+      if (auto c = BpfMap<uint32_t, ns_config>(fd).get(0); c.ok()) m.features = c->flags & kAllPodFeatures;
   return m;
 }
 
@@ -411,7 +416,7 @@ Status PodBpf::adopt_guard_progs(const LoadedGuard& g) {
 Status PodBpf::load_guard() {
   if (guard_loaded()) return {};
   NS_TRY(GuardMaps m, guard_maps(objs_.dir()));
-  NS_TRY(LoadedGuard g, LoadedGuard::load(m.view));
+  NS_TRY(LoadedGuard g, LoadedGuard::load(m.view, m.features));
   return adopt_guard_progs(g);
 }
 

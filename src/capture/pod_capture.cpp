@@ -222,7 +222,7 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   auto t0 = std::chrono::steady_clock::now();
   auto t_loaded = t0;
   if (!pc->bpf_) {
-    const uint32_t features = bpf::steer_features(bc);
+    const uint32_t features = bpf::pod_features(bc);
     NS_TRY(bpf::LoadedPodBpf loaded, cfg.bpf_pool ? cfg.bpf_pool->take(features)
                                                   : bpf::LoadedPodBpf::load(cfg.max_inbound_conns, true, features));
     t_loaded = std::chrono::steady_clock::now();

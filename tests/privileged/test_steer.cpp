@@ -321,8 +321,8 @@ TEST_F(SteerTest, ProgramIsLoadedForThePodsFeatures) {
   plain.dns = true;
   bpf::PodBpfConfig excluding = plain;
   excluding.exclusions.inbound_ports = {8080};
-  ASSERT_EQ(bpf::steer_features(plain), uint32_t(NS_CFG_DNS));
-  ASSERT_EQ(bpf::steer_features(excluding), uint32_t(NS_CFG_DNS | NS_CFG_EX_IN_PORT));
+  ASSERT_EQ(bpf::pod_features(plain), uint32_t(NS_CFG_DNS));
+  ASSERT_EQ(bpf::pod_features(excluding), uint32_t(NS_CFG_DNS | NS_CFG_EX_IN_PORT));
 
   auto verified_insns = [&](const std::string& dir) {
     UniqueFd p(bpf_obj_get((dir + "/prog_steer").c_str()));
@@ -332,7 +332,7 @@ TEST_F(SteerTest, ProgramIsLoadedForThePodsFeatures) {
     return info.verified_insns;
   };
   // A copy without the exclusion feature is refused for the excluding pod.
-  auto narrow = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false, bpf::steer_features(plain));
+  auto narrow = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false, bpf::pod_features(plain));
   ASSERT_TRUE(narrow.ok()) << narrow.error().message;
   auto refused = bpf::PodBpf::create(pins + "/refused", pns, excluding, std::move(*narrow));
   ASSERT_FALSE(refused.ok());
@@ -341,7 +341,7 @@ TEST_F(SteerTest, ProgramIsLoadedForThePodsFeatures) {
 
   // The excluding pod's own copy honours the exclusion, and verified fewer instructions than one
   // serving every feature (which a plain pod's would, fewer still).
-  auto fitted = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false, bpf::steer_features(excluding));
+  auto fitted = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false, bpf::pod_features(excluding));
   ASSERT_TRUE(fitted.ok()) << fitted.error().message;
   auto sp = bpf::PodBpf::create(pins + "/pod", pns, excluding, std::move(*fitted));
   ASSERT_TRUE(sp.ok()) << sp.error().message;
@@ -354,7 +354,7 @@ TEST_F(SteerTest, ProgramIsLoadedForThePodsFeatures) {
   ASSERT_TRUE(all.ok());
   auto sp_all = bpf::PodBpf::create(pins + "/all", pns, plain, std::move(*all));
   ASSERT_TRUE(sp_all.ok()) << sp_all.error().message;
-  auto plain_loaded = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false, bpf::steer_features(plain));
+  auto plain_loaded = bpf::LoadedPodBpf::load(bpf::kDefaultMaxInboundConns, false, bpf::pod_features(plain));
   ASSERT_TRUE(plain_loaded.ok());
   auto sp_plain = bpf::PodBpf::create(pins + "/plain", pns, plain, std::move(*plain_loaded));
   ASSERT_TRUE(sp_plain.ok()) << sp_plain.error().message;
@@ -363,6 +363,10 @@ TEST_F(SteerTest, ProgramIsLoadedForThePodsFeatures) {
   EXPECT_LT(n_excl, n_all);
   EXPECT_LT(n_plain, n_excl);
   EXPECT_LT(n_plain * 2, n_all) << "a plain pod's copy should verify well under half: " << n_plain << " vs " << n_all;
+  // A guard loaded later (deferred, or after a restart) serves what the pinned config says.
+  auto gm = bpf::PodBpf::guard_maps(pins + "/pod");
+  ASSERT_TRUE(gm.ok()) << gm.error().message;
+  EXPECT_EQ(gm->features, bpf::pod_features(excluding));
   for (auto* p : {&*sp, &*sp_all, &*sp_plain}) ASSERT_TRUE((*p)->destroy().ok());
 
   // The pool: spares are first loaded for every feature, then for what the last pod needed; a
@@ -372,7 +376,7 @@ TEST_F(SteerTest, ProgramIsLoadedForThePodsFeatures) {
   ASSERT_EQ(pool.spares(), 2u);
   auto t1 = pool.take(NS_CFG_DNS);
   ASSERT_TRUE(t1.ok());
-  EXPECT_EQ(t1->features(), bpf::kAllSteerFeatures);
+  EXPECT_EQ(t1->features(), bpf::kAllPodFeatures);
   pool.refill();  // one spare for every feature, one for DNS only
   ASSERT_EQ(pool.spares(), 2u);
   auto t2 = pool.take(NS_CFG_DNS);
@@ -380,7 +384,7 @@ TEST_F(SteerTest, ProgramIsLoadedForThePodsFeatures) {
   EXPECT_EQ(t2->features(), uint32_t(NS_CFG_DNS)) << "not the tightest fit";
   auto t3 = pool.take(NS_CFG_DNS | NS_CFG_UDP_OUT);
   ASSERT_TRUE(t3.ok());
-  EXPECT_EQ(t3->features(), bpf::kAllSteerFeatures);
+  EXPECT_EQ(t3->features(), bpf::kAllPodFeatures);
   pool.refill();  // two spares for DNS | UDP_OUT
   ASSERT_EQ(pool.spares(), 2u);
   auto t4 = pool.take(NS_CFG_DNS | NS_CFG_EX_OUT_CIDR);

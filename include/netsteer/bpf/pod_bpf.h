@@ -39,12 +39,13 @@ struct PodBpfConfig {
   std::vector<uint16_t> udp_inbound_ports;   // NS_CFG_UDP_IN: pod ports onto the 15006 UDP socket
 };
 
-// The steering program's features (NS_CFG_* bits other than strict) a pod's config uses. A copy
-// of the program is loaded for a set of features (the verifier skips the others: 643 instead of
-// 1,610 instructions for a pod with DNS capture and nothing else); kAllSteerFeatures serves any pod.
-inline constexpr uint32_t kAllSteerFeatures = NS_CFG_EX_IN_PORT | NS_CFG_EX_IN_SRC | NS_CFG_EX_OUT_PORT |
-                                              NS_CFG_EX_OUT_CIDR | NS_CFG_DNS | NS_CFG_UDP_OUT | NS_CFG_UDP_IN;
-uint32_t steer_features(const PodBpfConfig& cfg);
+// The features (NS_CFG_* bits: strict, exclusions, DNS, UDP ports) a pod's config uses. The
+// steering and guard programs are loaded for a set of features (read-only data: the verifier skips
+// the others; the steering program of a pod with DNS capture and nothing else verifies 643
+// instead of 1,610 instructions); kAllPodFeatures serves any pod.
+inline constexpr uint32_t kAllPodFeatures = NS_CFG_STRICT | NS_CFG_EX_IN_PORT | NS_CFG_EX_IN_SRC | NS_CFG_EX_OUT_PORT |
+                                            NS_CFG_EX_OUT_CIDR | NS_CFG_DNS | NS_CFG_UDP_OUT | NS_CFG_UDP_IN;
+uint32_t pod_features(const PodBpfConfig& cfg);
 
 // bpf_sk_lookup.ingress_ifindex (Linux 5.17), which inbound UDP capture needs to tell the agent's
 // own delivery (over lo) from the client's next datagram. Probed once (a 3-instruction program).
@@ -72,7 +73,7 @@ using GuardMapFds = std::vector<std::pair<std::string, int>>;
 // are ~40 % of a pod's verifier time; bench/RESULTS.md, "Pod start-up").
 class LoadedGuard {
  public:
-  static Result<LoadedGuard> load(const GuardMapFds& shared);
+  static Result<LoadedGuard> load(const GuardMapFds& shared, uint32_t features = kAllPodFeatures);
   int prog(bool ingress) const;
   int stats_map() const;  // ns_guard_stats, the guard's own map
   LoadedGuard(LoadedGuard&&) noexcept;
@@ -90,9 +91,9 @@ class LoadedPodBpf {
   // max_inbound_conns: size of the pod's bypass map (concurrent inbound relay connections).
   // with_guard: the guard programs too (for pods whose guard is attached during the enrol);
   // without, PodBpf::load_guard() or a deferred attach loads them when they are needed.
-  // features: what the steering program serves (steer_features(); a pod needing more is refused).
+  // features: what the steering program serves (pod_features(); a pod needing more is refused).
   static Result<LoadedPodBpf> load(uint32_t max_inbound_conns = kDefaultMaxInboundConns, bool with_guard = true,
-                                   uint32_t features = kAllSteerFeatures);
+                                   uint32_t features = kAllPodFeatures);
   uint32_t features() const;
   LoadedPodBpf(LoadedPodBpf&&) noexcept;
   LoadedPodBpf& operator=(LoadedPodBpf&&) noexcept;
@@ -121,10 +122,10 @@ class PodBpfPool {
   ~PodBpfPool();
   PodBpfPool(const PodBpfPool&) = delete;
   PodBpfPool& operator=(const PodBpfPool&) = delete;
-  // A spare whose program serves `features` (steer_features() of the pod), or one loaded inline
+  // A spare whose program serves `features` (pod_features() of the pod), or one loaded inline
   // for exactly those. The loader loads the next spares for the features of the last take(); a
   // spare no pod wants is dropped when a take() finds none that fits.
-  Result<LoadedPodBpf> take(uint32_t features = kAllSteerFeatures);
+  Result<LoadedPodBpf> take(uint32_t features = kAllPodFeatures);
   // Loads spares now until the pool is full (or a load fails: that is logged, and the next
   // take() loads inline and reports the error to its enrol).
   void refill();
@@ -151,7 +152,7 @@ class PodBpfPool {
   const uint32_t max_inbound_conns_;
   const size_t target_;
   const bool with_guard_;
-  uint32_t features_ = kAllSteerFeatures;  // mu_: what the next spares are loaded for
+  uint32_t features_ = kAllPodFeatures;  // mu_: what the next spares are loaded for
   std::thread thread_;
 };
 
@@ -184,6 +185,7 @@ class PodBpf {
   struct GuardMaps {
     std::vector<UniqueFd> fds;
     GuardMapFds view;
+    uint32_t features = kAllPodFeatures;  // the pod's config flags (what its guard must serve)
   };
   static Result<GuardMaps> guard_maps(const std::string& pin_dir);
   Status adopt_guard_progs(const LoadedGuard& g);
