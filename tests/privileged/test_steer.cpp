@@ -76,6 +76,18 @@ class SteerTest : public ::testing::Test {
     return {std::move(fd), done && err == 0};
   }
 
+  // The pod's app on 8080.
+  static Result<UniqueFd> app_listener(netns::NetnsExecutor& exec, const netns::NetnsHandle& pns) {
+    return exec.run(pns, []() -> Result<UniqueFd> {
+      UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      SockAddr a = SockAddr::make(*IpAddr::parse("0.0.0.0"), 8080);
+      int one = 1;
+      ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (::bind(fd.get(), a.sa(), a.len) < 0 || ::listen(fd.get(), 16) < 0) return Error::from_errno(errno, "app");
+      return fd;
+    });
+  }
+
   static UniqueFd accept_one(int lfd, int wait_ms = 2000) {
     pollfd p{lfd, POLLIN, 0};
     if (::poll(&p, 1, wait_ms) != 1) return UniqueFd();
@@ -90,15 +102,7 @@ TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
   netns::NetnsExecutor exec(1);
   auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539, {}); });
   ASSERT_TRUE(listeners.ok()) << listeners.error().message;
-  // The pod's app on 8080.
-  auto app = exec.run(pns, []() -> Result<UniqueFd> {
-    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    SockAddr a = SockAddr::make(*IpAddr::parse("0.0.0.0"), 8080);
-    int one = 1;
-    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(fd.get(), a.sa(), a.len) < 0 || ::listen(fd.get(), 16) < 0) return Error::from_errno(errno, "app");
-    return fd;
-  });
+  auto app = app_listener(exec, pns);
   ASSERT_TRUE(app.ok());
 
   bpf::PodBpfConfig cfg;
@@ -309,12 +313,7 @@ TEST_F(SteerTest, ProgramIsLoadedForThePodsFeatures) {
   netns::NetnsExecutor exec(1);
   auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539, {}); });
   ASSERT_TRUE(listeners.ok()) << listeners.error().message;
-  auto app = exec.run(pns, []() -> Result<UniqueFd> {
-    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    SockAddr a = SockAddr::make(*IpAddr::parse("0.0.0.0"), 8080);
-    if (::bind(fd.get(), a.sa(), a.len) < 0 || ::listen(fd.get(), 16) < 0) return Error::from_errno(errno, "app");
-    return fd;
-  });
+  auto app = app_listener(exec, pns);
   ASSERT_TRUE(app.ok());
   bpf::PodBpfConfig plain;
   plain.pod_ips = {*IpAddr::parse("10.77.0.1")};
