@@ -22,18 +22,6 @@ using nlohmann::json;
 namespace {
 
 // /proc/sys/net resolves against the calling thread's netns at open time.
-Result<std::string> read_sysctl(const std::string& key) {
-  std::string path = "/proc/sys/" + key;
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::from_errno(errno, "open " + path);
-  char buf[64];
-  ssize_t n = ::read(fd.get(), buf, sizeof buf - 1);
-  if (n < 0) return Error::from_errno(errno, "read " + path);
-  std::string v(buf, static_cast<size_t>(n));
-  while (!v.empty() && (v.back() == '\n' || v.back() == ' ')) v.pop_back();
-  return v;
-}
-
 Status write_sysctl(const std::string& key, const std::string& value) {
   std::string path = "/proc/sys/" + key;
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
@@ -283,7 +271,8 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   // 2, see rp_filter_all_blocks_capture). conf/all has no netlink setter: /proc/sys when writable.
   if (!ifaces.empty()) {
     const std::string all_key(kAllRpFilterKey);
-    NS_TRY(std::string all, read_sysctl(all_key));
+    NS_TRY(uint32_t all_value, nl.get_all_rp_filter());
+    const std::string all = std::to_string(all_value);
     if (all != "0") {
       auto st = write_sysctl(all_key, "0");
       if (st.ok()) {

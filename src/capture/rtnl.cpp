@@ -4,10 +4,12 @@
 #include <linux/fib_rules.h>
 #include <linux/if_link.h>
 #include <linux/ip.h>
+#include <linux/netconf.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 
 #include <cstring>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -236,6 +238,34 @@ Result<std::vector<uint32_t>> Rtnl::get_ipv4_devconf(int ifindex) {
   if (!reply.seen_link) return Error::msg(what + ": no answer for that link", ENODEV);
   if (reply.values.empty()) return Error::msg(what + ": no IPv4 on that link (no IFLA_INET_CONF)", EAFNOSUPPORT);
   return reply.values;
+}
+
+namespace {
+struct NetconfReply {
+  std::optional<uint32_t> rp_filter;
+};
+
+int netconf_cb(const nlmsghdr* nlh, void* data) {
+  if (nlh->nlmsg_type != RTM_NEWNETCONF) return MNL_CB_OK;
+  auto* out = static_cast<NetconfReply*>(data);
+  const char* end = static_cast<const char*>(mnl_nlmsg_get_payload_tail(nlh));
+  for (auto* a = static_cast<const nlattr*>(mnl_nlmsg_get_payload_offset(nlh, sizeof(netconfmsg)));
+       mnl_attr_ok(a, static_cast<int>(end - reinterpret_cast<const char*>(a))); a = mnl_attr_next(a))
+    if (mnl_attr_get_type(a) == NETCONFA_RP_FILTER) out->rp_filter = mnl_attr_get_u32(a);
+  return MNL_CB_OK;
+}
+}  // namespace
+
+Result<uint32_t> Rtnl::get_all_rp_filter() {
+  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* nlh = put_header(buf.data(), RTM_GETNETCONF, 0);
+  auto* ncm = static_cast<netconfmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(netconfmsg)));
+  ncm->ncm_family = AF_INET;
+  mnl_attr_put_u32(nlh, NETCONFA_IFINDEX, static_cast<uint32_t>(NETCONFA_IFINDEX_ALL));
+  NetconfReply reply;
+  NS_TRY_STATUS(request(nlh, "read net.ipv4.conf.all.rp_filter (RTM_GETNETCONF)", netconf_cb, &reply));
+  if (!reply.rp_filter) return Error::msg("RTM_GETNETCONF for conf/all carried no rp_filter", EPROTO);
+  return *reply.rp_filter;
 }
 
 Result<uint32_t> Rtnl::get_ipv4_devconf(int ifindex, int key) {
