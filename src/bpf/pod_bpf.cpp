@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstring>
 #include <optional>
@@ -129,18 +130,14 @@ struct LoadedPodBpf::Skeletons {
   uint32_t features = kAllPodFeatures;
 };
 
-namespace {
-// ns_config.flags for a pod.
-uint32_t config_flags(const PodBpfConfig& cfg) {
+// ns_config.flags for a pod: every bit is a feature its programs may be loaded without.
+uint32_t pod_features(const PodBpfConfig& cfg) {
   return (cfg.strict ? NS_CFG_STRICT : 0) | (cfg.exclusions.inbound_ports.empty() ? 0 : NS_CFG_EX_IN_PORT) |
          (cfg.exclusions.inbound_sources.empty() ? 0 : NS_CFG_EX_IN_SRC) |
          (cfg.exclusions.outbound_ports.empty() ? 0 : NS_CFG_EX_OUT_PORT) |
          (cfg.exclusions.outbound_cidrs.empty() ? 0 : NS_CFG_EX_OUT_CIDR) | (cfg.dns ? NS_CFG_DNS : 0) |
          (cfg.udp_outbound_ports.empty() ? 0 : NS_CFG_UDP_OUT) | (cfg.udp_inbound_ports.empty() ? 0 : NS_CFG_UDP_IN);
 }
-}  // namespace
-
-uint32_t pod_features(const PodBpfConfig& cfg) { return config_flags(cfg) & kAllPodFeatures; }
 
 uint32_t LoadedPodBpf::features() const { return s_->features; }
 
@@ -193,7 +190,7 @@ Result<LoadedPodBpf> PodBpfPool::take(uint32_t features) {
     auto fits = spares_.end();
     for (auto it = spares_.begin(); it != spares_.end(); ++it)
       if ((features & ~it->features()) == 0 &&
-          (fits == spares_.end() || __builtin_popcount(it->features()) < __builtin_popcount(fits->features())))
+          (fits == spares_.end() || std::popcount(it->features()) < std::popcount(fits->features())))
         fits = it;
     if (fits != spares_.end()) {
       LoadedPodBpf l = std::move(*fits);
@@ -293,7 +290,7 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
   for (uint16_t p : cfg.udp_inbound_ports)
     NS_TRY_STATUS(BpfMap<uint16_t, uint8_t>(bpf_map__fd(sm.ns_udp_in_port)).put(p, one));
   ns_config c{};
-  c.flags = config_flags(cfg);
+  c.flags = pod_features(cfg);
   c.mark = cfg.mark;
   c.mark_mask = cfg.mark_mask;
   NS_TRY_STATUS(BpfMap<uint32_t, ns_config>(bpf_map__fd(sm.ns_config)).put(0, c));
@@ -392,13 +389,12 @@ Result<PodBpf::GuardMaps> PodBpf::guard_maps(const std::string& pin_dir) {
     std::string path = pin_dir + "/" + map_pin(name);
     UniqueFd fd(bpf_obj_get(path.c_str()));
     if (!fd) return Error::from_errno(errno, "open pin " + path);
+    // The guard serves what the pod's config uses.
+    if (std::strcmp(name, "ns_config") == 0)
+      if (auto c = BpfMap<uint32_t, ns_config>(fd.get()).get(0); c.ok()) m.features = c->flags;
     m.view.emplace_back(name, fd.get());
     m.fds.push_back(std::move(fd));
   }
-  // The guard serves what the pod's config uses.
-  for (const auto& [name, fd] : m.view)
-    if (name == "ns_config")
-      if (auto c = BpfMap<uint32_t, ns_config>(fd).get(0); c.ok()) m.features = c->flags & kAllPodFeatures;
   return m;
 }
 

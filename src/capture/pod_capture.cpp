@@ -272,8 +272,8 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   if (!ifaces.empty()) {
     const std::string all_key(kAllRpFilterKey);
     NS_TRY(uint32_t all_value, nl.get_all_rp_filter());
-    const std::string all = std::to_string(all_value);
-    if (all != "0") {
+    if (all_value != 0) {
+      const std::string all = std::to_string(all_value);
       auto st = write_sysctl(all_key, "0");
       if (st.ok()) {
         remember(all_key, all);

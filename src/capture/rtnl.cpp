@@ -186,6 +186,15 @@ Status Rtnl::del_route(const LocalDefaultRoute& r) {
 
 namespace {
 
+// libmnl's iteration macros assign void* (C only): the same walk over [from, to), typed.
+template <typename F>
+void each_attr(const void* from, const void* to, F&& f) {
+  const char* end = static_cast<const char*>(to);
+  for (auto* a = static_cast<const nlattr*>(from);
+       mnl_attr_ok(a, static_cast<int>(end - reinterpret_cast<const char*>(a))); a = mnl_attr_next(a))
+    f(a);
+}
+
 struct DevconfReply {
   int ifindex = 0;
   bool seen_link = false;
@@ -198,21 +207,14 @@ int devconf_cb(const nlmsghdr* nlh, void* data) {
   const auto* ifi = static_cast<const ifinfomsg*>(mnl_nlmsg_get_payload(nlh));
   if (ifi->ifi_index != out->ifindex) return MNL_CB_OK;
   out->seen_link = true;
-  // libmnl's iteration macros assign void* (C only): the same walk, typed.
-  auto each = [](const void* from, const void* to, auto&& f) {
-    const char* end = static_cast<const char*>(to);
-    for (auto* a = static_cast<const nlattr*>(from);
-         mnl_attr_ok(a, static_cast<int>(end - reinterpret_cast<const char*>(a))); a = mnl_attr_next(a))
-      f(a);
-  };
   auto inside = [](const nlattr* a) {
     return static_cast<const char*>(mnl_attr_get_payload(a)) + mnl_attr_get_payload_len(a);
   };
-  each(mnl_nlmsg_get_payload_offset(nlh, sizeof(ifinfomsg)), mnl_nlmsg_get_payload_tail(nlh), [&](const nlattr* spec) {
+  each_attr(mnl_nlmsg_get_payload_offset(nlh, sizeof(ifinfomsg)), mnl_nlmsg_get_payload_tail(nlh), [&](const nlattr* spec) {
     if (mnl_attr_get_type(spec) != IFLA_AF_SPEC) return;
-    each(mnl_attr_get_payload(spec), inside(spec), [&](const nlattr* af) {
+    each_attr(mnl_attr_get_payload(spec), inside(spec), [&](const nlattr* af) {
       if (mnl_attr_get_type(af) != AF_INET) return;
-      each(mnl_attr_get_payload(af), inside(af), [&](const nlattr* conf) {
+      each_attr(mnl_attr_get_payload(af), inside(af), [&](const nlattr* conf) {
         if (mnl_attr_get_type(conf) != IFLA_INET_CONF) return;
         size_t n = mnl_attr_get_payload_len(conf) / sizeof(uint32_t);
         out->values.resize(n);
@@ -248,10 +250,9 @@ struct NetconfReply {
 int netconf_cb(const nlmsghdr* nlh, void* data) {
   if (nlh->nlmsg_type != RTM_NEWNETCONF) return MNL_CB_OK;
   auto* out = static_cast<NetconfReply*>(data);
-  const char* end = static_cast<const char*>(mnl_nlmsg_get_payload_tail(nlh));
-  for (auto* a = static_cast<const nlattr*>(mnl_nlmsg_get_payload_offset(nlh, sizeof(netconfmsg)));
-       mnl_attr_ok(a, static_cast<int>(end - reinterpret_cast<const char*>(a))); a = mnl_attr_next(a))
+  each_attr(mnl_nlmsg_get_payload_offset(nlh, sizeof(netconfmsg)), mnl_nlmsg_get_payload_tail(nlh), [&](const nlattr* a) {
     if (mnl_attr_get_type(a) == NETCONFA_RP_FILTER) out->rp_filter = mnl_attr_get_u32(a);
+  });
   return MNL_CB_OK;
 }
 }  // namespace

@@ -76,16 +76,25 @@ class SteerTest : public ::testing::Test {
     return {std::move(fd), done && err == 0};
   }
 
-  // The pod's app on 8080.
-  static Result<UniqueFd> app_listener(netns::NetnsExecutor& exec, const netns::NetnsHandle& pns) {
-    return exec.run(pns, []() -> Result<UniqueFd> {
+  // The pod netns with the agent's listeners and the pod's app on 8080 in it.
+  struct PodWithApp {
+    netns::NetnsHandle ns;
+    agent::PodListeners listeners;
+    UniqueFd app;
+  };
+  Result<PodWithApp> pod_with_app() {
+    auto pns = ns(pod);
+    netns::NetnsExecutor exec(1);
+    NS_TRY(agent::PodListeners listeners, exec.run(pns, [] { return agent::create_listeners(0x539, {}); }));
+    NS_TRY(UniqueFd app, exec.run(pns, []() -> Result<UniqueFd> {
       UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
       SockAddr a = SockAddr::make(*IpAddr::parse("0.0.0.0"), 8080);
       int one = 1;
       ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
       if (::bind(fd.get(), a.sa(), a.len) < 0 || ::listen(fd.get(), 16) < 0) return Error::from_errno(errno, "app");
       return fd;
-    });
+    }));
+    return PodWithApp{std::move(pns), std::move(listeners), std::move(app)};
   }
 
   static UniqueFd accept_one(int lfd, int wait_ms = 2000) {
@@ -98,12 +107,11 @@ class SteerTest : public ::testing::Test {
 }  // namespace
 
 TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
-  auto pns = ns(pod);
-  netns::NetnsExecutor exec(1);
-  auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539, {}); });
-  ASSERT_TRUE(listeners.ok()) << listeners.error().message;
-  auto app = app_listener(exec, pns);
-  ASSERT_TRUE(app.ok());
+  auto p = pod_with_app();
+  ASSERT_TRUE(p.ok()) << p.error().message;
+  auto& pns = p->ns;
+  auto* listeners = &p->listeners;
+  auto* app = &p->app;
 
   bpf::PodBpfConfig cfg;
   cfg.pod_ips = {*IpAddr::parse("10.77.0.1")};
@@ -138,7 +146,7 @@ TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
   ASSERT_TRUE((*sp)->remove_bypass(SockAddr::make(*IpAddr::parse("10.77.0.2"), 40123)).ok());
 
   // 3. Listener gone (agent crashed): the SYN is dropped in BPF, never delivered to the app.
-  listeners = agent::PodListeners{};
+  *listeners = agent::PodListeners{};
   auto [c3, ok3] = connect_from_remote(8080, 0, 500);
   EXPECT_FALSE(ok3) << "connection completed without a listener";
   EXPECT_FALSE(accept_one(app->get(), 100).valid()) << "fail-open: the app got the connection";
@@ -309,12 +317,11 @@ TEST(SteerFeatures, ProbeNamesTheMissingFeature) {
 // on): fewer instructions to verify for a plain pod, a pod is never given a copy that lacks one of
 // its features, and the pool hands out spares by feature set.
 TEST_F(SteerTest, ProgramIsLoadedForThePodsFeatures) {
-  auto pns = ns(pod);
-  netns::NetnsExecutor exec(1);
-  auto listeners = exec.run(pns, [] { return agent::create_listeners(0x539, {}); });
-  ASSERT_TRUE(listeners.ok()) << listeners.error().message;
-  auto app = app_listener(exec, pns);
-  ASSERT_TRUE(app.ok());
+  auto p = pod_with_app();
+  ASSERT_TRUE(p.ok()) << p.error().message;
+  auto& pns = p->ns;
+  auto* listeners = &p->listeners;
+  auto* app = &p->app;
   bpf::PodBpfConfig plain;
   plain.pod_ips = {*IpAddr::parse("10.77.0.1")};
   plain.dns = true;
