@@ -59,6 +59,13 @@ int main(int argc, char** argv) {
                  "while enrols keep meeting attaches, and comes back down when they stop")
       ->check(CLI::Range(1, 60000))
       ->capture_default_str();
+  unsigned long fd_table = 65536;
+  app.add_option("--fd-table", fd_table,
+                 "file descriptors the agent's fd table holds from the start (capped by the limit): each time it "
+                 "has to grow later, the thread opening the fd waits out an RCU grace period. Kernel memory: "
+                 "~8 bytes per slot")
+      ->check(CLI::Range(64UL, 1UL << 24))
+      ->capture_default_str();
   size_t bpf_spares = 4;
   app.add_option("--bpf-spares", bpf_spares,
                  "pods' BPF objects kept loaded ahead of time (an enrol takes one instead of running the verifier; "
@@ -199,7 +206,9 @@ int main(int argc, char** argv) {
   // Each pod holds 9 fds (netns, listeners, the maps used per connection) plus two per relayed
   // connection and pipes: the default soft limit of 1024 runs out at ~100 pods.
   unsigned long nofile = raise_nofile_limit();
-  spdlog::info("file descriptor limit: {}", nofile);
+  // Before any thread: growing the table then waits for no RCU grace period.
+  unsigned long fd_slots = presize_fd_table(fd_table);
+  spdlog::info("file descriptor limit: {}, fd table: {} slots", nofile, fd_slots);
   // Least privilege, before any thread exists (capabilities are per thread).
   if (auto p = agent::drop_privileges(); p.ok()) {
     spdlog::info("capabilities kept: {}{}; all others dropped (incl. bounding set), no_new_privs set",

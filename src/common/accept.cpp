@@ -4,6 +4,8 @@
 #include <sys/resource.h>
 
 #include <cerrno>
+#include <fstream>
+#include <string>
 
 namespace netsteer {
 
@@ -47,6 +49,20 @@ unsigned long raise_nofile_limit() {
     (void)::getrlimit(RLIMIT_NOFILE, &rl);
   }
   return rl.rlim_cur;
+}
+
+unsigned long presize_fd_table(unsigned long want) {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < want) want = rl.rlim_cur;
+  if (want > 0) {
+    // The lowest free fd >= want - 1 is want - 1 in a fresh process: the table grows to hold it.
+    UniqueFd any = open_reserve();
+    if (any) UniqueFd high(::fcntl(any.get(), F_DUPFD_CLOEXEC, static_cast<int>(want - 1)));
+  }
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.starts_with("FDSize:")) return std::stoul(line.substr(7));
+  return 0;
 }
 
 }  // namespace netsteer

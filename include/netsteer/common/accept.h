@@ -29,4 +29,12 @@ Accepted accept_or_shed(int listen_fd, sockaddr* peer, socklen_t* plen, int flag
 // Raises the soft RLIMIT_NOFILE to the hard limit. Returns the new soft limit.
 unsigned long raise_nofile_limit();
 
+// Grows this process's fd table now to hold min(want, the soft limit) descriptors; returns the
+// size it has (FDSize in /proc/self/status). The table only ever grows, and in a process with
+// more than one thread each doubling waits out an RCU grace period (expand_files): ~10 ms on a
+// node booted with rcu_expedited=0, taken by whichever thread opened the fd that did not fit (an
+// enrol's socket, a relay worker's accept). Called before any thread exists, it costs no wait.
+// Kernel memory: 8 bytes per slot plus bitmaps (~530 KiB for 65,536).
+unsigned long presize_fd_table(unsigned long want);
+
 }  // namespace netsteer
