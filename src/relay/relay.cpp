@@ -876,17 +876,12 @@ Status Relay::add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, i
                                   json(pod->namespace_).dump(), json(pod->name).dump());
   for (int fd : {outbound_fd, inbound_fd, tunnel_fd, dns_tcp_fd})
     if (fd >= 0) tune_socket(fd, opts_);
-  // Not waited for: the enrol (and the CNI ADD behind it) would otherwise wait for every worker
-  // to wake up. Nothing is lost meanwhile: the listeners queue what sk_lookup steers to them, and
-  // epoll reports that backlog when a worker adds them. Each worker runs its commands in order, so
-  // a later remove_pod (which waits) finds the listeners added.
-  for (auto& w : workers_)
-    w->post([pod, outbound_fd, inbound_fd, tunnel_fd, dns_tcp_fd](Worker& wk) {
-      wk.add_listener(pod, Direction::outbound, outbound_fd);
-      wk.add_listener(pod, Direction::inbound, inbound_fd);
-      wk.add_listener(pod, Direction::tunnel, tunnel_fd);
-      if (dns_tcp_fd >= 0) wk.add_listener(pod, Direction::outbound, dns_tcp_fd);
-    });
+  broadcast([&](Worker& w) {
+    w.add_listener(pod, Direction::outbound, outbound_fd);
+    w.add_listener(pod, Direction::inbound, inbound_fd);
+    w.add_listener(pod, Direction::tunnel, tunnel_fd);
+    if (dns_tcp_fd >= 0) w.add_listener(pod, Direction::outbound, dns_tcp_fd);
+  });
   return {};
 }
 

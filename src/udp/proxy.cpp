@@ -141,10 +141,6 @@ class Proxy::Loop {
   void call(const std::function<void(Loop&)>& fn) {
     loop_.call([&] { fn(*this); });
   }
-  // Runs fn on the loop thread, after every command posted before it; does not wait.
-  void post(std::function<void(Loop&)> fn) {
-    loop_.post([this, fn = std::move(fn)] { fn(*this); });
-  }
 
   void add_pod(const std::shared_ptr<PodUdp>& pod, PodSockets socks) {
     auto e = std::make_unique<PodEntry>();
@@ -604,9 +600,7 @@ Status Proxy::add_pod(const std::shared_ptr<PodUdp>& pod, PodSockets socks) {
   if (socks.dns < 0 && socks.outbound < 0 && socks.inbound < 0)
     return Error::msg("pod " + pod->uid + " has no UDP capture socket", EINVAL);
   if (socks.dns >= 0 && !pod->dns) return Error::msg("pod " + pod->uid + ": a DNS socket without DNS counters", EINVAL);
-  // Not waited for (as Relay::add_pod): the sockets queue datagrams until the loop reads them,
-  // and the loop runs its commands in order, so a later remove_pod finds the pod.
-  loop_->post([pod, socks](Loop& l) { l.add_pod(pod, socks); });
+  loop_->call([&](Loop& l) { l.add_pod(pod, socks); });
   return {};
 }
 
