@@ -9,6 +9,8 @@
 #include <cstring>
 #include <latch>
 
+#include "netsteer/common/log.h"
+
 namespace netsteer {
 
 Status EventLoop::start(std::chrono::milliseconds tick, Callbacks cb) {
@@ -74,6 +76,7 @@ void EventLoop::run_commands() {
 }
 
 void EventLoop::run() {
+  log::name_thread(name_);
   epoll_event evs[256];
   while (!stopping_) {
     int n = ::epoll_wait(epoll_.get(), evs, 256, -1);

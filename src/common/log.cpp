@@ -1,5 +1,7 @@
 #include "netsteer/common/log.h"
 
+#include <sys/prctl.h>
+
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
@@ -110,6 +112,12 @@ Status setup(Format format, const std::string& level, const std::string& file, b
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
   return {};
+}
+
+void name_thread(std::string_view name) {
+  std::string comm = "ns-" + std::string(name);
+  comm.resize(std::min<size_t>(comm.size(), 15));
+  (void)::prctl(PR_SET_NAME, comm.c_str(), 0, 0, 0);
 }
 
 }  // namespace netsteer::log

@@ -13,6 +13,7 @@
 #include <cstdio>
 
 #include "netsteer/common/inet.h"
+#include "netsteer/common/log.h"
 
 namespace netsteer::metrics {
 
@@ -122,6 +123,7 @@ HttpServer::~HttpServer() {
 }
 
 void HttpServer::loop() {
+  log::name_thread("metrics");
   for (;;) {
     pollfd p[2] = {{listen_fd_.get(), POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
     if (::poll(p, 2, -1) < 0) {

@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <mutex>
 
+#include "netsteer/common/log.h"
+
 #ifndef SO_NETNS_COOKIE
 #define SO_NETNS_COOKIE 71  // Linux 5.14
 #endif
@@ -166,6 +168,7 @@ void NetnsExecutor::submit(std::function<void()> job) {
 }
 
 void NetnsExecutor::loop() {
+  log::name_thread("enrol");
   for (;;) {
     std::function<void()> job;
     {

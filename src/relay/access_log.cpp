@@ -10,6 +10,8 @@
 
 #include <cerrno>
 
+#include "netsteer/common/log.h"
+
 namespace netsteer::relay {
 
 Result<std::unique_ptr<AccessLog>> AccessLog::open(const std::string& target, size_t capacity) {
@@ -82,6 +84,7 @@ void write_all(int fd, const std::string& s) {
 }  // namespace
 
 void AccessLog::run() {
+  log::name_thread("access-log");
   pollfd fds[2] = {{wake_.get(), POLLIN, 0}, {sig_.get(), POLLIN, 0}};
   std::string batch;
   for (;;) {

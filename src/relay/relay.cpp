@@ -205,7 +205,7 @@ struct Conn {
 
 class Worker {
  public:
-  Worker(size_t id, const RelayOptions& opts) : id_(id), opts_(opts) {}
+  Worker(size_t id, const RelayOptions& opts) : id_(id), opts_(opts), loop_("relay-" + std::to_string(id)) {}
   ~Worker() {
     stop();
     std::vector<Conn*> all;
@@ -825,7 +825,7 @@ class Worker {
 
   size_t id_;
   RelayOptions opts_;
-  EventLoop loop_{"relay worker"};
+  EventLoop loop_;
   // Short bounds (tests, tight deployments) are set at socket(); the default ones after a second.
   bool defer_bounds_ = (opts_.tcp_user_timeout_ms <= 0 || opts_.tcp_user_timeout_ms >= 10000) &&
                        (opts_.keepalive_idle_s <= 0 || opts_.keepalive_idle_s >= 10);

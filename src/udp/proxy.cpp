@@ -570,7 +570,7 @@ class Proxy::Loop {
   }
 
   Options opts_;
-  EventLoop loop_{"udp proxy"};
+  EventLoop loop_{"udp"};
   netns::NetnsCursor netns_{netns::NetnsHandle::host()};  // flow sockets are born in the pod's netns
   std::unordered_map<const PodUdp*, std::unique_ptr<PodEntry>> pods_;
   std::vector<std::unique_ptr<PodEntry>> pod_graveyard_;

@@ -102,6 +102,16 @@ def test_enrol_fifty_with_fixed_threads():
         assert a.pods() == []
 
 
+def test_threads_are_named():
+    # top -H, perf and /proc show what each agent thread is for.
+    with agent() as a:
+        names = sorted(open(f"/proc/{a.pid}/task/{t}/comm").read().strip() for t in os.listdir(f"/proc/{a.pid}/task"))
+        assert names.count("netsteerd") == 1, names  # the main thread (control loop) only
+        assert all(n == "netsteerd" or n.startswith("ns-") for n in names), names
+        for want in ("ns-relay-0", "ns-relay-1", "ns-udp", "ns-enrol", "ns-metrics", "ns-bpf-spares"):
+            assert want in names, names
+
+
 def test_idempotent_and_replace():
     with agent() as a, netns(2) as (ns1, ns2):
         assert "enrolled" in a.enrol(ns1, uid="pod-a").stdout

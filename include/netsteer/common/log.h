@@ -33,6 +33,10 @@ class PodScope {
   friend struct PodScopeAccess;
 };
 
+// Names the calling thread ("ns-" + name, cut to the kernel's 15 characters): what top -H, perf
+// and /proc/<pid>/task/*/comm show for it.
+void name_thread(std::string_view name);
+
 // JSON-escape a string for use inside a hand-built JSON log line.
 std::string json_escape(std::string_view s);
 
