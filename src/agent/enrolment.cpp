@@ -101,6 +101,7 @@ size_t GuardAttacher::pending() const {
 }
 
 void GuardAttacher::run() {
+  log::name_thread("tc-guard");
   // The quiet period adapts: an enrol that came in while a link was being made waited out a grace
   // period, so pods are arriving closer together than the period; it doubles (up to kMaxQuiet)
   // and the guards wait for the burst to end. Each attach no enrol met halves it back.
@@ -522,16 +523,20 @@ void EnrolmentManager::teardown(Pod& pod, bool remove_capture) {
 
 Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns::NetnsHandle ns) {
   auto received = std::chrono::steady_clock::now();
-  // Deferred guards wait while any enrol is in flight (their attach would hold rtnl).
+  // Deferred guards wait while any enrol is in flight (their attach would hold rtnl), and so do
+  // the spares' loads (their CPU goes to the enrol).
   struct InFlight {
     GuardAttacher* g;
-    explicit InFlight(GuardAttacher* a) : g(a) {
+    bpf::PodBpfPool* p;
+    InFlight(GuardAttacher* a, bpf::PodBpfPool* pool) : g(a), p(pool) {
       if (g) g->enrol_started();
+      if (p) p->hold();
     }
     ~InFlight() {
+      if (p) p->release();
       if (g) g->enrol_finished();
     }
-  } in_flight{guards_.get()};
+  } in_flight{guards_.get(), bpf_pool_.get()};
   std::lock_guard lk(mu_);
   log::PodScope scope(spec.uid, spec.namespace_, spec.name);
   auto it = pods_.find(spec.uid);

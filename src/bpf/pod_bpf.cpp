@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "netsteer/bpf/tcx.h"
+#include "netsteer/common/log.h"
 #include "netsteer/skel/netsteer_guard.skel.h"
 #include "netsteer/skel/netsteer_steer.skel.h"
 
@@ -207,8 +208,8 @@ Result<LoadedPodBpf> PodBpfPool::take(uint32_t features) {
   return LoadedPodBpf::load(max_inbound_conns_, with_guard_, features);
 }
 
-void PodBpfPool::fill(std::unique_lock<std::mutex>& lk) {
-  while (wants_more()) {
+void PodBpfPool::fill(std::unique_lock<std::mutex>& lk, bool yield_to_enrols) {
+  while (wants_more() && !(yield_to_enrols && held_)) {
     loading_ = true;
     uint32_t features = features_;
     lk.unlock();
@@ -228,7 +229,7 @@ void PodBpfPool::refill() {
   std::unique_lock lk(mu_);
   started_ = true;
   failed_ = false;
-  fill(lk);
+  fill(lk, false);
 }
 
 void PodBpfPool::request() {
@@ -242,16 +243,30 @@ void PodBpfPool::request() {
 }
 
 void PodBpfPool::run() {
+  log::name_thread("bpf-spares");
   // This thread only: SCHED_IDLE (nice 19 where that is refused). Loads then use CPU no enrol,
   // CNI plugin or relay wants.
   sched_param sp{};
   if (::sched_setscheduler(0, SCHED_IDLE, &sp) != 0) (void)::setpriority(PRIO_PROCESS, 0, 19);
   std::unique_lock lk(mu_);
   for (;;) {
-    cv_.wait(lk, [&] { return stop_ || wants_more(); });
+    cv_.wait(lk, [&] { return stop_ || (wants_more() && !held_); });
     if (stop_) return;
-    fill(lk);
+    fill(lk, true);
   }
+}
+
+void PodBpfPool::hold() {
+  std::lock_guard lk(mu_);
+  ++held_;
+}
+
+void PodBpfPool::release() {
+  {
+    std::lock_guard lk(mu_);
+    if (--held_) return;
+  }
+  if (thread_.joinable()) cv_.notify_all();
 }
 
 std::string PodBpfPool::state() {

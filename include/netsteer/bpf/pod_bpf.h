@@ -137,11 +137,17 @@ class PodBpfPool {
   // to settle.
   std::string state();
   size_t spares();
+  // An enrol is running (hold) or done (release): the background loader starts no load while any
+  // enrol runs. SCHED_IDLE alone did not keep its loads off the enrol's CPUs: a load's slice
+  // (~1 ms, one verifier call) ran while a relay worker registering the pod waited behind it.
+  void hold();
+  void release();
 
  private:
   void run();
-  bool wants_more() const;                       // mu_ held
-  void fill(std::unique_lock<std::mutex>& lk);  // loads while wants_more()
+  bool wants_more() const;  // mu_ held
+  // Loads while wants_more() (and, for the background loader, no enrol holds the pool).
+  void fill(std::unique_lock<std::mutex>& lk, bool yield_to_enrols);
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<LoadedPodBpf> spares_;
@@ -149,6 +155,7 @@ class PodBpfPool {
   bool started_ = false;  // request() was called: the loader keeps the pool full from now on
   bool failed_ = false;   // the last load failed: no retry until the next request()
   bool stop_ = false;
+  int held_ = 0;  // enrols running
   const uint32_t max_inbound_conns_;
   const size_t target_;
   const bool with_guard_;
