@@ -249,6 +249,16 @@ TEST_F(SteerTest, PoolKeepsSeveralSparesAndRefillsOnAnIdleThread) {
   EXPECT_EQ(idle_threads(), 1u) << "the loader thread does not run SCHED_IDLE";
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(pool.take().ok());  // the third one inline, or a refill
   EXPECT_TRUE(wait_full(pool, 2)) << "take() did not make the pool refill itself";
+  // While an enrol holds the pool, the loader loads nothing; the release lets it refill.
+  pool.hold();
+  pool.hold();
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(pool.take().ok());
+  pool.release();  // one enrol is still running
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // ~100 loads' time
+  EXPECT_EQ(pool.spares(), 0u) << "the loader loaded while an enrol held the pool";
+  EXPECT_EQ(pool.state(), "loading");
+  pool.release();
+  EXPECT_TRUE(wait_full(pool, 2)) << "the release did not let the loader refill";
 }
 
 // A pod loaded without its guard programs (deferred tcx guards): nothing of the guard is pinned
