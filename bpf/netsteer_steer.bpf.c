@@ -49,12 +49,9 @@ struct {
 	__type(value, struct ns_steer_counters);
 } ns_stats SEC(".maps");
 
-/* One per-CPU counter block per run, looked up once. */
-#define stat_inc(field)          \
-	do {                     \
-		if (stats)       \
-			stats->field += 1; \
-	} while (0)
+/* One per-CPU counter block per run, looked up once; never NULL here (netsteer_steer returns
+ * before anything counts when the lookup fails). */
+#define stat_inc(field) (stats->field += 1)
 
 static __always_inline void addr_v6(struct ns_addr *a, const __u32 ip6[4])
 {
