@@ -562,9 +562,8 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
     pods_.erase(it);
     ++stats_.replaced;
   }
-  // The pool's loader refills on its own (take() woke it; it runs SCHED_IDLE, so it never competes
-  // with this enrol): this starts it after the first enrol or a restore, and retries after a
-  // failed load.
+  // The pool's loader refills on its own (take() woke it; it loads once this enrol has released
+  // the pool): this starts it after the first enrol or a restore, and retries after a failed load.
   struct RefillAtExit {
     EnrolmentManager& m;
     ~RefillAtExit() { m.refill_bpf_pool(); }

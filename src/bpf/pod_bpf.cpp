@@ -244,8 +244,8 @@ void PodBpfPool::request() {
 
 void PodBpfPool::run() {
   log::name_thread("bpf-spares");
-  // This thread only: SCHED_IDLE (nice 19 where that is refused). Loads then use CPU no enrol,
-  // CNI plugin or relay wants.
+  // This thread only: SCHED_IDLE (nice 19 where that is refused), so loads take CPU the CNI
+  // plugin and the relay leave; and no load starts while an enrol holds the pool (hold()).
   sched_param sp{};
   if (::sched_setscheduler(0, SCHED_IDLE, &sp) != 0) (void)::setpriority(PRIO_PROCESS, 0, 19);
   std::unique_lock lk(mu_);
