@@ -1280,6 +1280,11 @@ def main():
             cp[m] = control_plane(sizes, m, shlex.split(args.agent_args))
             if m == "tcx" and sizes:  # strict pods keep a synchronous attach: measured apart
                 cp["tcx strict"] = control_plane([min(sizes[-1], 100)], m, shlex.split(args.agent_args), strict=True)
+            if m == "tcx" and sizes and sizes[-1] >= 100:
+                # Baseline in the same run for the fd table sized at start-up: one grown on demand
+                # (64 is the kernel's first size), whose doublings each wait a grace period.
+                cp["tcx, fd table grown on demand (--fd-table 64)"] = control_plane(
+                    [100], m, shlex.split(args.agent_args) + ["--fd-table", "64"])
             if sizes:  # pods spread out: each ADD can meet the previous pods' deferred attach
                 cp[f"{m}, one ADD every 50 ms"] = control_plane([min(sizes[-1], 100)], m, shlex.split(args.agent_args),
                                                                every_s=0.05)
