@@ -174,6 +174,9 @@ void GuardAttacher::run() {
           eg.reset();
         }
         if (!yielded) job->ifindexes.pop_back();
+        if (!yielded && made.ok())
+          spdlog::debug("pod {}: tc guard on ifindex {} loaded and linked in {:.1f} ms", job->uid, ifindex,
+                        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
         auto was = quiet;
         quiet = met ? std::min(quiet * 2, max_quiet) : std::max(quiet / 2, quiet_);
         if (quiet != was)
