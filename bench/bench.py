@@ -928,7 +928,7 @@ def cli_startup(runs):
         subprocess.run(["hyperfine", "-N", "--style", "none", "--warmup", "100", "--runs", str(runs),
                         "--export-json", out.name] + [shlex.join(c) for c in cmds.values()],
                        env=dict(os.environ, CNI_COMMAND="VERSION"), check=True, capture_output=True)
-        results = json.load(open(out.name))["results"]
+        results = json.load(out)["results"]
     return {name: {"mean_ms": r["mean"] * 1000, "median_ms": r["median"] * 1000, "stddev_ms": r["stddev"] * 1000,
                    "user_ms": r["user"] * 1000, "system_ms": r["system"] * 1000, "runs": len(r["times"])}
             for name, r in zip(cmds, results)}
@@ -983,9 +983,10 @@ def wait_guards(a, deadline):
 
 
 def cpu_ticks():
-    """The host's CPU time from /proc/stat (all CPUs, in USER_HZ): (total, steal)."""
+    """The host's CPU time from /proc/stat (all CPUs, in USER_HZ): (total, steal). The fields after
+    steal (guest, guest_nice) are already counted in user and nice."""
     with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
+        v = [int(x) for x in f.readline().split()[1:9]]
     return sum(v), v[7]
 
 
@@ -994,19 +995,19 @@ def steal_pct(t0, t1):
     return 100.0 * (t1[1] - t0[1]) / max(1, t1[0] - t0[0])
 
 
-def pod_burst(a, tmp, n, strict, every_s, cold):
+def pod_burst(a, tmp, n, strict, every_s, cold, first=0):
     """n pods enrolled by their ADDs (back to back, or one every every_s s), then unenrolled: the
     ADDs' ms, the agent's enrol ms, s for all ADDs, s until the last deferred guard was attached,
     the agent's /proc status with the pods enrolled, and the % of CPU time stolen from this VM
     during the ADDs."""
-    pods, adds = bench_pods(a, tmp, n, strict)
+    pods, adds = bench_pods(a, tmp, n, strict, first)
     try:
         lat = []
         t0, ticks0 = time.time(), cpu_ticks()
         for i, (path, env) in enumerate(adds):
             if every_s:
                 time.sleep(max(0.0, t0 + i * every_s - time.time()))
-            lat.append(checked_add(path, env, i, cold))
+            lat.append(checked_add(path, env, first + i, cold))
         total, steal = time.time() - t0, steal_pct(ticks0, cpu_ticks())
         wait_guards(a, t0 + total + 120)
         guards_done = time.time() - t0
@@ -1040,19 +1041,11 @@ def control_plane(sizes, tc_mode, agent_args=(), strict=False, every_s=0.0, sing
             if n == 1 and single_rounds > 1:
                 lat, agent_lat, total, guards_done, cold = [], [], 0.0, 0.0, []
                 for r in range(single_rounds):
-                    pods, adds = bench_pods(a, tmp, 1, strict, first=r)
-                    try:
-                        t0 = time.time()
-                        lat.append(checked_add(*adds[0], r, cold))
-                        total += time.time() - t0
-                        wait_guards(a, t0 + 120)
-                        guards_done += time.time() - t0
-                        lst = json.loads(a.ctl("list", "--json").stdout)
-                        agent_lat += [p.get("enrol_ms", 0) for p in lst]
-                        st = proc_status(a.pid)
-                        a.ctl("unenroll", "--uid", pods[0].name)
-                    finally:
-                        pods[0].close()
+                    bl, ba, bt, bg, st, _ = pod_burst(a, tmp, 1, strict, 0.0, cold, first=r)
+                    lat += bl
+                    agent_lat += ba
+                    total += bt
+                    guards_done += bg
                     time.sleep(0.1)
                 first_ms, first_enrol_ms = lat[0], agent_lat[0]
                 total /= single_rounds

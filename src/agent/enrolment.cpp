@@ -156,12 +156,12 @@ void GuardAttacher::run() {
           in = std::move(job->ingress_made);
           return {};
         }();
-        if (auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
-            ms >= 1000) {
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        if (ms >= 1000) {
           // Each tcx attach takes rtnl and waits out an RCU grace period: seconds mean the host is
           // busy with either (netns teardown holds rtnl), and every guard behind this one waits.
           log::PodScope scope(job->uid);
-          spdlog::warn("pod {}: tc guard attach on ifindex {} took {} ms (rtnl or RCU busy on the host)", job->uid,
+          spdlog::warn("pod {}: tc guard attach on ifindex {} took {:.0f} ms (rtnl or RCU busy on the host)", job->uid,
                        ifindex, ms);
         }
         if (!made.ok()) {
@@ -175,8 +175,7 @@ void GuardAttacher::run() {
         }
         if (!yielded) job->ifindexes.pop_back();
         if (!yielded && made.ok())
-          spdlog::debug("pod {}: tc guard on ifindex {} loaded and linked in {:.1f} ms", job->uid, ifindex,
-                        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+          spdlog::debug("pod {}: tc guard on ifindex {} loaded and linked in {:.1f} ms", job->uid, ifindex, ms);
         auto was = quiet;
         quiet = met ? std::min(quiet * 2, max_quiet) : std::max(quiet / 2, quiet_);
         if (quiet != was)
