@@ -781,17 +781,14 @@ class Worker {
   }
 
   void log_access(const Conn& c) {
-    timespec ts{};
-    ::clock_gettime(CLOCK_REALTIME, &ts);
-    tm t{};
-    ::gmtime_r(&ts.tv_sec, &t);
+    auto end = log::utc_timestamp(std::chrono::system_clock::now());
     // Formatted directly (on the worker, per connection): addresses and the fixed words need no
     // escaping; the pod's identity was encoded once at add_pod.
     fmt::memory_buffer line;  // 500 bytes inline: a typical record needs no heap
     fmt::format_to(std::back_inserter(line),
-        R"({{"end":"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z","id":"{:016x}",{},"direction":"{}","client":"{}",)"
+        R"({{"end":"{}Z","id":"{:016x}",{},"direction":"{}","client":"{}",)"
         R"("destination":"{}","sent_to":"{}","bytes_up":{},"bytes_down":{},"duration_ms":{},"reason":"{}"}})",
-        t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, ts.tv_nsec / 1000000, c.id,
+        end.view(), c.id,
         c.pod->log_identity, to_string(c.dir), c.client.len ? c.client.str() : "", c.dst.len ? c.dst.str() : "",
         sent_to(c), c.to_up.moved, c.to_down.moved, now_ms() - c.started_ms, c.reason);
     opts_.access_log->push({line.data(), line.size()});

@@ -1,8 +1,10 @@
 """Issue 16 part 3: the connection access log (one JSON object per finished relayed connection,
 reopened on SIGHUP, never blocking a relay worker) and `netsteerctl conns` (the connections being
 relayed now)."""
+import datetime
 import json
 import os
+import re
 import signal
 import time
 
@@ -38,6 +40,7 @@ def test_each_finished_connection_is_logged_with_its_ends_bytes_and_reason(tmp_p
         t.serve(t.pod, APP)
         t.serve(t.remote, REMOTE_PORT)
         a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6], name="web", namespace="shop")
+        started = datetime.datetime.now(datetime.timezone.utc)
         assert t.client(t.pod, t.remote_ip, REMOTE_PORT, "bytes", 100000) == "ok 100000"
         assert t.client(t.remote, t.pod_ip, APP, "peer").startswith(t.remote_ip)
         assert t.client(t.pod, t.remote_ip, 9999, "probe", check=False) in ("reset", "refused")  # nothing there
@@ -51,6 +54,10 @@ def test_each_finished_connection_is_logged_with_its_ends_bytes_and_reason(tmp_p
         assert inb["direction"] == "inbound" and inb["destination"] == f"{t.pod_ip}:{APP}"
         assert inb["client"].startswith(t.remote_ip + ":")
         assert bad["reason"] == "connect_failed" and bad["destination"] == f"{t.remote_ip}:9999", bad
+        for r in recs:  # "end": UTC, to the millisecond, when the connection ended
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["end"]), r
+            end = datetime.datetime.fromisoformat(r["end"].replace("Z", "+00:00"))
+            assert started - datetime.timedelta(seconds=1) <= end <= datetime.datetime.now(datetime.timezone.utc), r
         st = json.loads(a.ctl("status", "--json").stdout)["access_log"]
         assert st["written"] == 3 and st["dropped"] == 0, st
 

@@ -3,7 +3,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <string>
+#include <string_view>
 
 #include "netsteer/common/result.h"
 
@@ -36,6 +38,17 @@ class PodScope {
 // Names the calling thread ("ns-" + name, cut to the kernel's 15 characters): what top -H, perf
 // and /proc/<pid>/task/*/comm show for it.
 void name_thread(std::string_view name);
+
+// A log line's timestamp, "YYYY-MM-DDTHH:MM:SS.mmm" in UTC, by calendar arithmetic: glibc's
+// gmtime reads and parses /etc/localtime at its first call in a process (tzset), ~0.1 ms of every
+// short-lived netsteer-cni, and a process-wide lock per call. No allocation: the relay stamps its
+// access-log records with it.
+struct UtcStamp {
+  char text[40];  // room for any int year; 23 characters for years 0-9999
+  int len = 0;
+  std::string_view view() const { return {text, static_cast<size_t>(len)}; }
+};
+UtcStamp utc_timestamp(std::chrono::system_clock::time_point t);
 
 // JSON-escape a string for use inside a hand-built JSON log line.
 std::string json_escape(std::string_view s);

@@ -1,0 +1,61 @@
+// Log line timestamps: UTC by calendar arithmetic (no tzset), the same text gmtime gives.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <unistd.h>
+
+#include "netsteer/common/log.h"
+
+using namespace std::chrono;
+
+namespace {
+
+std::string via_gmtime(system_clock::time_point t) {
+  std::time_t s = system_clock::to_time_t(floor<seconds>(t));
+  std::tm tm{};
+  ::gmtime_r(&s, &tm);
+  char buf[32], out[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(out, sizeof out, "%s.%03d", buf, static_cast<int>((floor<milliseconds>(t) - floor<seconds>(t)).count()));
+  return out;
+}
+
+TEST(LogTimestamp, MatchesGmtime) {
+  for (long long s : {0LL, 951782400LL /* 2000-02-29 */, 1709164799LL, 1796299558LL, 4102444799LL /* 2099-12-31 */}) {
+    for (int ms : {0, 7, 325, 999}) {
+      auto t = system_clock::time_point{seconds{s} + milliseconds{ms} + microseconds{400}};
+      EXPECT_EQ(netsteer::log::utc_timestamp(t).view(), via_gmtime(t)) << s << " " << ms;
+    }
+  }
+  EXPECT_EQ(netsteer::log::utc_timestamp(system_clock::time_point{seconds{1796299558} + milliseconds{325}}).view(),
+            "2026-12-03T12:05:58.325");
+}
+
+TEST(LogTimestamp, LinesCarryIt) {
+  char path[] = "/tmp/netsteer-log-test-XXXXXX";
+  int fd = ::mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  for (auto fmt : {netsteer::log::Format::kText, netsteer::log::Format::kJson}) {
+    ASSERT_TRUE(netsteer::log::setup(fmt, "info", path, false).ok());
+    auto before = system_clock::now();
+    spdlog::info("stamp check");
+    std::ifstream in(path);
+    std::string line, last;
+    while (std::getline(in, line)) last = line;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(last, m, std::regex(R"((\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})(Z info|\+00:00","level":"info"))")))
+        << last;
+    // The stamp is now's, to the millisecond (or the next one, had the clock ticked).
+    std::string a(netsteer::log::utc_timestamp(before).view()), b(netsteer::log::utc_timestamp(system_clock::now()).view());
+    EXPECT_TRUE(m[1] >= a && m[1] <= b) << m[1] << " not in [" << a << ", " << b << "]";
+  }
+  (void)netsteer::log::setup(netsteer::log::Format::kText, "info", "", true);
+  ::unlink(path);
+}
+
+}  // namespace
