@@ -873,12 +873,16 @@ Status Relay::add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, i
                                   json(pod->namespace_).dump(), json(pod->name).dump());
   for (int fd : {outbound_fd, inbound_fd, tunnel_fd, dns_tcp_fd})
     if (fd >= 0) tune_socket(fd, opts_);
-  broadcast([&](Worker& w) {
-    w.add_listener(pod, Direction::outbound, outbound_fd);
-    w.add_listener(pod, Direction::inbound, inbound_fd);
-    w.add_listener(pod, Direction::tunnel, tunnel_fd);
-    if (dns_tcp_fd >= 0) w.add_listener(pod, Direction::outbound, dns_tcp_fd);
-  });
+  // Not waited for: the listeners already queue what the pod's capture steers to them, and each
+  // worker takes them up at its next wake-up, before anything posted later (remove_pod, pause).
+  // Waiting put two worker wake-ups on every enrol, i.e. on the CNI ADD (issue 17).
+  for (auto& w : workers_)
+    w->post([pod, outbound_fd, inbound_fd, tunnel_fd, dns_tcp_fd](Worker& wk) {
+      wk.add_listener(pod, Direction::outbound, outbound_fd);
+      wk.add_listener(pod, Direction::inbound, inbound_fd);
+      wk.add_listener(pod, Direction::tunnel, tunnel_fd);
+      if (dns_tcp_fd >= 0) wk.add_listener(pod, Direction::outbound, dns_tcp_fd);
+    });
   return {};
 }
 

@@ -141,6 +141,10 @@ class Proxy::Loop {
   void call(const std::function<void(Loop&)>& fn) {
     loop_.call([&] { fn(*this); });
   }
+  // Runs fn on the loop thread, not waiting; before anything posted or called later.
+  void post(std::function<void(Loop&)> fn) {
+    loop_.post([this, fn = std::move(fn)] { fn(*this); });
+  }
 
   void add_pod(const std::shared_ptr<PodUdp>& pod, PodSockets socks) {
     auto e = std::make_unique<PodEntry>();
@@ -600,7 +604,8 @@ Status Proxy::add_pod(const std::shared_ptr<PodUdp>& pod, PodSockets socks) {
   if (socks.dns < 0 && socks.outbound < 0 && socks.inbound < 0)
     return Error::msg("pod " + pod->uid + " has no UDP capture socket", EINVAL);
   if (socks.dns >= 0 && !pod->dns) return Error::msg("pod " + pod->uid + ": a DNS socket without DNS counters", EINVAL);
-  loop_->call([&](Loop& l) { l.add_pod(pod, socks); });
+  // Not waited for (one wake-up less on every enrol): the sockets queue what arrives meanwhile.
+  loop_->post([pod, socks](Loop& l) { l.add_pod(pod, socks); });
   return {};
 }
 

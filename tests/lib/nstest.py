@@ -300,13 +300,16 @@ class Agent:
 
     def wait_settled(self, timeout=10):
         """Wait until the agent is done loading the next pod's BPF programs ahead of time (it
-        starts after each enrol, on another thread, and holds ~a dozen fds while it runs)."""
+        starts after each enrol, on another thread, and holds ~a dozen fds while it runs) and has
+        attached every deferred tc guard (another thread, after the enrol's reply; it holds fds
+        too)."""
         deadline = time.time() + timeout
-        while (state := self.status()["bpf_spare"]) == "loading":
+        while (st := self.status())["bpf_spare"] == "loading" or st.get("guards_pending", 0):
             if time.time() > deadline:
-                raise AssertionError("the agent is still loading its spare BPF programs")
+                raise AssertionError(f"the agent is not settled: spare BPF {st['bpf_spare']}, "
+                                     f"{st.get('guards_pending', 0)} tc guard(s) pending")
             time.sleep(0.02)
-        return state
+        return st["bpf_spare"]
 
     def inspect(self, uid):
         return json.loads(self.ctl("inspect", "--uid", uid, "--json").stdout)

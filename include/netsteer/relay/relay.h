@@ -112,6 +112,7 @@ class Relay {
   ~Relay();  // stops the workers and closes every connection
 
   // Starts accepting on a pod's listeners (borrowed: keep them open until remove_pod returns).
+  // Returns without waiting for the workers; they take the listeners up before any later call.
   // dns_tcp_fd >= 0: the pod's TCP DNS listener (15053), relayed like outbound (to its DNS upstream).
   Status add_pod(const std::shared_ptr<PodContext>& pod, int outbound_fd, int inbound_fd, int tunnel_fd,
                  int dns_tcp_fd = -1);

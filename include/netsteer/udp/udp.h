@@ -88,6 +88,8 @@ class Proxy {
   static Result<std::unique_ptr<Proxy>> start(const Options& opts);
   ~Proxy();  // stops the thread; every flow closes
 
+  // Starts reading the pod's sockets; returns without waiting for the thread (it takes them up
+  // before any later call).
   Status add_pod(const std::shared_ptr<PodUdp>& pod, PodSockets socks);
   // Stops reading the pod's sockets and closes its flows; returns when the thread is done with it.
   void remove_pod(const std::shared_ptr<PodUdp>& pod);
