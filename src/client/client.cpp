@@ -35,11 +35,15 @@ Result<Client::Granted> Client::lease(const protocol::Request& req) && {
 
 Result<protocol::Reply> Client::add(const protocol::PodSpec& pod) {
   NS_TRY(auto ns, netns::NetnsHandle::open(pod.netns_path));
+  // The agent gets its own copy over SCM_RIGHTS; ours closes with `ns`.
+  return add(pod, ns.fd());
+}
+
+Result<protocol::Reply> Client::add(const protocol::PodSpec& pod, int netns_fd) {
   protocol::Request req;
   req.type = protocol::MsgType::kAdd;
   req.pod = pod;
-  // The agent gets its own copy over SCM_RIGHTS; ours closes with `ns`.
-  return call(req, ns.fd());
+  return call(req, netns_fd);
 }
 
 }  // namespace netsteer::client

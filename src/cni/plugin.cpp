@@ -79,8 +79,9 @@ class Command {
       spdlog::info("netsteer-cni ADD {}: excluded by netconf, not captured", who_);
       return prev_result();
     }
-    if (auto ns = netns::NetnsHandle::open(env_.netns); !ns.ok())
-      return fail(Error::msg("CNI_NETNS " + env_.netns + ": " + ns.error().message, kUnknownContainer));
+    // Checked before the agent is asked, and sent as opened (one open per ADD).
+    auto ns = netns::NetnsHandle::open(env_.netns);
+    if (!ns.ok()) return fail(Error::msg("CNI_NETNS " + env_.netns + ": " + ns.error().message, kUnknownContainer));
     protocol::PodSpec pod;
     pod.uid = pod_key(env_);
     pod.name = env_.pod_name().empty() ? env_.container_id.substr(0, 12) : env_.pod_name();
@@ -97,7 +98,7 @@ class Command {
     Outcome out;
     auto c = connect(&out, prev_result());
     if (!c) return out;
-    auto r = c->add(pod);
+    auto r = c->add(pod, ns->fd());
     if (!r.ok()) {
       if (agent_gone(r.error())) return unreachable(r.error(), prev_result());
       // EAGAIN: the agent could not decide yet (e.g. the pod's labels are not readable): retry.

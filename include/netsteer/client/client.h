@@ -21,8 +21,10 @@ class Client {
   // A reply with ok=false is returned as an Error carrying the agent's text.
   Result<protocol::Reply> call(const protocol::Request& req, int fd = -1);
 
-  // `add`: opens pod.netns_path (it must be a network namespace) and sends it with the pod.
+  // `add`: opens pod.netns_path (it must be a network namespace) and sends it with the pod; or
+  // sends netns_fd, the caller's open handle of it.
   Result<protocol::Reply> add(const protocol::PodSpec& pod);
+  Result<protocol::Reply> add(const protocol::PodSpec& pod, int netns_fd);
 
   // `lease`: the reply carries fds (the netns, then the listeners); the connection itself is the
   // lease — the agent takes the listeners back when it closes.
