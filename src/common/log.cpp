@@ -121,8 +121,8 @@ Status setup(Format format, const std::string& level, const std::string& file, b
   }
   auto logger = std::make_shared<spdlog::logger>("netsteer", sinks.begin(), sinks.end());
   // Timestamps in UTC (node logs are), written by %@ rather than spdlog's %Y..%e: those make it
-  // call gmtime, and glibc's gmtime reads and parses /etc/localtime once per process (tzset),
-  // ~0.1 ms of every CNI ADD of the statically linked netsteer-cni (strace, hyperfine).
+  // call gmtime, and glibc's gmtime reads and parses /etc/localtime once per process (tzset):
+  // 0.3-0.4 ms of every CNI ADD of the short-lived netsteer-cni (A/B, bench/RESULTS.md).
   auto f = std::make_unique<spdlog::pattern_formatter>();
   f->add_flag<UtcStampFlag>('@');
   if (format == Format::kJson)
