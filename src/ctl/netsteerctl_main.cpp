@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
   // `netsteerctl --help` alone is printed before the subcommands' options are built (most of
   // what CLI11 costs here) and without the exception CLI11 throws to print it: the same text
   // (tests/unit/test_ctl_cli.cpp), at the exec floor (issue 17).
-  if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+  if (const CLI::Option* help = app.get_help_ptr(); argc == 2 && help && help->check_name(argv[1])) {
     app.name(argv[0]);  // as parse() would name it
     std::fputs(app.help().c_str(), stdout);
     return 0;

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <regex>
@@ -56,6 +57,35 @@ TEST(LogTimestamp, LinesCarryIt) {
   }
   (void)netsteer::log::setup(netsteer::log::Format::kText, "info", "", true);
   ::unlink(path);
+}
+
+// The point of utc_timestamp: a short-lived process that logs (netsteer-cni, here on its error
+// path: ADD without CNI_CONTAINERID logs one line) never opens /etc/localtime. spdlog's %Y..%e
+// called gmtime, whose tzset read the zone file in every CNI ADD.
+TEST(LogTimestamp, CniProcessNeverReadsTheZoneFile) {
+  if (::system("command -v strace >/dev/null 2>&1") != 0) {
+    if (const char* ci = std::getenv("CI"); ci && std::string(ci) == "true")
+      FAIL() << "strace is not installed (scripts/setup.sh installs it) and CI=true: refusing to skip";
+    GTEST_SKIP() << "strace not installed";
+  }
+  char trace[] = "/tmp/netsteer-cni-trace-XXXXXX";
+  int fd = ::mkstemp(trace);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  std::string cmd = std::string("echo '{}' | env -i CNI_COMMAND=ADD strace -f -e trace=open,openat -o ") + trace +
+                    " " NETSTEER_CNI_BIN " 2>&1 >/dev/null";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[1024];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  ::pclose(p);
+  std::ifstream in(trace);
+  std::string opens((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ::unlink(trace);
+  ASSERT_NE(out.find("Z error netsteer-cni: CNI_CONTAINERID"), std::string::npos) << "no log line:\n" << out;
+  ASSERT_NE(opens.find("exited with"), std::string::npos) << "strace traced nothing:\n" << opens;
+  EXPECT_EQ(opens.find("/etc/localtime"), std::string::npos) << opens;
 }
 
 }  // namespace
