@@ -675,7 +675,9 @@ class Worker {
   int pump(Flow& f, const Flow& other, std::atomic<uint64_t>& bytes) {
     for (;;) {
       if (!f.pending.empty()) {
-        ssize_t n = ::send(f.dst, f.pending.data(), f.pending.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        // At src's EOF the shutdown follows the last of these bytes: corked, they carry the FIN.
+        ssize_t n = ::send(f.dst, f.pending.data(), f.pending.size(),
+                           MSG_NOSIGNAL | MSG_DONTWAIT | (f.src_eof ? MSG_MORE : 0));
         if (n < 0) return (errno == EAGAIN || errno == EINTR) ? 0 : -errno;
         f.pending.erase(0, static_cast<size_t>(n));
         continue;
@@ -716,9 +718,14 @@ class Worker {
         size_t got = static_cast<size_t>(n);
         bytes.fetch_add(got, std::memory_order_relaxed);
         f.moved += got;
+        // A short read after src reported its FIN has drained everything before the FIN: src is
+        // at EOF, with no read to 0 to make. The bytes go out corked (MSG_MORE) and the shutdown
+        // or close that follows at once puts the FIN on their segment: one packet, not two.
+        bool last = got < kCopyChunk && f.hup_seen;
         if (got == kCopyChunk) f.bulk = true;
         else if (!f.hup_seen) f.readable = false;
-        ssize_t w = ::send(f.dst, scratch_.get(), got, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (last) f.src_eof = true;
+        ssize_t w = ::send(f.dst, scratch_.get(), got, MSG_NOSIGNAL | MSG_DONTWAIT | (last ? MSG_MORE : 0));
         if (w < 0 && errno != EAGAIN && errno != EINTR) return -errno;
         size_t sent = w > 0 ? static_cast<size_t>(w) : 0;
         if (sent < got) f.pending.assign(scratch_.get() + sent, got - sent);  // sent on EPOLLOUT

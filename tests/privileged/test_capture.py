@@ -499,3 +499,32 @@ def test_request_and_fin_sent_before_the_upstream_answers():
         server.stdin.flush()
         assert client.stdout.readline().strip() == "hello"
         assert client.wait(timeout=15) == 0
+
+
+def test_last_bytes_and_fin_leave_in_one_segment():
+    """A server that sends its last bytes and its FIN in one segment: the relay passes both on in
+    one segment too (the bytes go out corked, the FIN rides on them), as HAProxy does, where it
+    used to send the FIN alone after them. The client counts what it received (tcp_info's
+    tcpi_segs_in): the SYN-ACK and one segment, not two. A server-first exchange, so no ACK of a
+    request is in the count."""
+    with agent() as a, topology() as t:
+        server = t.remote.popen([nstest.PY, "-c",
+                                 "import socket\n"
+                                 "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+                                 "s.bind(('0.0.0.0',9200)); s.listen(8); print('ready',flush=True)\n"
+                                 "while True:\n"
+                                 "  c,_=s.accept(); c.send(b'banner '*100, socket.MSG_MORE)\n"
+                                 "  c.shutdown(socket.SHUT_WR)\n"  # corked bytes + FIN: one segment
+                                 "  while c.recv(100): pass\n"
+                                 "  c.close()\n"], stdout=subprocess.PIPE, text=True)
+        t.procs.append(server)
+        assert server.stdout.readline().strip() == "ready"
+        enrol(a, t)
+        client = ("import socket,struct\n"
+                  f"s=socket.create_connection(('{t.remote_ip}',9200),timeout=10); d=b''\n"
+                  "while (b:=s.recv(4096)): d+=b\n"
+                  "info=s.getsockopt(socket.IPPROTO_TCP,socket.TCP_INFO,256)\n"
+                  "print(len(d), struct.unpack_from('I',info,140)[0])\n")  # tcpi_segs_in
+        for _ in range(3):
+            got = t.pod.exec([nstest.PY, "-c", client]).stdout.split()
+            assert got == ["700", "2"], f"bytes, segments received by the client: {got}"
