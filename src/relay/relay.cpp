@@ -716,15 +716,21 @@ class Worker {
           return -errno;
         }
         size_t got = static_cast<size_t>(n);
+        if (got < kCopyChunk && f.hup_seen) {
+          // Src reported its FIN and this read was short: the next one should be the EOF. It is made
+          // before the send, so the last bytes go out corked (MSG_MORE) and the shutdown or close
+          // that follows at once puts the FIN on their segment: one packet, not two. (It is read,
+          // not assumed: an urgent mark also ends a read short.)
+          ssize_t m = ::recv(f.src, scratch_.get() + got, kCopyChunk - got, MSG_DONTWAIT);
+          if (m == 0) f.src_eof = true;
+          else if (m > 0) got += static_cast<size_t>(m);
+          else if (errno != EAGAIN && errno != EINTR) return -errno;
+        }
         bytes.fetch_add(got, std::memory_order_relaxed);
         f.moved += got;
-        // A short read after src reported its FIN has drained everything before the FIN: src is
-        // at EOF, with no read to 0 to make. The bytes go out corked (MSG_MORE) and the shutdown
-        // or close that follows at once puts the FIN on their segment: one packet, not two.
-        bool last = got < kCopyChunk && f.hup_seen;
+        bool last = f.src_eof;
         if (got == kCopyChunk) f.bulk = true;
         else if (!f.hup_seen) f.readable = false;
-        if (last) f.src_eof = true;
         ssize_t w = ::send(f.dst, scratch_.get(), got, MSG_NOSIGNAL | MSG_DONTWAIT | (last ? MSG_MORE : 0));
         if (w < 0 && errno != EAGAIN && errno != EINTR) return -errno;
         size_t sent = w > 0 ? static_cast<size_t>(w) : 0;

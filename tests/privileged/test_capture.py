@@ -453,12 +453,16 @@ def test_small_exchanges_are_copied_bulk_is_spliced_and_workers_leave_the_pod_ne
         assert nstest.threads_in(a.pid, t.pod) == 0, "a relay worker still holds the unenrolled pod's netns"
 
 
-def test_request_and_fin_sent_before_the_upstream_answers():
+@pytest.mark.parametrize("urgent", [False, True])
+def test_request_and_fin_sent_before_the_upstream_answers(urgent):
     """The client sends its request and shuts its side before the relay's upstream connect has
     completed: the remote's accept queue is full (no SYN cookies), so the upstream SYN is only
     answered on its retransmission ~1 s later. The FIN, reported once while the relay was still
     connecting (edge-triggered), must still reach the server after the request: the server echoes
-    only at EOF, so without it nothing comes back."""
+    only at EOF, so without it nothing comes back.
+    urgent: an out-of-band byte in the middle ends the relay's first read short although the FIN
+    is already in; what follows it must still be relayed (the urgent byte itself is not: the relay
+    reads the stream, as a proxy does)."""
     with agent() as a, topology() as t:
         t.remote.exec(["sysctl", "-qw", "net.ipv4.tcp_syncookies=0"])
         server = t.remote.popen([nstest.PY, "-c",
@@ -483,7 +487,9 @@ def test_request_and_fin_sent_before_the_upstream_answers():
         client = t.pod.popen([nstest.PY, "-c",
                               "import socket\n"
                               f"s=socket.create_connection(('{t.remote_ip}',9100),timeout=15)\n"
-                              "s.sendall(b'hello'); s.shutdown(socket.SHUT_WR); d=b''\n"
+                              + ("s.send(b'hel'); s.send(b'X',socket.MSG_OOB); s.send(b'lo')\n" if urgent else
+                                 "s.sendall(b'hello')\n") +
+                              "s.shutdown(socket.SHUT_WR); d=b''\n"
                               "while (b:=s.recv(100)): d+=b\n"
                               "print(d.decode(),flush=True)\n"], stdout=subprocess.PIPE, text=True)
         t.procs.append(client)
