@@ -262,12 +262,15 @@ def median_run(runs):
 
 def data_path(args, tmp):
     """Every arm in turn, --rounds times over: arms alternate, so a slow spell on this shared
-    2-core host hits all of them rather than one. Per metric the median over rounds; each round is
-    kept under "rounds"."""
+    2-core host hits all of them rather than one. Each round starts one arm further on, so no arm
+    always follows the same one (the arm before leaves its TIME_WAIT sockets to expire, and its
+    freed memory to be handed back to the hypervisor, during the next). Per metric the median over
+    rounds; each round is kept under "rounds"."""
     rounds = {arm: [] for arm in args.arms}
     with bench_pair(tmp) as t:
         for i in range(args.rounds):
-            for arm in args.arms:
+            k = i % len(args.arms)
+            for arm in args.arms[k:] + args.arms[:k]:
                 with arm_running(arm, t, tmp) as (a, _):
                     r = {}
                     for direction, (ns, ip) in DIRECTIONS(t):
