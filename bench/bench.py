@@ -1184,8 +1184,9 @@ def table(res):
             per = [n[d]["http"]["conn_per_s"] / h[d]["http"]["conn_per_s"]
                    for n, h in zip(dp["netsteer"]["rounds"], dp["haproxy"]["rounds"])]
             lines.append(f"- {d}: netsteer/haproxy conn/s per round: " + ", ".join(f"{x:.2f}" for x in per))
-            cpu = [h[d]["http"].get("cpu_us_per_conn", 0) / n[d]["http"]["cpu_us_per_conn"]
-                   for n, h in zip(dp["netsteer"]["rounds"], dp["haproxy"]["rounds"]) if n[d]["http"].get("cpu_us_per_conn")]
+            cpu = [h[d]["http"]["cpu_us_per_conn"] / n[d]["http"]["cpu_us_per_conn"]
+                   for n, h in zip(dp["netsteer"]["rounds"], dp["haproxy"]["rounds"])
+                   if n[d]["http"].get("cpu_us_per_conn") and h[d]["http"].get("cpu_us_per_conn")]
             if cpu:
                 lines.append(f"- {d}: haproxy/netsteer CPU per connection per round: " + ", ".join(f"{x:.2f}" for x in cpu))
     dn = res.get("dns_path")
