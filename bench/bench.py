@@ -1286,7 +1286,7 @@ def table(res):
                              f"{r['enrol_p50_ms']:.1f} / {r['enrol_p99_ms']:.1f} | {r['total_s']:.2f} | {r['guards_attached_s']:.2f} | "
                              f"{r['rss_mb']:.1f} | {r['threads']} | {aft['fds_delta']} | {aft['rss_mb_delta']:.1f} | {aft['pins_left']} | "
                              f"{', '.join(f'{x:.1f}' for x in r.get('adds_reading_disk', [])) or '–'} | "
-                             f"{', '.join(f'{x:.0f}' for x in r.get('steal_pct', [])) or '–'} |")
+                             f"{', '.join(f'{x:.1f}' for x in r.get('steal_pct', [])) or '–'} |")
     return "\n".join(lines)
 
 

@@ -468,7 +468,8 @@ class Topology:
     def wait_v6_ready(self, timeout=20.0):
         """Until duplicate address detection is over on both ends (the link-local address is
         tentative for ~1 s after link up; under ASan on a loaded host CI once saw it take over
-        5 s). Before that, neighbour discovery waits and a first IPv6 connection's RTT sample (and so its RTO) is near a second: tests of TCP timers need it done."""
+        5 s). Before that, neighbour discovery waits and a first IPv6 connection's RTT sample
+        (and so its RTO) is near a second: tests of TCP timers need it done."""
         deadline = time.time() + timeout
         while any(ns.ip("-6 addr show tentative").stdout.strip() for ns in (self.pod, self.remote)):
             if time.time() > deadline:
