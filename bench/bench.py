@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,6 +51,12 @@ def cpu_busy():
     Steal is left out: time the hypervisor gave to someone else is no cost of the path measured."""
     v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
     return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_idle():
+    """CPU seconds this machine has been idle (idle and iowait)."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return (v[3] + v[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_listening(ns, *ports, timeout=10):
@@ -90,10 +97,72 @@ http {{ access_log off; keepalive_requests 1000000;
             p.wait()
 
 
-def wrk(ns, ip, secs):
+def proc_ticks(pids):
+    """(user, system) CPU seconds of these processes so far, every thread of each. The kernel's tick
+    accounting charges a softirq that runs on a task's tick to that task's system time."""
+    u = k = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            u, k = u + int(f[11]), k + int(f[12])
+    hz = os.sysconf("SC_CLK_TCK")
+    return u / hz, k / hz
+
+
+class CpuSplit:
+    """Who spends the machine's CPU while a load runs: the load generator (its own rusage: it is a
+    child that exits), the server and the proxy (long-lived: /proc deltas), and the rest (softirq
+    run by the idle task or ksoftirqd, kworkers, this script). Seconds, steal left out."""
+
+    def __init__(self, server=(), proxy=()):
+        self.pids = {"server": list(server), "proxy": list(proxy)}
+        self.t0 = {k: proc_ticks(v) for k, v in self.pids.items()}
+        self.busy0, self.idle0 = cpu_busy(), cpu_idle()
+
+    def run(self, ns, cmd, timeout):
+        """cmd in ns (nsenter execs it: the child is the load generator itself); its stdout."""
+        p = ns.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        timer = threading.Timer(timeout, p.kill)
+        timer.start()
+        try:
+            out, err = p.stdout.read(), p.stderr.read()
+            _, status, ru = os.wait4(p.pid, 0)
+        finally:
+            timer.cancel()
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed ({p.returncode}): {err[-2000:]}")
+        self.client = (ru.ru_utime, ru.ru_stime)
+        return out
+
+    def done(self):
+        """{'client'|'server'|'proxy': {'user', 'sys'}, 'other', 'total'} in CPU seconds."""
+        total = cpu_busy() - self.busy0
+        split = {"client": {"user": self.client[0], "sys": self.client[1]}}
+        for k, pids in self.pids.items():
+            t1 = proc_ticks(pids)
+            split[k] = {"user": t1[0] - self.t0[k][0], "sys": t1[1] - self.t0[k][1]}
+        split["other"] = max(0.0, total - sum(v["user"] + v["sys"] for v in split.values()))
+        split["total"] = total
+        split["idle"] = cpu_idle() - self.idle0  # not per connection: where the load left the host idle
+        return split
+
+
+def scaled(split, per):
+    """A CpuSplit.done() divided by `per` (connections or GB), as µs or s; idle becomes the share of
+    the host's CPU time the load left idle (%)."""
+    out = {k: ({kk: vv / per for kk, vv in v.items()} if isinstance(v, dict) else v / per)
+           for k, v in split.items() if k != "idle"}
+    out["idle_pct"] = 100 * split["idle"] / max(1e-9, split["idle"] + split["total"])
+    return out
+
+
+def wrk(ns, ip, secs, watch=None):
+    """watch: {'server': pids, 'proxy': pids} to split the CPU per connection by process."""
     c0 = cpu_busy()
-    out = ns.exec(["wrk", "-t2", "-c32", f"-d{secs}s", "--latency", "-H", "Connection: close",
-                   f"http://{ip}:{APP}/"], timeout=secs + 30).stdout
+    cs = CpuSplit(**(watch or {}))
+    out = cs.run(ns, ["wrk", "-t2", "-c32", f"-d{secs}s", "--latency", "-H", "Connection: close",
+                      f"http://{ip}:{APP}/"], timeout=secs + 30)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
     def ms(q):
@@ -109,18 +178,20 @@ def wrk(ns, ip, secs):
     # CPU per connection, whole machine (wrk, the server and the path between): what conn/s on a
     # CPU-bound host is the inverse of, without the hypervisor's share that moves conn/s between runs.
     return {"conn_per_s": rps, "p50_ms": ms(50), "p99_ms": ms(99), "socket_errors": errors.group(1) if errors else "",
-            "cpu_us_per_conn": cpu * 1e6 / total}
+            "cpu_us_per_conn": cpu * 1e6 / total, "cpu_split_us_per_conn": scaled(cs.done(), total / 1e6)}
 
 
-def iperf(ns, ip, streams, secs):
+def iperf(ns, ip, streams, secs, watch=None):
     c0 = cpu_busy()
-    out = ns.exec(["iperf3", "-c", ip, "-p", str(IPERF), "-P", str(streams), "-t", str(secs), "-J"],
-                  timeout=secs + 30).stdout
+    cs = CpuSplit(**(watch or {}))
+    out = cs.run(ns, ["iperf3", "-c", ip, "-p", str(IPERF), "-P", str(streams), "-t", str(secs), "-J"],
+                 timeout=secs + 30)
     cpu = cpu_busy() - c0
     j = json.loads(out)
     bps = j["end"]["sum_received"]["bits_per_second"]
     gb = j["end"]["sum_received"]["bytes"] / 1e9
-    return {"gbit_s": bps / 1e9, "cpu_s_per_gb": cpu / gb if gb else None}
+    return {"gbit_s": bps / 1e9, "cpu_s_per_gb": cpu / gb if gb else None,
+            "cpu_split_s_per_gb": scaled(cs.done(), gb) if gb else None}
 
 
 def haproxy(ns, tmp, maxconn=4000, timeout="60s", maxpipes=None):
@@ -212,6 +283,7 @@ def bench_pair(tmp):
     try:
         t.wait_v6_ready()
         servers = [Servers(t.remote, tmp), Servers(t.pod, tmp)]
+        t.servers = {t.remote.name: servers[0], t.pod.name: servers[1]}
         yield t
     finally:
         for srv in servers:
@@ -251,6 +323,24 @@ def arm_running(arm, t, tmp, in_ports=IN_PORTS, **haproxy_opts):
 DIRECTIONS = lambda t: (("outbound", (t.pod, t.remote_ip)), ("inbound", (t.remote, t.pod_ip)))  # noqa: E731
 
 
+def proxy_pids(a, hp):
+    """The processes that relay in an arm: netsteerd, or HAProxy's master and worker (-W)."""
+    if a is not None:
+        return [a.pid]
+    if hp is not None:
+        with contextlib.suppress(OSError):
+            return [hp.pid] + [int(x) for x in open(f"/proc/{hp.pid}/task/{hp.pid}/children").read().split()]
+        return [hp.pid]
+    return []
+
+
+def watch(t, client_ns, a, hp, which):
+    """CpuSplit's processes for a load from client_ns: the server on the other side (`which` 0:
+    nginx, 1: iperf3) and the arm's proxy."""
+    server_ns = t.remote if client_ns is t.pod else t.pod
+    return {"server": [t.servers[server_ns.name].procs[which].pid], "proxy": proxy_pids(a, hp)}
+
+
 def median_run(runs):
     """Per metric, the median over rounds (the structure of one round; text fields from the first)."""
     first = runs[0]
@@ -274,11 +364,12 @@ def data_path(args, tmp):
     for i in range(args.rounds):
         k = i % len(args.arms)
         for arm in args.arms[k:] + args.arms[:k]:
-            with bench_pair(tmp) as t, arm_running(arm, t, tmp) as (a, _):
+            with bench_pair(tmp) as t, arm_running(arm, t, tmp) as (a, hp):
                 r = {}
                 for direction, (ns, ip) in DIRECTIONS(t):
-                    r[direction] = {"http": wrk(ns, ip, args.secs),
-                                    "bulk1": iperf(ns, ip, 1, args.secs), "bulk8": iperf(ns, ip, 8, args.secs)}
+                    r[direction] = {"http": wrk(ns, ip, args.secs, watch(t, ns, a, hp, 0)),
+                                    "bulk1": iperf(ns, ip, 1, args.secs),
+                                    "bulk8": iperf(ns, ip, 8, args.secs, watch(t, ns, a, hp, 1))}
                 if a is not None:
                     st = a.inspect(t.pod.name)["relay"]
                     r["relay_opened"] = {d: st[d]["opened"] for d in ("outbound", "inbound")}
@@ -1164,6 +1255,59 @@ def idle_table(idle):
     return lines
 
 
+def cpu_split_lines(dp):
+    """Where each arm's CPU goes (CpuSplit), and what it bounds: the goals of issue 17 that a
+    relay's own code can and cannot reach on this CPU-bound host."""
+    have = [a for a in dp if dp[a]["outbound"]["http"].get("cpu_split_us_per_conn")]
+    if not have:
+        return []
+    lines = ["", "| arm | dir | load gen. user/kernel | server user/kernel | proxy user/kernel | other | total | host idle % |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for load, key, unit, fmt in (("http", "cpu_split_us_per_conn", "µs/conn", "{:.1f}"),
+                                 ("bulk8", "cpu_split_s_per_gb", "s/GB", "{:.3f}")):
+        for arm in have:
+            for d in ("outbound", "inbound"):
+                sp = dp[arm][d][load].get(key)
+                if not sp:
+                    continue
+                uk = lambda v: f"{fmt.format(v['user'])} / {fmt.format(v['sys'])}"  # noqa: E731
+                lines.append(f"| {arm} ({unit}) | {d} | {uk(sp['client'])} | {uk(sp['server'])} | {uk(sp['proxy'])} | "
+                             f"{fmt.format(sp['other'])} | {fmt.format(sp['total'])} | {sp.get('idle_pct', 0):.1f} |")
+    res = {}
+    for d in ("outbound", "inbound"):
+        sp = lambda arm, load, key: dp[arm][d][load].get(key) if arm in have else None  # noqa: E731
+        n, h, x = (sp(a, "http", "cpu_split_us_per_conn") for a in ("netsteer", "haproxy", "direct"))
+        if n and h:
+            # The best netsteer could do against HAProxy if the relay's own code cost nothing:
+            # everything but the kernel's work for the relayed connections stays.
+            res[f"{d}: netsteer/haproxy conn/s ceiling with the relay's user time at 0 (target 1.2)"] = \
+                h["total"] / (n["total"] - n["proxy"]["user"])
+            res[f"{d}: relay kernel µs/conn, netsteer / haproxy"] = n["proxy"]["sys"] / h["proxy"]["sys"]
+            # conn/s = busy CPU / CPU per connection: the CPU ratio times the busy ratio.
+            res[f"{d}: busy share of the host, netsteer / haproxy (conn/s = CPU ratio x this)"] = \
+                (100 - n.get("idle_pct", 0)) / (100 - h.get("idle_pct", 0))
+        if n and x:
+            # The relay terminates a second TCP connection: its kernel work against the kernel work of
+            # one whole direct connection (both ends, nginx's file I/O included).
+            res[f"{d}: relay kernel µs/conn / one direct connection's kernel µs"] = \
+                n["proxy"]["sys"] / (x["client"]["sys"] + x["server"]["sys"] + x["other"])
+        t = sp("tproxy", "http", "cpu_split_us_per_conn")
+        if n and t:
+            # Same relay, other capture: on a saturated host the latency of a fixed number of
+            # connections in flight follows the CPU each one takes.
+            res[f"{d}: netsteer/tproxy CPU per connection (the p99 ratio it allows; target 0.9)"] = \
+                n["total"] / t["total"]
+        nb, xb = sp("netsteer", "bulk8", "cpu_split_s_per_gb"), sp("direct", "bulk8", "cpu_split_s_per_gb")
+        if nb and xb:
+            # Bulk through the relay with the endpoints as cheap as direct: direct's CPU plus the relay's.
+            res[f"{d}: netsteer/direct bulk8 ceiling with the endpoints at direct's cost (inbound target 0.6)"] = \
+                xb["total"] / (xb["total"] + nb["proxy"]["user"] + nb["proxy"]["sys"])
+    dp_bounds = res
+    lines.append("")
+    lines += [f"- {k}: {v:.2f}" for k, v in dp_bounds.items()]
+    return lines
+
+
 def table(res):
     dp = res.get("data_path", {})
     lines = ["| arm | dir | conn/s | CPU µs/conn | p50 ms | p99 ms | Gbit/s 1 | Gbit/s 8 | CPU s/GB (8) |",
@@ -1194,6 +1338,7 @@ def table(res):
             "netsteer/direct conn/s": ratio("netsteer", "direct", d, "conn_per_s", "http"),
         }
     res["ratios"] = ratios
+    lines += cpu_split_lines(dp)
     lines.append("")
     for d, rs in ratios.items():
         for k, v in rs.items():
