@@ -1009,15 +1009,40 @@ def idle_connections(args, tmp):
 
 def cni_add(conf_path, env):
     """One `netsteer-cni ADD` as the runtime runs it (netconf on stdin, result on stdout): ms from
-    spawn to exit, its exit status, and its major page faults (pages of the binary read from
-    disk: the page cache had dropped them)."""
-    t0 = time.perf_counter()
+    spawn to exit, its exit status, its major page faults (pages of the binary read from disk: the
+    page cache had dropped them), and the CLOCK_MONOTONIC ns of the spawn and of the reap (the
+    plugin's own marks, NETSTEER_CNI_TRACE, fall between them)."""
+    t0 = time.monotonic_ns()
     pid = os.posix_spawn(nstest.NETSTEER_CNI, [nstest.NETSTEER_CNI], env,
                          file_actions=[(os.POSIX_SPAWN_OPEN, 0, conf_path, os.O_RDONLY, 0),
                                        (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
                                        (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
     _, status, usage = os.wait4(pid, 0)
-    return (time.perf_counter() - t0) * 1000, os.waitstatus_to_exitcode(status), usage.ru_majflt
+    t1 = time.monotonic_ns()
+    return (t1 - t0) / 1e6, os.waitstatus_to_exitcode(status), usage.ru_majflt, t0, t1
+
+
+# An ADD's phases, from the plugin's trace marks (src/cni/trace.cpp) and the bench's spawn and reap.
+ADD_PHASES = (("start", "spawn", "main"),      # exec, the kernel's and libc's start-up of the static binary
+              ("prepare", "main", "connect"),  # stdin, the netconf, opening the pod's netns
+              ("agent", "connect", "reply"),   # connect, the request with the fd, the agent's enrol, the reply
+              ("answer", "reply", "end"),      # the CNI result on stdout
+              ("exit", "end", "reap"))         # the trace line, exit, and this process woken by wait4
+
+
+def add_phases(trace_path, spans):
+    """{container id: {phase: ms}} for the ADDs of one burst: `spans` {id: (spawn ns, reap ns)},
+    the plugin's marks read from trace_path (then removed)."""
+    out = {}
+    with contextlib.suppress(FileNotFoundError):
+        with open(trace_path) as f:
+            for line in f:
+                m = json.loads(line)
+                if m["id"] in spans and all(m[k] for k in ("main", "connect", "reply", "end")):
+                    m["spawn"], m["reap"] = spans[m["id"]]
+                    out[m["id"]] = {name: (m[b] - m[a]) / 1e6 for name, a, b in ADD_PHASES}
+        os.unlink(trace_path)
+    return out
 
 
 def cli_startup(runs):
@@ -1068,13 +1093,15 @@ def bench_pods(a, tmp, n, strict, first=0):
     return pods, adds
 
 
-def checked_add(path, env, i, cold):
-    """ms of the ADD; appends it to `cold` too when the ADD read pages of the binary from disk."""
-    ms, rc, majflt = cni_add(path, env)
+def checked_add(path, env, i, cold, spans):
+    """ms of the ADD; appends it to `cold` too when the ADD read pages of the binary from disk, and
+    its spawn and reap times to spans[container id]."""
+    ms, rc, majflt, t0, t1 = cni_add(path, env)
     if rc != 0:
         raise RuntimeError(f"netsteer-cni ADD of pod {i} exited {rc}")
     if majflt:
         cold.append(ms)
+    spans[env["CNI_CONTAINERID"]] = (t0, t1)
     return ms
 
 
@@ -1103,6 +1130,10 @@ def pod_burst(a, tmp, n, strict, every_s, cold, first=0):
     the agent's /proc status with the pods enrolled, and the % of CPU time stolen from this VM
     during the ADDs."""
     pods, adds = bench_pods(a, tmp, n, strict, first)
+    trace = os.path.join(tmp, "add-trace.jsonl")
+    for _, env in adds:
+        env["NETSTEER_CNI_TRACE"] = trace
+    spans = {}
     try:
         lat = []
         # This process's garbage collector stays off while the ADDs are timed: a full collection
@@ -1115,10 +1146,15 @@ def pod_burst(a, tmp, n, strict, every_s, cold, first=0):
             for i, (path, env) in enumerate(adds):
                 if every_s:
                     time.sleep(max(0.0, t0 + i * every_s - time.time()))
-                lat.append(checked_add(path, env, first + i, cold))
+                lat.append(checked_add(path, env, first + i, cold, spans))
             total, steal = time.time() - t0, steal_pct(ticks0, cpu_ticks())
         finally:
             gc.enable()
+        traced = add_phases(trace, spans)
+        missing = [env["CNI_CONTAINERID"] for _, env in adds if env["CNI_CONTAINERID"] not in traced]
+        if missing:
+            raise RuntimeError(f"netsteer-cni wrote no trace for {len(missing)} ADDs ({missing[:3]}...)")
+        phases = [traced[env["CNI_CONTAINERID"]] for _, env in adds]
         wait_guards(a, t0 + total + 120)
         guards_done = time.time() - t0
         lst = json.loads(a.ctl("list", "--json").stdout)
@@ -1128,7 +1164,29 @@ def pod_burst(a, tmp, n, strict, every_s, cold, first=0):
     finally:
         for ns in pods:
             ns.close()
-    return lat, [p.get("enrol_ms", 0) for p in lst], total, guards_done, st, steal
+    return lat, [p.get("enrol_ms", 0) for p in lst], total, guards_done, st, steal, phases
+
+
+ADD_P99_GOAL_MS = 6.0
+
+
+def add_profile(lat, phases):
+    """Where the ADDs' time went (issue 17's start-up profile): per phase the p50 and p99 ms; the
+    ADD at the p50 and the ADDs at or above the p99, phase by phase; and for the ADDs over the p99
+    goal, the phase that took the most of each."""
+    by = {name: sorted(p[name] for p in phases) for name, _, _ in ADD_PHASES}
+    order = sorted(range(len(lat)), key=lambda i: lat[i])
+    row = lambda i: {"ms": round(lat[i], 3), **{k: round(v, 3) for k, v in phases[i].items()}}  # noqa: E731
+    over = [i for i in order if lat[i] > ADD_P99_GOAL_MS]
+    worst = {}
+    for i in over:
+        name = max(phases[i], key=phases[i].get)
+        worst[name] = worst.get(name, 0) + 1
+    return {"p50_ms": {k: statistics.median(v) for k, v in by.items()},
+            "p99_ms": {k: pct(v, 0.99) for k, v in by.items()},
+            "median_add": row(order[len(order) // 2]),
+            "slowest": [row(i) for i in order[min(len(order) - 1, int(len(order) * 0.99)):][-10:]],
+            "over_goal": len(over), "over_goal_by_largest_phase": worst}
 
 
 def control_plane(sizes, tc_mode, agent_args=(), strict=False, every_s=0.0, single_rounds=20, bursts=1,
@@ -1152,10 +1210,11 @@ def control_plane(sizes, tc_mode, agent_args=(), strict=False, every_s=0.0, sing
         base = proc_status(a.pid)
         for n in sizes:
             if n == 1 and single_rounds > 1:
-                lat, agent_lat, total, guards_done, cold = [], [], 0.0, 0.0, []
+                lat, agent_lat, total, guards_done, cold, phases = [], [], 0.0, 0.0, [], []
                 for r in range(single_rounds):
-                    bl, ba, bt, bg, st, _ = pod_burst(a, tmp, 1, strict, 0.0, cold, first=r)
+                    bl, ba, bt, bg, st, _, bp = pod_burst(a, tmp, 1, strict, 0.0, cold, first=r)
                     lat += bl
+                    phases += bp
                     agent_lat += ba
                     total += bt
                     guards_done += bg
@@ -1167,11 +1226,12 @@ def control_plane(sizes, tc_mode, agent_args=(), strict=False, every_s=0.0, sing
                 # `bursts` bursts of n pods, the ADDs pooled: a p99 over 100 ADDs is their slowest one.
                 nb = bursts if n <= 100 else large_bursts
                 lat, agent_lat, cold, burst_max, total, guards_done, steal = [], [], [], [], 0.0, 0.0, []
-                burst_p99, unstolen = [], []
+                burst_p99, unstolen, phases = [], [], []
                 for b in range(nb):
-                    bl, ba, bt, bg, st, bs = pod_burst(a, tmp, n, strict, every_s, cold)
+                    bl, ba, bt, bg, st, bs, bp = pod_burst(a, tmp, n, strict, every_s, cold)
                     steal.append(bs)
                     lat += bl
+                    phases += bp
                     agent_lat += ba
                     burst_max.append(max(bl))
                     burst_p99.append(pct(sorted(bl), 0.99))
@@ -1181,9 +1241,11 @@ def control_plane(sizes, tc_mode, agent_args=(), strict=False, every_s=0.0, sing
                     guards_done += bg / nb
                     if b + 1 < nb:
                         a.wait_settled()
+            prof = add_profile(lat, phases)
             lat.sort()
             agent_lat.sort()
             row = {"pods": n, "cni_add_p50_ms": statistics.median(lat), "cni_add_p99_ms": pct(lat, 0.99),
+                   "add_phases": prof,
                    "cni_add_max_ms": lat[-1], "enrol_p50_ms": statistics.median(agent_lat),
                    "enrol_p99_ms": pct(agent_lat, 0.99), "total_s": total, "guards_attached_s": guards_done,
                    "rss_mb": st["rss_mb"], "threads": st["threads"],
@@ -1432,7 +1494,28 @@ def table(res):
                              f"{r['rss_mb']:.1f} | {r['threads']} | {aft['fds_delta']} | {aft['rss_mb_delta']:.1f} | {aft['pins_left']} | "
                              f"{', '.join(f'{x:.1f}' for x in r.get('adds_reading_disk', [])) or '–'} | "
                              f"{', '.join(f'{x:.1f}' for x in r.get('steal_pct', [])) or '–'} |")
+        lines += add_profile_lines(res["control_plane"])
     return "\n".join(lines)
+
+
+def add_profile_lines(cp):
+    """The start-up profile: each ADD's phases (ADD_PHASES), p50 and p99, and the slowest ADDs."""
+    names = [name for name, _, _ in ADD_PHASES]
+    lines = ["", "Where an ADD's time goes (ms; " + "; ".join(f"{n}: {a} → {b}" for n, a, b in ADD_PHASES) + "):", "",
+             "| tc guard | pods | " + " | ".join(f"{n} p50 / p99" for n in names) + " | ADDs over "
+             f"{ADD_P99_GOAL_MS:.0f} ms: count (largest phase) | slowest ADD: ms = " + " + ".join(names) + " |",
+             "|---|---:|" + "---:|" * len(names) + "---|---|"]
+    for mode, rows in cp.items():
+        for n, r in rows.items():
+            pr = r.get("add_phases")
+            if not pr:
+                continue
+            worst = ", ".join(f"{k} {v}" for k, v in sorted(pr["over_goal_by_largest_phase"].items(), key=lambda kv: -kv[1]))
+            w = pr["slowest"][-1]
+            lines.append(f"| {mode} | {n} | " + " | ".join(f"{pr['p50_ms'][k]:.2f} / {pr['p99_ms'][k]:.2f}" for k in names) +
+                         f" | {pr['over_goal']}{f' ({worst})' if worst else ''} | {w['ms']:.2f} = " +
+                         " + ".join(f"{w[k]:.2f}" for k in names) + " |")
+    return lines
 
 
 def main():

@@ -14,6 +14,7 @@
 
 #include "netsteer/cni/cni.h"
 #include "netsteer/cni/installer.h"
+#include "netsteer/cni/trace.h"
 #include "netsteer/common/log.h"
 
 using namespace netsteer;
@@ -67,6 +68,7 @@ int installer(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cni::trace::mark(cni::trace::kMain);
   // Until the netconf says otherwise, logs go to stderr: stdout carries only the CNI result.
   (void)log::setup(log::Format::kText, "info", "", true);
   if (argc > 1 && (std::string(argv[1]) == "install" || std::string(argv[1]) == "uninstall" ||
@@ -84,5 +86,7 @@ int main(int argc, char** argv) {
   }
   cni::Outcome out = cni::run(*env, in);
   if (!out.stdout_text.empty()) std::cout << out.stdout_text << std::endl;
+  cni::trace::mark(cni::trace::kEnd);
+  cni::trace::write(env->container_id);
   return out.exit_code;
 }

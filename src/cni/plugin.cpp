@@ -3,6 +3,7 @@
 
 #include "netsteer/client/client.h"
 #include "netsteer/cni/cni.h"
+#include "netsteer/cni/trace.h"
 #include "netsteer/common/log.h"
 #include "netsteer/netns/netns.h"
 
@@ -96,9 +97,11 @@ class Command {
     pod.proxy = conf_.proxy;
     pod.skip_labels = skip_labels();
     Outcome out;
+    trace::mark(trace::kConnect);
     auto c = connect(&out, prev_result());
     if (!c) return out;
     auto r = c->add(pod, ns->fd());
+    trace::mark(trace::kReply);
     if (!r.ok()) {
       if (agent_gone(r.error())) return unreachable(r.error(), prev_result());
       // EAGAIN: the agent could not decide yet (e.g. the pod's labels are not readable): retry.

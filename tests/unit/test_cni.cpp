@@ -3,9 +3,15 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
+
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "netsteer/cni/cni.h"
 #include "netsteer/cni/installer.h"
+#include "netsteer/cni/trace.h"
 
 using namespace netsteer;
 using namespace netsteer::cni;
@@ -214,4 +220,37 @@ TEST(CniInstaller, InstallsIntoTheActiveConfAndUninstalls) {
   ASSERT_FALSE(none.ok());
   EXPECT_NE(none.error().message.find("no CNI network config"), std::string::npos);
   fs::remove_all(dir);
+}
+
+// The start-up profile's trace: one whole JSON line per run, the marks in order, and no file at
+// all unless NETSTEER_CNI_TRACE names one.
+TEST(CniTrace, AppendsOneLinePerRunOnlyWhenAsked) {
+  auto dir = std::filesystem::temp_directory_path() / ("netsteer-trace-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto path = dir / "trace.jsonl";
+  ::unsetenv("NETSTEER_CNI_TRACE");
+  trace::mark(trace::kMain);
+  trace::write("c0");
+  EXPECT_FALSE(std::filesystem::exists(path));
+
+  ::setenv("NETSTEER_CNI_TRACE", path.c_str(), 1);
+  for (int run = 0; run < 2; ++run) {
+    for (int m = 0; m < trace::kMarks; ++m) trace::mark(static_cast<trace::Mark>(m));
+    trace::write(run == 0 ? "c\"1\\" : "c2");
+  }
+  ::unsetenv("NETSTEER_CNI_TRACE");
+  std::ifstream in(path);
+  std::vector<json> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(json::parse(l));
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0]["id"], "c1");  // quotes and backslashes dropped: the line stays valid JSON
+  EXPECT_EQ(lines[1]["id"], "c2");
+  for (const auto& j : lines) {
+    EXPECT_GT(j["main"].get<uint64_t>(), 0u);
+    EXPECT_LE(j["main"].get<uint64_t>(), j["connect"].get<uint64_t>());
+    EXPECT_LE(j["connect"].get<uint64_t>(), j["reply"].get<uint64_t>());
+    EXPECT_LE(j["reply"].get<uint64_t>(), j["end"].get<uint64_t>());
+  }
+  EXPECT_LE(lines[0]["end"].get<uint64_t>(), lines[1]["main"].get<uint64_t>());
+  std::filesystem::remove_all(dir);
 }
