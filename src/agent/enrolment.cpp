@@ -3,9 +3,9 @@
 #include <linux/rtnetlink.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <algorithm>
 #include <set>
 
 #include "netsteer/common/log.h"
@@ -84,6 +84,30 @@ void GuardAttacher::enrol_started() {
   enrol_arrived_ = true;
   std::lock_guard lk(mu_);
   in_flight_++;
+  auto now = Clock::now();
+  if (last_start_ != Clock::time_point{}) gaps_[gaps_seen_++ % kGaps] = now - last_start_;
+  last_start_ = now;
+}
+
+GuardAttacher::Clock::time_point GuardAttacher::next_due() const {
+  if (gaps_seen_ < kGaps) return {};
+  return last_start_ + *std::min_element(gaps_.begin(), gaps_.end());
+}
+
+bool GuardAttacher::fits_pace(Clock::time_point now) const {
+  auto due = next_due();
+  if (due == Clock::time_point{} || now > due) return true;  // no pace yet, or the pods stopped coming
+  // 10 ms of margin: the pace is a kubelet's, not a clock's, and a grace period varies.
+  constexpr auto kMargin = std::chrono::milliseconds(10);
+  const auto link = links_seen_ ? *std::max_element(link_times_.begin(), link_times_.end())
+                                : Clock::duration(std::chrono::milliseconds(20));
+  return now + link + kMargin <= due;
+}
+
+bool GuardAttacher::may_link(Clock::time_point now, std::chrono::milliseconds quiet) const {
+  if (in_flight_ != 0 || !fits_pace(now)) return false;
+  if (now - last_enrol_ >= quiet) return true;  // a quiet moment
+  return windows_ && next_due() != Clock::time_point{} && now <= next_due();  // a window in the pace
 }
 
 void GuardAttacher::enrol_finished() {
@@ -112,12 +136,17 @@ void GuardAttacher::run() {
   for (;;) {
     cv_.wait(lk, [&] { return stop_ || !q_.empty(); });
     if (stop_) return;
-    // Wait for a quiet moment: no enrol in flight, none finished in the last `quiet`.
+    // Wait for a quiet moment (no enrol in flight, none finished in the last `quiet`) or for a
+    // window the enrols' pace leaves between two of them; either only when a link fits before the
+    // next enrol is due.
     for (;;) {
       if (stop_) return;
-      auto now = std::chrono::steady_clock::now();
-      if (in_flight_ == 0 && now - last_enrol_ >= quiet) break;
-      cv_.wait_until(lk, in_flight_ ? now + quiet : last_enrol_ + quiet);
+      auto now = Clock::now();
+      if (may_link(now, quiet)) break;
+      // Woken by every enrol that finishes; else at the end of the quiet period, or once the next
+      // enrol is overdue (the pace no longer holds).
+      auto until = std::max(last_enrol_ + quiet, next_due() + std::chrono::milliseconds(1));
+      cv_.wait_until(lk, in_flight_ || until <= now ? now + quiet : until);
     }
     std::shared_ptr<GuardJob> job = q_.front();
     enrol_arrived_ = false;
@@ -130,6 +159,7 @@ void GuardAttacher::run() {
         ifindex = job->ifindexes.back();
         auto t0 = std::chrono::steady_clock::now();
         bool yielded = false, met = false;  // met: an enrol came in while a link (rtnl) was being made
+        bool in_window = false;             // the last link was made in a window, not at a quiet moment
         auto made = [&]() -> Status {
           if (!job->prog_ingress && !job->loaded) {
             NS_TRY(auto maps, bpf::PodBpf::guard_maps(job->pin_dir));
@@ -144,14 +174,37 @@ void GuardAttacher::run() {
           auto prog = [&](bool ingress) {
             return job->loaded ? job->loaded->prog(ingress) : (ingress ? job->prog_ingress : job->prog_egress).get();
           };
+          // A link takes rtnl: each one only while it still fits (the load, and the link before
+          // it, took some of the time).
+          auto still_fits = [&] {
+            std::lock_guard ql(mu_);
+            auto now = Clock::now();
+            in_window = now - last_enrol_ < quiet;
+            return !enrol_arrived_ && may_link(now, quiet);
+          };
+          auto timed_link = [&](bool ingress) -> Result<UniqueFd> {
+            auto l0 = Clock::now();
+            auto link = bpf::PodBpf::create_guard_link(prog(ingress), ifindex, ingress);
+            std::lock_guard ql(mu_);
+            link_times_[links_seen_++ % kGaps] = Clock::now() - l0;
+            return link;
+          };
           NS_TRY(auto scope, netns::ScopedNetns::enter(job->netns));
           if (!job->ingress_made) {
-            NS_TRY(job->ingress_made, bpf::PodBpf::create_guard_link(prog(true), ifindex, true));
+            if (!still_fits()) {
+              yielded = true;
+              return {};
+            }
+            NS_TRY(job->ingress_made, timed_link(true));
             // An enrol came in meanwhile: it waits for rtnl now; let it have it before the next link.
             met = yielded = enrol_arrived_;
             if (yielded) return {};
           }
-          NS_TRY(eg, bpf::PodBpf::create_guard_link(prog(false), ifindex, false));
+          if (!still_fits()) {
+            yielded = true;
+            return {};
+          }
+          NS_TRY(eg, timed_link(false));
           met = enrol_arrived_;
           in = std::move(job->ingress_made);
           return {};
@@ -178,6 +231,15 @@ void GuardAttacher::run() {
           spdlog::debug("pod {}: tc guard on ifindex {} loaded and linked in {:.1f} ms", job->uid, ifindex, ms);
         auto was = quiet;
         quiet = met ? std::min(quiet * 2, max_quiet) : std::max(quiet / 2, quiet_);
+        {
+          std::lock_guard ql(mu_);
+          if (met && in_window && windows_) {
+            windows_ = false;
+            spdlog::debug("tc guard attacher: a link made between two enrols met the next; no more until a quiet moment");
+          } else if (!met && !in_window && !yielded) {
+            windows_ = true;
+          }
+        }
         if (quiet != was)
           spdlog::debug("tc guard attacher: quiet period {} ms (an enrol {} the attach)", quiet.count(),
                         met ? "met" : "did not meet");

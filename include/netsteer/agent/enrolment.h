@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -82,6 +83,12 @@ struct GuardJob {
 // been in flight for `quiet` (default 20 ms: longer than the gap between two CNI ADDs run back to
 // back), then makes one interface's two links, and checks again. An enrol that arrives while the
 // first link is made waits out that grace period only: the second waits for the next quiet moment.
+// Pods that arrive at a steady pace (a kubelet starting them one after another) leave no such quiet
+// moment, but a predictable one: when the last few enrols came at least a gap G apart, a link that
+// takes L (the longest of the last few, measured) is made right after an enrol as long as it ends
+// 10 ms before the next one is due, and no link starts, at a quiet moment either, that would not.
+// A link made in a window that meets an enrol anyway turns the windows off until a link made at a
+// quiet moment meets none.
 class GuardAttacher {
  public:
   // `deliver` runs on the attacher's thread with the links made for one interface.
@@ -94,14 +101,31 @@ class GuardAttacher {
   size_t pending() const;
 
  private:
+  using Clock = std::chrono::steady_clock;
   void run();
+  // When the next enrol is due by the recent pace (the epoch while there is no pace yet); mu_ held.
+  Clock::time_point next_due() const;
+  // Whether a link made now ends before then (or there is no pace, or it is overdue); mu_ held.
+  bool fits_pace(Clock::time_point now) const;
+  // Whether to make a link now: no enrol in flight, it fits the pace, and a quiet moment or a
+  // window between two enrols; mu_ held.
+  bool may_link(Clock::time_point now, std::chrono::milliseconds quiet) const;
   Deliver deliver_;
   std::chrono::milliseconds quiet_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<GuardJob>> q_;
   int in_flight_ = 0;
-  std::chrono::steady_clock::time_point last_enrol_{};
+  Clock::time_point last_enrol_{};
+  // The enrols' pace: when the last one started and the last kGaps gaps between starts (a window
+  // needs kGaps of them); the last kGaps link times (before any: 20 ms each).
+  static constexpr int kGaps = 4;
+  Clock::time_point last_start_{};
+  std::array<Clock::duration, kGaps> gaps_{};
+  int gaps_seen_ = 0;
+  std::array<Clock::duration, kGaps> link_times_{};
+  int links_seen_ = 0;
+  bool windows_ = true;  // off after a link made in a window met an enrol
   std::atomic<bool> enrol_arrived_{false};  // since the attacher's last quiet moment
   bool stop_ = false;
   std::thread thread_;
