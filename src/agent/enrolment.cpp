@@ -83,6 +83,7 @@ void GuardAttacher::push(std::shared_ptr<GuardJob> job) {
 void GuardAttacher::enrol_started() {
   enrol_arrived_ = true;
   std::lock_guard lk(mu_);
+  std::lock_guard pl(pace_mu_);
   in_flight_++;
   auto now = Clock::now();
   if (last_start_ != Clock::time_point{}) gaps_[gaps_seen_++ % kGaps] = now - last_start_;
@@ -90,12 +91,17 @@ void GuardAttacher::enrol_started() {
 }
 
 GuardAttacher::Clock::time_point GuardAttacher::next_due() const {
+  std::lock_guard pl(pace_mu_);
+  return next_due_locked();
+}
+
+GuardAttacher::Clock::time_point GuardAttacher::next_due_locked() const {
   if (gaps_seen_ < kGaps) return {};
   return last_start_ + *std::min_element(gaps_.begin(), gaps_.end());
 }
 
-bool GuardAttacher::fits_pace(Clock::time_point now) const {
-  auto due = next_due();
+bool GuardAttacher::fits_pace_locked(Clock::time_point now) const {
+  auto due = next_due_locked();
   if (due == Clock::time_point{} || now > due) return true;  // no pace yet, or the pods stopped coming
   // 10 ms of margin: the pace is a kubelet's, not a clock's, and a grace period varies.
   constexpr auto kMargin = std::chrono::milliseconds(10);
@@ -105,14 +111,21 @@ bool GuardAttacher::fits_pace(Clock::time_point now) const {
 }
 
 bool GuardAttacher::may_link(Clock::time_point now, std::chrono::milliseconds quiet) const {
-  if (in_flight_ != 0 || !fits_pace(now)) return false;
+  std::lock_guard pl(pace_mu_);
+  return may_link_locked(now, quiet);
+}
+
+bool GuardAttacher::may_link_locked(Clock::time_point now, std::chrono::milliseconds quiet) const {
+  if (in_flight_ != 0 || !fits_pace_locked(now)) return false;
   if (now - last_enrol_ >= quiet) return true;  // a quiet moment
-  return windows_ && next_due() != Clock::time_point{} && now <= next_due();  // a window in the pace
+  auto due = next_due_locked();
+  return windows_ && due != Clock::time_point{} && now <= due;  // a window in the pace
 }
 
 void GuardAttacher::enrol_finished() {
   {
     std::lock_guard lk(mu_);
+    std::lock_guard pl(pace_mu_);
     in_flight_--;
     last_enrol_ = std::chrono::steady_clock::now();
   }
@@ -177,15 +190,15 @@ void GuardAttacher::run() {
           // A link takes rtnl: each one only while it still fits (the load, and the link before
           // it, took some of the time).
           auto still_fits = [&] {
-            std::lock_guard ql(mu_);
+            std::lock_guard pl(pace_mu_);  // not mu_: job->mu is held (mu_ is taken before it)
             auto now = Clock::now();
             in_window = now - last_enrol_ < quiet;
-            return !enrol_arrived_ && may_link(now, quiet);
+            return !enrol_arrived_ && may_link_locked(now, quiet);
           };
           auto timed_link = [&](bool ingress) -> Result<UniqueFd> {
             auto l0 = Clock::now();
             auto link = bpf::PodBpf::create_guard_link(prog(ingress), ifindex, ingress);
-            std::lock_guard ql(mu_);
+            std::lock_guard pl(pace_mu_);
             link_times_[links_seen_++ % kGaps] = Clock::now() - l0;
             return link;
           };
@@ -231,15 +244,17 @@ void GuardAttacher::run() {
           spdlog::debug("pod {}: tc guard on ifindex {} loaded and linked in {:.1f} ms", job->uid, ifindex, ms);
         auto was = quiet;
         quiet = met ? std::min(quiet * 2, max_quiet) : std::max(quiet / 2, quiet_);
+        bool windows_off = false;
         {
-          std::lock_guard ql(mu_);
-          if (met && in_window && windows_) {
+          std::lock_guard pl(pace_mu_);
+          windows_off = met && in_window && windows_;
+          if (windows_off)
             windows_ = false;
-            spdlog::debug("tc guard attacher: a link made between two enrols met the next; no more until a quiet moment");
-          } else if (!met && !in_window && !yielded) {
+          else if (!met && !in_window && !yielded)
             windows_ = true;
-          }
         }
+        if (windows_off)
+          spdlog::debug("tc guard attacher: a link made between two enrols met the next; no more until a quiet moment");
         if (quiet != was)
           spdlog::debug("tc guard attacher: quiet period {} ms (an enrol {} the attach)", quiet.count(),
                         met ? "met" : "did not meet");

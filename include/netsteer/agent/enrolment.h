@@ -103,18 +103,23 @@ class GuardAttacher {
  private:
   using Clock = std::chrono::steady_clock;
   void run();
-  // When the next enrol is due by the recent pace (the epoch while there is no pace yet); mu_ held.
+  // When the next enrol is due by the recent pace (the epoch while there is no pace yet).
   Clock::time_point next_due() const;
-  // Whether a link made now ends before then (or there is no pace, or it is overdue); mu_ held.
-  bool fits_pace(Clock::time_point now) const;
+  Clock::time_point next_due_locked() const;  // pace_mu_ held
+  // Whether a link made now ends before then (or there is no pace, or it is overdue); pace_mu_ held.
+  bool fits_pace_locked(Clock::time_point now) const;
   // Whether to make a link now: no enrol in flight, it fits the pace, and a quiet moment or a
-  // window between two enrols; mu_ held.
+  // window between two enrols.
   bool may_link(Clock::time_point now, std::chrono::milliseconds quiet) const;
+  bool may_link_locked(Clock::time_point now, std::chrono::milliseconds quiet) const;  // pace_mu_ held
   Deliver deliver_;
   std::chrono::milliseconds quiet_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<GuardJob>> q_;
+  // Lock order: mu_, then a job's mu, then pace_mu_ (innermost: nothing is taken while it is held).
+  // in_flight_ and last_enrol_ are written under mu_ and pace_mu_, so either one reads them.
+  mutable std::mutex pace_mu_;
   int in_flight_ = 0;
   Clock::time_point last_enrol_{};
   // The enrols' pace: when the last one started and the last kGaps gaps between starts (a window
