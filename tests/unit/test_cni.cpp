@@ -243,7 +243,7 @@ TEST(CniTrace, AppendsOneLinePerRunOnlyWhenAsked) {
   std::vector<json> lines;
   for (std::string l; std::getline(in, l);) lines.push_back(json::parse(l));
   ASSERT_EQ(lines.size(), 2u);
-  EXPECT_EQ(lines[0]["id"], "c1");  // quotes and backslashes dropped: the line stays valid JSON
+  EXPECT_EQ(lines[0]["id"], "c\"1\\");  // quotes and backslashes escaped: the id round-trips
   EXPECT_EQ(lines[1]["id"], "c2");
   for (const auto& j : lines) {
     EXPECT_GT(j["main"].get<uint64_t>(), 0u);
@@ -252,5 +252,26 @@ TEST(CniTrace, AppendsOneLinePerRunOnlyWhenAsked) {
     EXPECT_LE(j["reply"].get<uint64_t>(), j["end"].get<uint64_t>());
   }
   EXPECT_LE(lines[0]["end"].get<uint64_t>(), lines[1]["main"].get<uint64_t>());
+  std::filesystem::remove_all(dir);
+}
+
+// The binary itself marks and writes: a VERSION run (no agent) leaves one line with its start and
+// end and no connect.
+TEST(CniTrace, TheBinaryWritesItsLine) {
+  auto dir = std::filesystem::temp_directory_path() / ("netsteer-trace-bin-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto path = dir / "trace.jsonl";
+  std::string cmd = "NETSTEER_CNI_TRACE=" + path.string() + " CNI_COMMAND=VERSION CNI_CONTAINERID=ctr-7 " +
+                    NETSTEER_CNI_BIN + " </dev/null >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  std::ifstream in(path);
+  std::string l;
+  ASSERT_TRUE(std::getline(in, l)) << "no trace line from " << NETSTEER_CNI_BIN;
+  json j = json::parse(l);
+  EXPECT_EQ(j["id"], "ctr-7");
+  EXPECT_GT(j["main"].get<int64_t>(), 0);
+  EXPECT_EQ(j["connect"].get<int64_t>(), 0);
+  EXPECT_GE(j["end"].get<int64_t>(), j["main"].get<int64_t>());
+  EXPECT_FALSE(std::getline(in, l));
   std::filesystem::remove_all(dir);
 }
