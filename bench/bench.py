@@ -1626,6 +1626,10 @@ def main():
             if sizes:  # pods spread out: each ADD can meet the previous pods' deferred attach
                 cp[f"{m}, one ADD every 50 ms"] = control_plane([min(sizes[-1], 100)], m, shlex.split(args.agent_args),
                                                                every_s=0.05, bursts=args.pod_bursts)
+                if m == "tcx":  # the same without the attacher's pace (the quiet period alone): the baseline
+                    cp[f"{m}, one ADD every 50 ms, no pace (--guard-pace off)"] = control_plane(
+                        [min(sizes[-1], 100)], m, shlex.split(args.agent_args) + ["--guard-pace", "off"], every_s=0.05,
+                        bursts=args.pod_bursts)
         res["control_plane"] = cp
     finally:
         if rcu_before is not None:

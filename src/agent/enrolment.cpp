@@ -50,7 +50,7 @@ EnrolmentManager::EnrolmentManager(netns::NetnsExecutor& exec, const StateStore*
         [this](const std::shared_ptr<GuardJob>& job, int ifindex, UniqueFd in, UniqueFd eg) {
           deliver_guard(job, ifindex, std::move(in), std::move(eg));
         },
-        std::chrono::milliseconds(dp_->guard_quiet_ms));
+        std::chrono::milliseconds(dp_->guard_quiet_ms), dp_->guard_pace);
 }
 
 size_t EnrolmentManager::guards_pending() const {
@@ -60,8 +60,8 @@ size_t EnrolmentManager::guards_pending() const {
   return n;
 }
 
-GuardAttacher::GuardAttacher(Deliver deliver, std::chrono::milliseconds quiet)
-    : deliver_(std::move(deliver)), quiet_(quiet), thread_([this] { run(); }) {}
+GuardAttacher::GuardAttacher(Deliver deliver, std::chrono::milliseconds quiet, bool pace)
+    : deliver_(std::move(deliver)), pace_(quiet, pace), thread_([this] { run(); }) {}
 
 GuardAttacher::~GuardAttacher() {
   {
@@ -84,50 +84,14 @@ void GuardAttacher::enrol_started() {
   enrol_arrived_ = true;
   std::lock_guard lk(mu_);
   std::lock_guard pl(pace_mu_);
-  in_flight_++;
-  auto now = Clock::now();
-  if (last_start_ != Clock::time_point{}) gaps_[gaps_seen_++ % kGaps] = now - last_start_;
-  last_start_ = now;
-}
-
-GuardAttacher::Clock::time_point GuardAttacher::next_due() const {
-  std::lock_guard pl(pace_mu_);
-  return next_due_locked();
-}
-
-GuardAttacher::Clock::time_point GuardAttacher::next_due_locked() const {
-  if (gaps_seen_ < kGaps) return {};
-  return last_start_ + *std::min_element(gaps_.begin(), gaps_.end());
-}
-
-bool GuardAttacher::fits_pace_locked(Clock::time_point now) const {
-  auto due = next_due_locked();
-  if (due == Clock::time_point{} || now > due) return true;  // no pace yet, or the pods stopped coming
-  // 10 ms of margin: the pace is a kubelet's, not a clock's, and a grace period varies.
-  constexpr auto kMargin = std::chrono::milliseconds(10);
-  const auto link = links_seen_ ? *std::max_element(link_times_.begin(), link_times_.end())
-                                : Clock::duration(std::chrono::milliseconds(20));
-  return now + link + kMargin <= due;
-}
-
-bool GuardAttacher::may_link(Clock::time_point now, std::chrono::milliseconds quiet) const {
-  std::lock_guard pl(pace_mu_);
-  return may_link_locked(now, quiet);
-}
-
-bool GuardAttacher::may_link_locked(Clock::time_point now, std::chrono::milliseconds quiet) const {
-  if (in_flight_ != 0 || !fits_pace_locked(now)) return false;
-  if (now - last_enrol_ >= quiet) return true;  // a quiet moment
-  auto due = next_due_locked();
-  return windows_ && due != Clock::time_point{} && now <= due;  // a window in the pace
+  pace_.enrol_started(Clock::now());
 }
 
 void GuardAttacher::enrol_finished() {
   {
     std::lock_guard lk(mu_);
     std::lock_guard pl(pace_mu_);
-    in_flight_--;
-    last_enrol_ = std::chrono::steady_clock::now();
+    pace_.enrol_finished(Clock::now());
   }
   cv_.notify_all();
 }
@@ -139,27 +103,21 @@ size_t GuardAttacher::pending() const {
 
 void GuardAttacher::run() {
   log::name_thread("tc-guard");
-  // The quiet period adapts: an enrol that came in while a link was being made waited out a grace
-  // period, so pods are arriving closer together than the period; it doubles (up to kMaxQuiet)
-  // and the guards wait for the burst to end. Each attach no enrol met halves it back.
-  constexpr std::chrono::milliseconds kMaxQuiet{1000};
-  const auto max_quiet = std::max(kMaxQuiet, quiet_);
-  auto quiet = quiet_;
   std::unique_lock lk(mu_);
   for (;;) {
     cv_.wait(lk, [&] { return stop_ || !q_.empty(); });
     if (stop_) return;
-    // Wait for a quiet moment (no enrol in flight, none finished in the last `quiet`) or for a
-    // window the enrols' pace leaves between two of them; either only when a link fits before the
-    // next enrol is due.
+    // Wait until the pace allows a link; woken by every enrol that finishes, else at recheck_at.
     for (;;) {
       if (stop_) return;
       auto now = Clock::now();
-      if (may_link(now, quiet)) break;
-      // Woken by every enrol that finishes; else at the end of the quiet period, or once the next
-      // enrol is overdue (the pace no longer holds).
-      auto until = std::max(last_enrol_ + quiet, next_due() + std::chrono::milliseconds(1));
-      cv_.wait_until(lk, in_flight_ || until <= now ? now + quiet : until);
+      Clock::time_point until;
+      {
+        std::lock_guard pl(pace_mu_);
+        if (pace_.may_link(now)) break;
+        until = pace_.recheck_at(now);
+      }
+      cv_.wait_until(lk, until);
     }
     std::shared_ptr<GuardJob> job = q_.front();
     enrol_arrived_ = false;
@@ -178,7 +136,7 @@ void GuardAttacher::run() {
             NS_TRY(auto maps, bpf::PodBpf::guard_maps(job->pin_dir));
             NS_TRY(job->loaded, bpf::LoadedGuard::load(maps.view, maps.features));
             // The load takes no rtnl, but an enrol that started during it is in flight now: wait
-            // for the next quiet moment before taking rtnl for a link.
+            // for the next chance before taking rtnl for a link.
             if (enrol_arrived_) {
               yielded = true;
               return {};
@@ -192,14 +150,14 @@ void GuardAttacher::run() {
           auto still_fits = [&] {
             std::lock_guard pl(pace_mu_);  // not mu_: job->mu is held (mu_ is taken before it)
             auto now = Clock::now();
-            in_window = now - last_enrol_ < quiet;
-            return !enrol_arrived_ && may_link_locked(now, quiet);
+            in_window = pace_.in_window(now);
+            return !enrol_arrived_ && pace_.may_link(now);
           };
           auto timed_link = [&](bool ingress) -> Result<UniqueFd> {
             auto l0 = Clock::now();
             auto link = bpf::PodBpf::create_guard_link(prog(ingress), ifindex, ingress);
             std::lock_guard pl(pace_mu_);
-            link_times_[links_seen_++ % kGaps] = Clock::now() - l0;
+            pace_.link_took(Clock::now() - l0);
             return link;
           };
           NS_TRY(auto scope, netns::ScopedNetns::enter(job->netns));
@@ -242,20 +200,16 @@ void GuardAttacher::run() {
         if (!yielded) job->ifindexes.pop_back();
         if (!yielded && made.ok())
           spdlog::debug("pod {}: tc guard on ifindex {} loaded and linked in {:.1f} ms", job->uid, ifindex, ms);
-        auto was = quiet;
-        quiet = met ? std::min(quiet * 2, max_quiet) : std::max(quiet / 2, quiet_);
-        bool windows_off = false;
+        GuardPace::Change change;
+        std::chrono::milliseconds quiet;
         {
           std::lock_guard pl(pace_mu_);
-          windows_off = met && in_window && windows_;
-          if (windows_off)
-            windows_ = false;
-          else if (!met && !in_window && !yielded)
-            windows_ = true;
+          change = pace_.attempt_ended(met, in_window, yielded);
+          quiet = pace_.quiet();
         }
-        if (windows_off)
+        if (change.windows_off)
           spdlog::debug("tc guard attacher: a link made between two enrols met the next; no more until a quiet moment");
-        if (quiet != was)
+        if (change.quiet_changed)
           spdlog::debug("tc guard attacher: quiet period {} ms (an enrol {} the attach)", quiet.count(),
                         met ? "met" : "did not meet");
       }

@@ -124,10 +124,16 @@ def assert_one_guard_each(a, nss):
         assert tcx_links(guard_progs(a, ns.name)) == (2, 2), ns.name  # two interfaces each
 
 
-def test_burst_then_every_pod_has_exactly_one_guard():
-    with agent() as a, pods(12, 231) as nss:
+@pytest.mark.parametrize("pace", ["on", "off"])
+@pytest.mark.parametrize("gap_s", [0, 0.03])
+def test_burst_then_every_pod_has_exactly_one_guard(pace, gap_s):
+    # Pods back to back or at a steady pace, then none: with the pace (GuardPace, unit-tested on
+    # made-up time points) or the quiet period alone, every pod ends with exactly one guard per
+    # interface.
+    with agent(["--guard-pace", pace]) as a, pods(12, 231) as nss:
         for ns in nss:
             a.enrol(ns, wait_guard=False)
+            time.sleep(gap_s)
         assert_one_guard_each(a, nss)
 
 

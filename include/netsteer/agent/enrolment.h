@@ -18,6 +18,7 @@
 #include <set>
 #include <string>
 
+#include "netsteer/agent/guard_pace.h"
 #include "netsteer/agent/handover.h"
 #include "netsteer/agent/listeners.h"
 #include "netsteer/agent/state_store.h"
@@ -57,6 +58,7 @@ struct Dataplane {
   bool defer_guard = true;
   int guard_quiet_ms = 20;  // --guard-quiet-ms (GuardAttacher)
   size_t bpf_spares = 4;    // --bpf-spares (PodBpfPool)
+  bool guard_pace = true;   // --guard-pace (GuardPace)
 };
 
 // A non-strict pod's tc guard, attached after its enrol has answered (see GuardAttacher).
@@ -79,21 +81,16 @@ struct GuardJob {
 
 // One thread that attaches deferred tc guards while no enrol is running: a tcx attach holds rtnl
 // through an RCU grace period, and an enrol's rules and routes need rtnl, so an attach running
-// beside an enrol would put the grace period back on the enrol's path. It waits until no enrol has
-// been in flight for `quiet` (default 20 ms: longer than the gap between two CNI ADDs run back to
-// back), then makes one interface's two links, and checks again. An enrol that arrives while the
-// first link is made waits out that grace period only: the second waits for the next quiet moment.
-// Pods that arrive at a steady pace (a kubelet starting them one after another) leave no such quiet
-// moment, but a predictable one: when the last few enrols came at least a gap G apart, a link that
-// takes L (the longest of the last few, measured) is made right after an enrol as long as it ends
-// 10 ms before the next one is due, and no link starts, at a quiet moment either, that would not.
-// A link made in a window that meets an enrol anyway turns the windows off until a link made at a
-// quiet moment meets none.
+// beside an enrol would put the grace period back on the enrol's path. When a link may start is
+// GuardPace's decision (guard_pace.h: a quiet moment, or a window the pods' pace leaves between two
+// enrols); it makes one interface's two links, checking again before each. An enrol that arrives
+// while the first link is made waits out that grace period only: the second waits for the next
+// chance.
 class GuardAttacher {
  public:
   // `deliver` runs on the attacher's thread with the links made for one interface.
   using Deliver = std::function<void(const std::shared_ptr<GuardJob>&, int ifindex, UniqueFd in, UniqueFd eg)>;
-  GuardAttacher(Deliver deliver, std::chrono::milliseconds quiet);
+  GuardAttacher(Deliver deliver, std::chrono::milliseconds quiet, bool pace);
   ~GuardAttacher();  // pending jobs are dropped (a restarted agent attaches at restore)
   void push(std::shared_ptr<GuardJob> job);
   void enrol_started();
@@ -101,37 +98,17 @@ class GuardAttacher {
   size_t pending() const;
 
  private:
-  using Clock = std::chrono::steady_clock;
+  using Clock = GuardPace::Clock;
   void run();
-  // When the next enrol is due by the recent pace (the epoch while there is no pace yet).
-  Clock::time_point next_due() const;
-  Clock::time_point next_due_locked() const;  // pace_mu_ held
-  // Whether a link made now ends before then (or there is no pace, or it is overdue); pace_mu_ held.
-  bool fits_pace_locked(Clock::time_point now) const;
-  // Whether to make a link now: no enrol in flight, it fits the pace, and a quiet moment or a
-  // window between two enrols.
-  bool may_link(Clock::time_point now, std::chrono::milliseconds quiet) const;
-  bool may_link_locked(Clock::time_point now, std::chrono::milliseconds quiet) const;  // pace_mu_ held
   Deliver deliver_;
-  std::chrono::milliseconds quiet_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<GuardJob>> q_;
   // Lock order: mu_, then a job's mu, then pace_mu_ (innermost: nothing is taken while it is held).
-  // in_flight_ and last_enrol_ are written under mu_ and pace_mu_, so either one reads them.
+  // An enrol's start and end take mu_ as well, so the loop's wait on cv_ misses no wake-up.
   mutable std::mutex pace_mu_;
-  int in_flight_ = 0;
-  Clock::time_point last_enrol_{};
-  // The enrols' pace: when the last one started and the last kGaps gaps between starts (a window
-  // needs kGaps of them); the last kGaps link times (before any: 20 ms each).
-  static constexpr int kGaps = 4;
-  Clock::time_point last_start_{};
-  std::array<Clock::duration, kGaps> gaps_{};
-  int gaps_seen_ = 0;
-  std::array<Clock::duration, kGaps> link_times_{};
-  int links_seen_ = 0;
-  bool windows_ = true;  // off after a link made in a window met an enrol
-  std::atomic<bool> enrol_arrived_{false};  // since the attacher's last quiet moment
+  GuardPace pace_;
+  std::atomic<bool> enrol_arrived_{false};  // since the attacher's last link attempt began
   bool stop_ = false;
   std::thread thread_;
 };
