@@ -1051,14 +1051,24 @@ def add_phases(trace_path, spans):
 def cli_startup(runs):
     """What the kubelet and an operator wait for per call: exec to exit of `netsteerctl --help` and
     `netsteer-cni` VERSION, and of /bin/true (the exec floor of this host) in the same run
-    (hyperfine, no shell, `runs` runs each after 100 warm-ups). ms."""
-    cmds = {"netsteerctl --help": [nstest.NETSTEERCTL, "--help"], "netsteer-cni VERSION": [nstest.NETSTEER_CNI],
-            "/bin/true": ["/bin/true"]}
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+    (hyperfine, no shell, `runs` runs each after 100 warm-ups). ms. Also what the start-up trace
+    (NETSTEER_CNI_TRACE, which the control-plane bench sets for every ADD) adds to a run: VERSION
+    through env(1) with and without it (env's own exec in both)."""
+    with tempfile.TemporaryDirectory() as d:
+        trace = os.path.join(d, "trace.jsonl")
+        cmds = {"netsteerctl --help": [nstest.NETSTEERCTL, "--help"], "netsteer-cni VERSION": [nstest.NETSTEER_CNI],
+                "/bin/true": ["/bin/true"],
+                "env netsteer-cni VERSION": ["env", nstest.NETSTEER_CNI],
+                "env NETSTEER_CNI_TRACE=… netsteer-cni VERSION": ["env", f"NETSTEER_CNI_TRACE={trace}",
+                                                                  nstest.NETSTEER_CNI]}
+        out = os.path.join(d, "hyperfine.json")
         subprocess.run(["hyperfine", "-N", "--style", "none", "--warmup", "100", "--runs", str(runs),
-                        "--export-json", out.name] + [shlex.join(c) for c in cmds.values()],
+                        "--export-json", out] + [shlex.join(c) for c in cmds.values()],
                        env=dict(os.environ, CNI_COMMAND="VERSION"), check=True, capture_output=True)
-        results = json.load(out)["results"]
+        results = json.load(open(out))["results"]
+        with open(trace) as f:
+            if sum(1 for _ in f) < runs:
+                raise RuntimeError("netsteer-cni VERSION with NETSTEER_CNI_TRACE wrote fewer trace lines than runs")
     return {name: {"mean_ms": r["mean"] * 1000, "median_ms": r["median"] * 1000, "stddev_ms": r["stddev"] * 1000,
                    "user_ms": r["user"] * 1000, "system_ms": r["system"] * 1000, "runs": len(r["times"])}
             for name, r in zip(cmds, results)}
@@ -1471,6 +1481,12 @@ def table(res):
             lines.append(f"| {name} | {r['mean_ms']:.2f} | {r['median_ms']:.2f} | {r['user_ms']:.2f} | "
                          f"{r['system_ms']:.2f} | {r['runs']} |")
         lines.append("- target: netsteerctl --help and netsteer-cni VERSION < 1 ms (issue 17); /bin/true is the floor")
+        cs = res["cli_startup"]
+        on, off = cs.get("env NETSTEER_CNI_TRACE=… netsteer-cni VERSION"), cs.get("env netsteer-cni VERSION")
+        if on and off:
+            lines.append(f"- the start-up trace's line (NETSTEER_CNI_TRACE set, as the control-plane bench does for "
+                         f"every ADD) adds {on['median_ms'] - off['median_ms']:+.3f} ms to a run by the medians "
+                         f"({on['mean_ms'] - off['mean_ms']:+.3f} by the means)")
     if res.get("control_plane"):
         lines += ["", f"/sys/kernel/rcu_expedited = {res.get('rcu_expedited', '?')} during the run (tcx link creation "
                   "waits for an RCU grace period; the default is 0)",
