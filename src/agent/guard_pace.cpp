@@ -20,8 +20,8 @@ void GuardPace::enrol_finished(TimePoint now) {
 void GuardPace::link_took(Clock::duration d) { link_times_[links_seen_++ % kKept] = d; }
 
 GuardPace::TimePoint GuardPace::next_due() const {
-  if (!pace_ || gaps_seen_ < kKept) return {};
-  return last_start_ + *std::min_element(gaps_.begin(), gaps_.end());
+  if (!pace_ || gaps_seen_ == 0) return {};
+  return last_start_ + *std::min_element(gaps_.begin(), gaps_.begin() + std::min(gaps_seen_, kKept));
 }
 
 bool GuardPace::fits(TimePoint now) const {
@@ -39,7 +39,7 @@ bool GuardPace::may_link(TimePoint now) const {
   if (in_flight_ != 0 || !fits(now)) return false;
   if (!in_window(now)) return true;  // a quiet moment
   auto due = next_due();
-  return windows_ && due != TimePoint{} && now <= due;  // a window in the pace
+  return windows_ && gaps_seen_ >= kKept && due != TimePoint{} && now <= due;  // a window in the pace
 }
 
 GuardPace::TimePoint GuardPace::recheck_at(TimePoint now) const {

@@ -59,13 +59,12 @@ int main(int argc, char** argv) {
                  "while enrols keep meeting attaches, and comes back down when they stop")
       ->check(CLI::Range(1, 60000))
       ->capture_default_str();
-  std::string guard_pace = "on";
+  bool guard_pace = true;  // CLI11 reads on/off (and true/false, yes/no, 1/0) into a bool
   app.add_option("--guard-pace", guard_pace,
                  "deferred tc guards: on learns the pace pods arrive at and links a guard between two enrols "
                  "when it ends 10 ms before the next is due (and none that would not); off: the quiet period "
                  "alone decides (a baseline for benchmarks)")
-      ->check(CLI::IsMember({"on", "off"}))
-      ->capture_default_str();
+      ->default_str("on");
   unsigned long fd_table = 65536;
   app.add_option("--fd-table", fd_table,
                  "file descriptors the agent's fd table holds from the start (capped by the limit): each time it "
@@ -337,7 +336,7 @@ int main(int argc, char** argv) {
     *to = *a;
   }
   agent::StateStore store(state_dir);
-  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred", guard_quiet_ms, bpf_spares, guard_pace == "on"});
+  agent::EnrolmentManager manager(executor, &store, agent::Dataplane{relay->get(), pin_root, tc_mode, capture_mode == "bpf", max_inbound_conns, udp_proxy.get(), !no_dns, dopts.dns_upstream, proxy_defaults, guard_attach == "deferred", guard_quiet_ms, bpf_spares, guard_pace});
   // Hitless upgrade: the running agent hands over its sockets; nothing is refused meanwhile.
   std::optional<agent::Handover> handover;
   if (takeover) {

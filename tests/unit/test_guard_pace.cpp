@@ -44,10 +44,11 @@ TEST(GuardPace, WithoutAPaceALinkWaitsForTheQuietPeriod) {
 
 TEST(GuardPace, ASteadyPaceLeavesAWindowRightAfterEachEnrol) {
   GuardPace p(20ms);
-  // Three gaps are not yet a pace: right after the fourth enrol there is no window.
+  // Three gaps already say when the next pod is due, but open no window yet.
   TP end = enrols(p, 4, t0, 100ms);
-  EXPECT_EQ(p.next_due(), TP{});
-  EXPECT_FALSE(p.may_link(end + 1ms));
+  EXPECT_EQ(p.next_due(), t0 + 400ms);
+  EXPECT_FALSE(p.may_link(end + 1ms)) << "a window needs 4 gaps";
+  EXPECT_TRUE(p.may_link(end + 20ms)) << "a quiet moment that fits";
   end = enrols(p, 1, t0 + 400ms, 100ms);
   ASSERT_EQ(p.next_due(), t0 + 500ms);
   EXPECT_TRUE(p.may_link(end + 1ms)) << "a 20 ms link ends 10 ms before the next enrol";
@@ -150,4 +151,22 @@ TEST(GuardPace, WithoutThePaceTheQuietPeriodAloneDecides) {
   EXPECT_FALSE(p.may_link(end + 1ms)) << "no window";
   EXPECT_TRUE(p.may_link(end + 20ms));
   EXPECT_TRUE(p.may_link(t0 + 490ms)) << "no pace to end 10 ms before";
+}
+
+TEST(GuardPace, FromTheSecondPodOnAQuietLinkMustEndBeforeTheNextIsDue) {
+  // Pods 50 ms apart: the 20 ms quiet period ends 21 ms after an enrol, and a link then (20 ms, plus
+  // the margin) would still hold rtnl when the next pod comes. One gap is enough to know that.
+  GuardPace p(20ms);
+  enrols(p, 1, t0, 0ms);
+  EXPECT_TRUE(p.may_link(t0 + 21ms)) << "one pod is no pace: the quiet period decides";
+  TP end = enrols(p, 1, t0 + 50ms, 0ms);
+  ASSERT_EQ(p.next_due(), t0 + 100ms);
+  EXPECT_FALSE(p.may_link(end + 20ms));
+  EXPECT_FALSE(p.may_link(t0 + 100ms));
+  EXPECT_EQ(p.recheck_at(end + 20ms), t0 + 101ms);
+  EXPECT_TRUE(p.may_link(t0 + 101ms)) << "the third pod is overdue";
+  // Pods a second apart leave room at every quiet moment.
+  GuardPace slow(20ms);
+  end = enrols(slow, 2, t0, 1000ms);
+  EXPECT_TRUE(slow.may_link(end + 20ms));
 }

@@ -8,13 +8,17 @@
 // - Never while an enrol is in flight.
 // - At a quiet moment: no enrol finished in the last `quiet` (starts at the configured period; it
 //   doubles, up to 1 s, after an attempt an enrol met, and halves back after one none met).
-// - In a window: pods arriving at a steady pace (the shortest of the last 4 gaps between enrol
-//   starts) leave one right after each enrol. A link may start in it when it will end, at the
-//   longest of the last 4 link times (20 ms before any is measured), 10 ms before the next enrol is
-//   due. Windows turn off after a link made in one met an enrol, and on again after a link made at
-//   a quiet moment met none.
-// - At a quiet moment too, no link starts that would not end 10 ms before the next enrol is due.
-//   No pace yet, or the next enrol overdue (the pods stopped coming): the quiet period alone decides.
+// - The pace: the next enrol is due the shortest of the last 4 gaps between enrol starts (of those
+//   seen, from the second enrol on) after the last start. A link is expected to take the longest
+//   of the last 4 link times (20 ms before any is measured).
+// - At a quiet moment, no link starts that would not end 10 ms before the next enrol is due. So
+//   from the second pod of a stream on, a link no longer starts at a quiet moment the next pod
+//   would meet (the first version waited for 4 gaps, and the ADDs of pods 2-5 met the links).
+// - In a window: once 4 gaps are known, pods arriving at a steady pace leave one right after each
+//   enrol, and a link may start in it when it ends 10 ms before the next enrol is due. Windows turn
+//   off after a link made in one met an enrol, and on again after a link made at a quiet moment
+//   met none.
+// - No enrol yet, or the next one overdue (the pods stopped coming): the quiet period alone decides.
 // Without the pace (`--guard-pace off`, the attacher before it learned one), the quiet period alone
 // decides always.
 #pragma once
