@@ -404,6 +404,13 @@ class Worker {
           raw->redirected = true;
         }
       }
+      if (!raw->redirected && dst.port() == l.port && addressed_to_listener(*raw, dst)) {
+        // A client in the pod connected straight to this listener (127.0.0.1:15006, say): relayed,
+        // the upstream would reach the same listener again, and so on until the process is out of
+        // fds (measured: ~10,000 hops in a fraction of a second). Reset it instead.
+        fail(*raw, "addressed to the relay's own listener " + dst.str() + " (not a captured connection)");
+        continue;
+      }
       if (l.dir == Direction::outbound && dst.port() == 53 && l.pod->dns_upstream) dst = *l.pod->dns_upstream;
       raw->id = conn_id_salt() ^ (static_cast<uint64_t>(id_) << 56 | ++conn_seq_);
       if (l.port != kDnsPort && l.dir != Direction::tunnel && l.pod->proxy[static_cast<int>(l.dir)]) {
@@ -412,6 +419,18 @@ class Worker {
       }
       start_upstream(*raw, dst, client);
     }
+  }
+
+  // Whether dst (a listener's own port) is an address of the pod netns, where the listener is bound
+  // to the wildcard address: then it is the listener itself. A steered connection to another host's
+  // service on that port (outbound to remote:15001) is not. Only on this rare path: a datagram
+  // socket bound to dst succeeds only for a local address (no IP_FREEBIND, no IP_TRANSPARENT).
+  bool addressed_to_listener(Conn& c, const SockAddr& dst) {
+    if (!netns_.enter(c.pod->netns).ok()) return false;  // start_upstream reports the error
+    UniqueFd probe(::socket(dst.ip().family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!probe) return false;
+    SockAddr any_port = SockAddr::make(dst.ip(), 0);
+    return ::bind(probe.get(), any_port.sa(), any_port.len) == 0;
   }
 
   // SO_ORIGINAL_DST of a NAT-redirected connection (IPv4 conntrack first: a dual-stack listener

@@ -534,3 +534,31 @@ def test_last_bytes_and_fin_leave_in_one_segment():
         for _ in range(3):
             got = t.pod.exec([nstest.PY, "-c", client]).stdout.split()
             assert got == ["700", "2"], f"bytes, segments received by the client: {got}"
+
+
+def test_a_connection_to_the_relays_own_listener_is_reset_not_relayed_to_itself():
+    # A client in the pod that connects straight to a listener (127.0.0.1:15006, the pod's own
+    # address on 15001) is not a captured connection: relayed, its upstream would reach the same
+    # listener, and so on until the agent is out of fds (before the fix: ~10,000 hops, 19,823 fds,
+    # and the control socket refusing the CNI plugin meanwhile). A steered connection to another
+    # host's service on 15001 is still relayed.
+    with agent() as a, topology() as t:
+        t.serve(t.remote, 15001)
+        uid = enrol(a, t)
+        fds = nstest.fd_count(a.pid)
+        for host, port in (("127.0.0.1", 15006), ("::1", 15006), ("127.0.0.1", 15001), (t.pod_ip, 15001),
+                           (t.pod_ip6, 15006)):
+            assert nstest.tcp_connect(t.pod, host, port) in ("ok", "error 104"), (host, port)  # reached, reset
+        deadline = time.time() + 5
+        while time.time() < deadline and a.inspect(uid)["relay"]["outbound"]["failed"] < 2:
+            time.sleep(0.05)
+        relay = a.inspect(uid)["relay"]
+        assert (relay["inbound"]["opened"], relay["inbound"]["failed"]) == (3, 3), relay["inbound"]
+        assert (relay["outbound"]["opened"], relay["outbound"]["failed"]) == (2, 2), relay["outbound"]
+        assert "addressed to the relay's own listener" in a.logs()
+        assert nstest.fd_count(a.pid) <= fds + 2
+        got = t.pod.exec([nstest.PY, "-c", "import socket\n"
+                          f"s=socket.create_connection(('{t.remote_ip}',15001)); s.sendall(b'PEER\\n')\n"
+                          "print(s.makefile().readline().strip())"]).stdout.strip()
+        assert got.split()[0] == t.pod_ip, got  # relayed: the remote app answered
+        assert a.inspect(uid)["relay"]["outbound"]["opened"] == 3

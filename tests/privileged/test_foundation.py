@@ -11,6 +11,9 @@ import nstest
 from nstest import agent, netns, fd_count, thread_count, tcp_connect
 
 PORTS = {15001, 15006, 15008}
+# A connection straight to a relay listener reaches it and is reset right after the handshake: the
+# client sees its connect succeed, or (when the reset comes first) ECONNRESET.
+REACHED = ("ok", "error 104")
 
 
 @pytest.fixture(autouse=True)
@@ -56,9 +59,10 @@ def test_enrol_one_listeners_and_loopback_connect():
         out = a.enrol(ns, name="web", namespace="default").stdout
         assert "enrolled" in out
         assert_listeners(ns, a.pid)
-        # Inside the pod netns 127.0.0.1:15006 reaches the agent; the host netns has no such listener
-        # owned by this agent.
-        assert tcp_connect(ns, "127.0.0.1", 15006) == "ok"
+        # Inside the pod netns 127.0.0.1:15006 reaches the agent (which resets a connection made
+        # straight to its listener: relayed, it would loop back to it); the host netns has no such
+        # listener owned by this agent.
+        assert tcp_connect(ns, "127.0.0.1", 15006) in REACHED
         # (the only host-netns listener is the metrics endpoint).
         metrics = json.loads(a.ctl("status", "--json").stdout)["metrics"]
         host = [l for l in nstest.run(["ss", "-Htlnp"]).stdout.splitlines() if f"pid={a.pid}," in l]
@@ -96,7 +100,7 @@ def test_enrol_fifty_with_fixed_threads():
             assert_listeners(ns, a.pid)
         assert thread_count(a.pid) == threads_before, "threads grew with pods"
         for ns in nss[::7]:
-            assert tcp_connect(ns, "127.0.0.1", 15006) == "ok"
+            assert tcp_connect(ns, "127.0.0.1", 15006) in REACHED
         for ns in nss:
             a.ctl("unenroll", "--netns", ns.path)
         assert a.pods() == []
