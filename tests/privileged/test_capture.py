@@ -550,7 +550,12 @@ def test_a_connection_to_the_relays_own_listener_is_reset_not_relayed_to_itself(
                            (t.pod_ip6, 15006)):
             assert nstest.tcp_connect(t.pod, host, port) in ("ok", "error 104"), (host, port)  # reached, reset
         deadline = time.time() + 5
-        while time.time() < deadline and a.inspect(uid)["relay"]["outbound"]["failed"] < 2:
+        # Two workers accept: wait until both directions have seen all of theirs (the last connect
+        # is inbound, so the outbound count alone can be complete first).
+        while time.time() < deadline:
+            r = a.inspect(uid)["relay"]
+            if r["inbound"]["failed"] >= 3 and r["outbound"]["failed"] >= 2:
+                break
             time.sleep(0.05)
         relay = a.inspect(uid)["relay"]
         assert (relay["inbound"]["opened"], relay["inbound"]["failed"]) == (3, 3), relay["inbound"]
