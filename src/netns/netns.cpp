@@ -138,6 +138,14 @@ void NetnsCursor::home() {
   at_ = home_.id();
 }
 
+bool NetnsCursor::is_local(const NetnsHandle& ns, const IpAddr& ip) {
+  if (!enter(ns).ok()) return false;
+  UniqueFd probe(::socket(ip.family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!probe) return false;
+  SockAddr any_port = SockAddr::make(ip, 0);
+  return ::bind(probe.get(), any_port.sa(), any_port.len) == 0;
+}
+
 NetnsCursor::~NetnsCursor() {
   // On another thread (the worker's thread has ended) there is nothing to undo: a thread's netns
   // reference ends with it.

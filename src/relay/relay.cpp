@@ -404,10 +404,12 @@ class Worker {
           raw->redirected = true;
         }
       }
-      if (!raw->redirected && dst.port() == l.port && addressed_to_listener(*raw, dst)) {
+      if (!raw->redirected && dst.port() == l.port && netns_.is_local(raw->pod->netns, dst.ip())) {
         // A client in the pod connected straight to this listener (127.0.0.1:15006, say): relayed,
         // the upstream would reach the same listener again, and so on until the process is out of
-        // fds (measured: ~10,000 hops in a fraction of a second). Reset it instead.
+        // fds (measured: ~10,000 hops in a fraction of a second). Reset it instead. The listener
+        // is bound to the wildcard address, so a local address on its port is the listener itself;
+        // a steered connection to another host's service on that port (remote:15001) is relayed.
         fail(*raw, "addressed to the relay's own listener " + dst.str() + " (not a captured connection)");
         continue;
       }
@@ -419,18 +421,6 @@ class Worker {
       }
       start_upstream(*raw, dst, client);
     }
-  }
-
-  // Whether dst (a listener's own port) is an address of the pod netns, where the listener is bound
-  // to the wildcard address: then it is the listener itself. A steered connection to another host's
-  // service on that port (outbound to remote:15001) is not. Only on this rare path: a datagram
-  // socket bound to dst succeeds only for a local address (no IP_FREEBIND, no IP_TRANSPARENT).
-  bool addressed_to_listener(Conn& c, const SockAddr& dst) {
-    if (!netns_.enter(c.pod->netns).ok()) return false;  // start_upstream reports the error
-    UniqueFd probe(::socket(dst.ip().family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!probe) return false;
-    SockAddr any_port = SockAddr::make(dst.ip(), 0);
-    return ::bind(probe.get(), any_port.sa(), any_port.len) == 0;
   }
 
   // SO_ORIGINAL_DST of a NAT-redirected connection (IPv4 conntrack first: a dual-stack listener

@@ -64,6 +64,7 @@ struct CaptureSocket {
   struct PodEntry* pod;
   Kind kind;
   int fd;
+  uint16_t port = 0;  // its own port (bound to the wildcard address)
 };
 
 struct PodEntry {
@@ -155,6 +156,9 @@ class Proxy::Loop {
       c->pod = e.get();
       c->kind = kind;
       c->fd = fd;
+      SockAddr self;
+      self.len = sizeof self.ss;
+      if (::getsockname(fd, self.sa(), &self.len) == 0) c->port = self.port();
       if (auto st = watch(fd, &c->ep); !st.ok()) {
         spdlog::error("udp: cannot watch the {} socket of pod {}: {}", to_string(kind), pod->uid, st.error().message);
         continue;
@@ -230,7 +234,10 @@ class Proxy::Loop {
       }
       from.len = msg.msg_namelen;
       auto odst = original_dst(msg);
-      if (!odst) {  // not steered (addressed to the capture port itself): nothing to forward to
+      // Not steered: addressed to the capture socket itself (127.0.0.1:15001 in the pod, say; the
+      // kernel reports that destination too). Forwarded, it would reach the same socket again from
+      // a new flow, and so on: one datagram kept a core busy and 1,024 flows open. Dropped instead.
+      if (!odst || (odst->port() == c.port && netns_.is_local(c.pod->pod->netns, odst->ip()))) {
         if (c.pod->pod->dns && c.kind == Kind::dns) c.pod->pod->dns->malformed++;
         else c.pod->pod->errors++;
         continue;

@@ -247,3 +247,30 @@ def test_bad_udp_ports_are_refused_and_change_nothing():
             assert r.returncode != 0 and "udp" in (r.stderr + r.stdout), r
         assert a.pods() == []
         assert "133" not in t.pod.ip("rule show").stdout
+
+
+def test_a_datagram_to_the_proxys_own_port_is_dropped_not_forwarded_to_itself():
+    """A process in the pod sending straight to 15001/udp, 15006/udp or 15053 (not steered: the
+    kernel reports that address as the original destination). Forwarded, the datagram reached the
+    same socket again from a new flow, and so on: one datagram kept a core busy and 1,024 flows
+    open for as long as the pod lived. It is dropped and counted; captured flows still work."""
+    with agent() as a, topology() as t:
+        echo(t, t.remote, OUT_PORT)
+        uid = enrol_pod(t, a, udp_outbound_port=OUT_PORT, udp_inbound_port=IN_PORT)
+        fds = len(os.listdir(f"/proc/{a.pid}/fd"))
+        targets = [(h, p) for p in (15001, 15006) for h in ("127.0.0.1", "::1", t.pod_ip, t.pod_ip6)]
+        for host, port in targets + [("127.0.0.1", 15053), (t.pod_ip6, 15053)]:
+            t.pod.exec([nstest.PY, "-c", "import socket, sys; h, p = sys.argv[1], int(sys.argv[2]); "
+                        "socket.socket(socket.AF_INET6 if ':' in h else socket.AF_INET, socket.SOCK_DGRAM)"
+                        ".sendto(b'x', (h, p))", host, str(port)])
+        deadline = time.time() + 10
+        while (udp(a, uid)["errors"], a.inspect(uid)["dns"]["malformed"]) != (len(targets), 2):
+            assert time.time() < deadline, (udp(a, uid), a.inspect(uid)["dns"])
+            time.sleep(0.05)
+        time.sleep(0.3)  # a loop would go on: nothing more may be counted or opened
+        u = udp(a, uid)
+        assert (u["errors"], u["outbound_flows"], u["inbound_flows"], u["active_flows"]) == (len(targets), 0, 0, 0), u
+        assert a.inspect(uid)["dns"]["sessions"] == 0
+        assert len(os.listdir(f"/proc/{a.pid}/fd")) == fds
+        assert ask(t.pod, t.remote_ip, OUT_PORT, 2)["answers"] == 2  # captured UDP still relayed
+        assert udp(a, uid)["outbound_flows"] == 1

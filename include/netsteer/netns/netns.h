@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "netsteer/common/inet.h"
 #include "netsteer/common/result.h"
 #include "netsteer/common/unique_fd.h"
 
@@ -108,6 +109,11 @@ class NetnsCursor {
     if (at(ns)) home();
   }
   bool at(const NetnsHandle& ns) const { return at_.dev == ns.id().dev && at_.ino == ns.id().ino; }
+  // Whether ip is an address of ns (enters it): a datagram socket binds to it only then (no
+  // IP_FREEBIND, no IP_TRANSPARENT). False when ns cannot be entered. For rare paths: a socket and
+  // a bind per call. It tells a connection or datagram addressed to an agent socket's own port in
+  // the pod (127.0.0.1:15001) from a steered one to another host's service on that port.
+  bool is_local(const NetnsHandle& ns, const IpAddr& ip);
 
  private:
   const NetnsHandle& home_;
