@@ -295,15 +295,17 @@ def bench_pair(tmp):
 
 
 @contextlib.contextmanager
-def arm_running(arm, t, tmp, in_ports=IN_PORTS, **haproxy_opts):
+def arm_running(arm, t, tmp, in_ports=IN_PORTS, agent_args=(), **haproxy_opts):
     """What carries the pod's traffic in one arm; yields (agent or None, haproxy process or None),
     and undoes it all (unenrol, agent, HAProxy, iptables rules) afterwards. in_ports: the pod's
-    server ports the iptables arms capture; haproxy_opts go to haproxy()."""
+    server ports the iptables arms capture; haproxy_opts go to haproxy(). An arm "netsteer NAME"
+    is a variant (--variant): netsteer with agent_args; its guard is waited for unless the
+    variant sets --guard-quiet-ms (an ablation that keeps it off)."""
     a = hp = None
     try:
-        if arm == "netsteer":
-            a = nstest.Agent()
-            a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
+        if arm == "netsteer" or arm.startswith("netsteer "):
+            a = nstest.Agent(agent_args)
+            a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6], wait_guard="--guard-quiet-ms" not in agent_args)
         elif arm in ("redirect", "tproxy"):
             a = nstest.Agent(["--capture", "none"])
             a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
@@ -367,15 +369,17 @@ def data_path(args, tmp):
     for i in range(args.rounds):
         k = i % len(args.arms)
         for arm in args.arms[k:] + args.arms[:k]:
-            with bench_pair(tmp) as t, arm_running(arm, t, tmp) as (a, hp):
+            with bench_pair(tmp) as t, arm_running(arm, t, tmp, agent_args=args.variants.get(arm, ())) as (a, hp):
                 r = {}
                 for direction, (ns, ip) in DIRECTIONS(t):
                     r[direction] = {"http": wrk(ns, ip, args.secs, watch(t, ns, a, hp, 0)),
                                     "bulk1": iperf(ns, ip, 1, args.secs),
                                     "bulk8": iperf(ns, ip, 8, args.secs, watch(t, ns, a, hp, 1))}
                 if a is not None:
-                    st = a.inspect(t.pod.name)["relay"]
+                    j = a.inspect(t.pod.name)
+                    st = j["relay"]
                     r["relay_opened"] = {d: st[d]["opened"] for d in ("outbound", "inbound")}
+                    r["guard"] = (j.get("capture") or {}).get("guard")  # after the loads: still off?
                 rounds[arm].append(r)
                 print(f"  {arm}: round {i + 1} done", flush=True)
     results = {}
@@ -1409,6 +1413,11 @@ def table(res):
             "netsteer/direct bulk8 (target >= 0.45; inbound >= 0.6, issue 17)": ratio("netsteer", "direct", d, "gbit_s", "bulk8"),
             "netsteer/direct conn/s": ratio("netsteer", "direct", d, "conn_per_s", "http"),
         }
+        for v in (a for a in dp if a.startswith("netsteer ")):  # --variant: against netsteer as shipped
+            ratios[d].update({f"{v}/netsteer conn/s": ratio(v, "netsteer", d, "conn_per_s", "http"),
+                              f"{v}/netsteer bulk8": ratio(v, "netsteer", d, "gbit_s", "bulk8"),
+                              f"{v}/netsteer CPU per GB (8)": ratio(v, "netsteer", d, "cpu_s_per_gb", "bulk8"),
+                              f"{v}/haproxy bulk8": ratio(v, "haproxy", d, "gbit_s", "bulk8")})
     res["ratios"] = ratios
     lines += cpu_split_lines(dp)
     lines.append("")
@@ -1541,6 +1550,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="data path: every arm this many times, alternating; "
                     "the medians are reported")
     ap.add_argument("--arms", default="direct,netsteer,redirect,tproxy,haproxy")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                    help="also the arm 'netsteer NAME': netsteerd with these flags, in the same alternation, with "
+                         "its ratios to netsteer as shipped (an ablation; repeatable), e.g. 'w1=--relay-workers 1'")
     ap.add_argument("--pods", default=None, help="comma list of control-plane sizes")
     ap.add_argument("--json", default="bench/result.json")
     ap.add_argument("--tc-modes", default="tcx,clsact", help="tc guard attach modes measured in the control plane")
@@ -1569,6 +1581,13 @@ def main():
     args = ap.parse_args()
     args.secs = args.secs or (10 if args.full else 3)
     args.arms = [a for a in args.arms.split(",") if a]
+    args.variants = {}
+    for v in args.variant:
+        name, sep, flags = v.partition("=")
+        if not sep or not name.strip() or not flags.strip():
+            sys.exit(f"bench: --variant takes NAME=FLAGS, not {v!r}")
+        args.variants[f"netsteer {name.strip()}"] = shlex.split(flags)
+    args.arms += list(args.variants)
     sizes = [int(x) for x in (args.pods or ("1,100,1000" if args.full else "1,100")).split(",") if x]
     args.idle_pods = [int(x) for x in args.idle_pods.split(",") if x]
     if any(p not in IDLE_ARMS for p in args.idle_pods):
