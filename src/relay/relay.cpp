@@ -11,6 +11,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -238,6 +239,8 @@ class Worker {
     SockAddr own;
     own.len = sizeof own.ss;
     if (::getsockname(fd, own.sa(), &own.len) == 0) l->port = own.port();
+    if (l->port && std::find(own_ports_.begin(), own_ports_.end(), l->port) == own_ports_.end())
+      own_ports_.push_back(l->port);
     l->ep.obj = l.get();
     // EPOLLEXCLUSIVE: one of the workers waiting on this listener wakes per event.
     if (auto st = ctl(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLEXCLUSIVE, &l->ep); !st.ok()) {
@@ -604,6 +607,11 @@ class Worker {
     bool ours = false;
     for (const auto& ip : c.pod->pod_ips) ours |= ip.unmapped() == req.host;
     if (!ours) return refuse(c, 403, "Forbidden");
+    // A target on one of the agent's own ports is a listener of ours, never the app: through
+    // 15008 itself, each CONNECT in the client's bytes would open one more hop (two fds) inside
+    // the agent.
+    if (std::find(own_ports_.begin(), own_ports_.end(), req.port) != own_ports_.end())
+      return refuse(c, 403, "Forbidden");
     c.to_up.pending = c.request.substr(req.head_len);  // bytes the client sent after the head
     c.request.clear();
     c.to_down.pending = http_response(200, "Connection established");
@@ -852,6 +860,7 @@ class Worker {
   std::unique_ptr<char[]> scratch_{new char[kCopyChunk]};  // the copy path's buffer (one per worker)
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::unique_ptr<Listener>> listener_graveyard_;  // released in this epoll batch
+  std::vector<uint16_t> own_ports_;  // the listeners' ports (the same for every pod): 15001, 15006, ...
   std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> graveyard_;
   std::vector<std::unique_ptr<Pipe>> idle_;

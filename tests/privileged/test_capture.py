@@ -261,6 +261,35 @@ def test_tunnel_connect_with_curl():
         assert r.returncode != 0 and "403" in (r.stderr + r.stdout)
 
 
+def test_a_tunnel_connect_to_the_agents_own_ports_is_refused():
+    """CONNECT through 15008 to the pod's address on 15008 itself, 15006 or 15001: a listener of
+    the agent's, never the app. Through 15008 each CONNECT in the client's bytes opened one more hop
+    inside the agent (two fds each): one connection of a peer could hold many. Refused with 403
+    like a target outside the pod; the app is still reachable."""
+    with agent() as a, topology() as t:
+        d = tempfile.mkdtemp()
+        with open(os.path.join(d, "hello"), "w") as f:
+            f.write("hello through 15008\n")
+        t.http_server(t.pod, 8001, d)
+        uid = enrol(a, t)
+        fds = len(os.listdir(f"/proc/{a.pid}/fd"))
+        ask = ("import socket, sys; h, p = sys.argv[1], sys.argv[2]; s = socket.create_connection((h, 15008), timeout=10); "
+               "s.sendall(f'CONNECT {h}:{p} HTTP/1.1\\r\\nHost: {h}:{p}\\r\\n\\r\\n'.encode()); "
+               "print(s.recv(200).split(b'\\r\\n')[0].decode())")
+        for port in (15008, 15006, 15001):
+            assert t.remote.exec([nstest.PY, "-c", ask, t.pod_ip, str(port)]).stdout.strip() == "HTTP/1.1 403 Forbidden"
+        assert t.remote.exec([nstest.PY, "-c", ask, t.pod_ip, "8001"]).stdout.strip() == \
+            "HTTP/1.1 200 Connection established"
+        out = t.remote.exec(f"curl -sS --max-time 10 -p -x http://{t.pod_ip}:15008 http://{t.pod_ip}:8001/hello").stdout
+        assert out == "hello through 15008\n"
+        r = a.inspect(uid)["relay"]["tunnel"]
+        deadline = time.time() + 5
+        while (r["failed"], r["active"]) != (3, 0) or len(os.listdir(f"/proc/{a.pid}/fd")) != fds:
+            assert time.time() < deadline, (r, len(os.listdir(f"/proc/{a.pid}/fd")), fds)
+            time.sleep(0.05)
+            r = a.inspect(uid)["relay"]["tunnel"]
+
+
 def test_clsact_fallback_counts_and_is_removed():
     # The attach path older kernels (< 6.6) take, forced here: clsact qdisc + cls_bpf filters.
     with agent(["--tc-mode", "clsact"]) as a, topology() as t:
