@@ -370,16 +370,18 @@ def data_path(args, tmp):
         k = i % len(args.arms)
         for arm in args.arms[k:] + args.arms[:k]:
             with bench_pair(tmp) as t, arm_running(arm, t, tmp, agent_args=args.variants.get(arm, ())) as (a, hp):
-                r = {}
+                guard = lambda: (a.inspect(t.pod.name).get("capture") or {}).get("guard")  # noqa: E731
+                # Before and after the loads: a variant's guard state holds for all of them only
+                # if both agree (arm_running waits for it unless the variant keeps it off).
+                r = {"guard_before": guard()} if a is not None else {}
                 for direction, (ns, ip) in DIRECTIONS(t):
                     r[direction] = {"http": wrk(ns, ip, args.secs, watch(t, ns, a, hp, 0)),
                                     "bulk1": iperf(ns, ip, 1, args.secs),
                                     "bulk8": iperf(ns, ip, 8, args.secs, watch(t, ns, a, hp, 1))}
                 if a is not None:
-                    j = a.inspect(t.pod.name)
-                    st = j["relay"]
+                    st = a.inspect(t.pod.name)["relay"]
                     r["relay_opened"] = {d: st[d]["opened"] for d in ("outbound", "inbound")}
-                    r["guard"] = (j.get("capture") or {}).get("guard")  # after the loads: still off?
+                    r["guard"] = guard()
                 rounds[arm].append(r)
                 print(f"  {arm}: round {i + 1} done", flush=True)
     results = {}
