@@ -16,6 +16,7 @@
 #include "netsteer/agent/control.h"
 #include "netsteer/agent/enrolment.h"
 #include "netsteer/bpf/features.h"
+#include "netsteer/bpf/keep_warm.h"
 #include "netsteer/relay/access_log.h"
 #include "netsteer/relay/relay.h"
 #include "netsteer/client/client.h"
@@ -258,6 +259,18 @@ int main(int argc, char** argv) {
     tc_mode = *m;
   }
   spdlog::info("tc guard attach mode: {}", bpf::to_string(tc_mode));
+  // Held for the agent's life, so no pod's enrol or removal switches the kernel's sk_lookup and tc
+  // static keys (a text patch on every CPU; bpf/netsteer_warm.bpf.c).
+  std::unique_ptr<bpf::KeepWarm> warm;
+  if (capture_mode == "bpf") {
+    if (auto w = bpf::KeepWarm::start(tc_mode); w.ok()) {
+      warm = std::move(*w);
+      spdlog::debug("static keys held: {}", warm->to_json().dump());
+    } else {
+      spdlog::warn("sk_lookup and tc static keys not held ({}): the first pod's enrol and the last pod's removal "
+                   "each patch kernel text", w.error().message);
+    }
+  }
 
   (void)netns::NetnsHandle::host();
   netns::NetnsExecutor executor(executor_threads);
@@ -393,6 +406,7 @@ int main(int argc, char** argv) {
         {"udp_inbound_capture", bpf::have_sk_lookup_ingress_ifindex()},
         {"max_inbound_connections", max_inbound_conns},
         {"tc_mode", bpf::to_string(tc_mode)},
+        {"static_keys", warm ? warm->to_json() : nlohmann::json()},
         {"kernel", features.kernel_release},
         {"pid", ::getpid()},
         {"metrics", metrics_bound},

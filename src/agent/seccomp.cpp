@@ -40,8 +40,8 @@ const std::vector<std::string>& seccomp_allowed() {
       // sockets: control socket (SCM_RIGHTS), listeners, upstreams, rtnetlink, metrics, Kubernetes API
       "socket", "socketpair", "bind", "listen", "accept", "accept4", "connect", "getsockname", "getpeername",
       "setsockopt", "getsockopt", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg", "shutdown",
-      // the agent's job: pod netns, bpffs, BPF
-      "setns", "mount", "bpf",
+      // the agent's job: pod netns, bpffs, BPF (unshare: the private netns of bpf::KeepWarm)
+      "setns", "unshare", "mount", "bpf",
   };
   return v;
 }

@@ -23,18 +23,39 @@ Result<BpfObjects> BpfObjects::open(const std::string& dir, KeepOpen keep) {
   }
   if (ec) return Error::msg("read pin dir " + dir + ": " + ec.message(), ec.value());
   if (o.fds_.empty()) return Error::msg("no pins under " + dir, ENOENT);
+  o.dir_made_ = true;
   return o;
+}
+
+Status BpfObjects::pin_at(const std::string& name, int fd) {
+  if (!dir_made_) {
+    std::error_code ec;
+    fs::create_directories(dir_, ec);
+    if (ec) return Error::msg("create pin dir " + dir_ + ": " + ec.message(), ec.value());
+    dir_made_ = true;
+  }
+  std::string path = dir_ + "/" + name;
+  if (::bpf_obj_pin(fd, path.c_str()) < 0) return Error::from_errno(errno, "pin " + path);
+  return {};
 }
 
 Status BpfObjects::add(const std::string& name, UniqueFd fd) {
   if (!fd) return Error::msg("no fd for " + name, EBADF);
-  std::error_code ec;
-  fs::create_directories(dir_, ec);
-  if (ec) return Error::msg("create pin dir " + dir_ + ": " + ec.message(), ec.value());
-  std::string path = dir_ + "/" + name;
-  if (::bpf_obj_pin(fd.get(), path.c_str()) < 0) return Error::from_errno(errno, "pin " + path);
+  NS_TRY_STATUS(pin_at(name, fd.get()));
   if (!keep_(name)) fd.reset();
   fds_[name] = std::move(fd);
+  return {};
+}
+
+Status BpfObjects::pin(const std::string& name, int fd) {
+  if (fd < 0) return Error::msg("no fd for " + name, EBADF);
+  UniqueFd kept;
+  if (keep_(name)) {
+    kept = dup_fd(fd);
+    if (!kept) return Error::from_errno(errno, "dup " + name);
+  }
+  NS_TRY_STATUS(pin_at(name, fd));
+  fds_[name] = std::move(kept);
   return {};
 }
 
@@ -62,6 +83,7 @@ void BpfObjects::remove_all() {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir_, ec)) ::unlink(e.path().c_str());
   ::rmdir(dir_.c_str());
+  dir_made_ = false;
 }
 
 std::vector<std::string> BpfObjects::names() const {

@@ -319,14 +319,10 @@ Result<std::unique_ptr<PodBpf>> PodBpf::create(const std::string& pin_dir, const
       if (armed) o.remove_all();
     }
   } undo{pb->objs_};
-  auto pin_dup = [&](const std::string& name, int fd) -> Status {
-    NS_TRY(UniqueFd d, dup_obj(fd, name));
-    return pb->objs_.add(name, std::move(d));
-  };
-  NS_TRY_STATUS(pin_dup(kProgSteer, bpf_program__fd(steer.p->progs.netsteer_steer)));
+  NS_TRY_STATUS(pb->objs_.pin(kProgSteer, bpf_program__fd(steer.p->progs.netsteer_steer)));
   for (bpf_map* m : {sm.ns_sockets, sm.ns_pod_addrs, sm.ns_bypass, sm.ns_ex_in_port, sm.ns_ex_out_port,
                      sm.ns_ex_out_cidr, sm.ns_ex_in_src, sm.ns_udp_out_port, sm.ns_udp_in_port, sm.ns_config, sm.ns_stats})
-    NS_TRY_STATUS(pin_dup(map_pin(bpf_map__name(m)), bpf_map__fd(m)));
+    NS_TRY_STATUS(pb->objs_.pin(map_pin(bpf_map__name(m)), bpf_map__fd(m)));
   if (loaded.s_->guard) NS_TRY_STATUS(pb->adopt_guard_progs(*loaded.s_->guard));
   NS_TRY_STATUS(pb->open_bypass());
 
@@ -418,8 +414,7 @@ Status PodBpf::adopt_guard_progs(const LoadedGuard& g) {
   for (auto [name, fd] : {std::pair{kProgGuardIngress, g.prog(true)}, std::pair{kProgGuardEgress, g.prog(false)},
                           std::pair{"map_ns_guard_stats", g.stats_map()}}) {
     if (objs_.has(name)) continue;
-    NS_TRY(UniqueFd d, dup_obj(fd, name));
-    NS_TRY_STATUS(objs_.add(name, std::move(d)));
+    NS_TRY_STATUS(objs_.pin(name, fd));
   }
   return {};
 }

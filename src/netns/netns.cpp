@@ -68,6 +68,31 @@ const NetnsHandle& NetnsHandle::host() {
   return h;
 }
 
+Result<NetnsHandle> NetnsHandle::create_private(const std::function<Status()>& inside) {
+  // unshare moves only the calling thread; this thread ends there, so nothing else ever runs in
+  // the new netns.
+  Result<NetnsHandle> out = Error::msg("no netns", EINVAL);
+  std::thread([&] {
+    if (::unshare(CLONE_NEWNET) < 0) {
+      out = Error::from_errno(errno, "unshare(CLONE_NEWNET)");
+      return;
+    }
+    auto h = current();
+    if (!h.ok()) {
+      out = std::move(h).error();
+      return;
+    }
+    if (inside) {
+      if (auto st = inside(); !st.ok()) {
+        out = std::move(st).error();
+        return;
+      }
+    }
+    out = std::move(h);
+  }).join();
+  return out;
+}
+
 Result<NetnsHandle> NetnsHandle::dup() const {
   UniqueFd d = dup_fd(fd_.get());
   if (!d) return Error::from_errno(errno, "dup netns fd");

@@ -468,7 +468,10 @@ def test_daemonset_image_install_upgrade_uninstall(image_tar):
         assert "ro" in root_mount[5].split(","), root_mount
         assert os.readlink(f"/proc/{hpid}/exe") == "/usr/local/bin/netsteerd"
         assert os.readlink(f"/proc/{hpid}/ns/net") == os.readlink(f"/proc/{node.proc.pid}/ns/net")  # host network
-        assert c.ctl("status", "--json")["kube_api"] == f"https://127.0.0.1:{api.port}"
+        status1 = c.ctl("status", "--json")
+        assert status1["kube_api"] == f"https://127.0.0.1:{api.port}"
+        # RuntimeDefault lets unshare(2) through with SYS_ADMIN: the static keys are held.
+        assert status1["static_keys"] and len(status1["static_keys"]["links"]) >= 1, log1[:3000]
 
         # 3. Application pods: enrolled with their identity (names from the CRI, labels from the API).
         apps = {"web-0": "11111111-aaaa-4000-8000-000000000001", "client-0": "22222222-bbbb-4000-8000-000000000002",

@@ -324,6 +324,43 @@ def test_tcx_links_visible_in_bpftool():
         assert links[cap["bpf"]["steer_link_id"]]["type"] == "netns"
 
 
+@pytest.mark.parametrize("mode", ["tcx", "clsact"])
+def test_static_keys_held_in_a_private_netns_for_the_agents_life(mode):
+    """bpf::KeepWarm: a do-nothing sk_lookup link and tc program on lo of a netns of the agent's
+    own, so no pod's enrol or removal switches the kernel's static keys (a text patch on every
+    CPU). That netns is neither the host's nor a pod's, nothing of it is pinned, pods are captured
+    as before, and it all goes with the agent."""
+    with agent(["--tc-mode", mode]) as a, topology() as t:
+        keys = a.status()["static_keys"]
+        assert keys["tc_mode"] == mode
+        ids = keys["links"]
+        assert len(ids) == (3 if mode == "tcx" else 1)  # sk_lookup (+ tcx ingress and egress)
+        links = {l["id"]: l for l in nstest.bpftool_json("link", "show")}
+        assert set(ids) <= set(links)
+        lookup = links[ids[0]]
+        assert lookup["type"] == "netns" and lookup["netns_ino"] == keys["netns_ino"]
+        assert keys["netns_ino"] not in (os.stat("/proc/self/ns/net").st_ino, os.stat(t.pod.path).st_ino)
+        name = lambda link: nstest.bpftool_json("prog", "show", "id", str(link["prog_id"]))["name"]  # noqa: E731
+        assert name(lookup) == "netsteer_warm"
+        assert all(name(links[i]) == "netsteer_warmtc" for i in ids[1:])
+        # The agent's fd is the netns's only holder: look inside through it.
+        fd = next(f"/proc/{a.pid}/fd/{n}" for n in os.listdir(f"/proc/{a.pid}/fd")
+                  if os.readlink(f"/proc/{a.pid}/fd/{n}") == f"net:[{keys['netns_ino']}]")
+        inside = run(["nsenter", f"--net={fd}", "ip", "-o", "link", "show"]).stdout
+        assert [l.split(":")[1].strip() for l in inside.splitlines()] == ["lo"], inside
+        if mode == "clsact":
+            assert "netsteer_warmtc" in run(["nsenter", f"--net={fd}", "tc", "filter", "show", "dev", "lo", "ingress"]).stdout
+        t.serve(t.remote, 9000)
+        uid = enrol(a, t)
+        assert t.client(t.pod, t.remote_ip, 9000, "peer").startswith(t.pod_ip)
+        assert bpf(a, uid)["outbound_assigned"] >= 1
+        a.ctl("unenroll", "--uid", uid)
+        assert a.status()["static_keys"] == keys  # held on with no pod left
+        pins = os.listdir(a.pin_root) if os.path.isdir(a.pin_root) else []
+        assert not [p for p in pins if "warm" in p], pins
+    assert not set(ids) & {l["id"] for l in nstest.bpftool_json("link", "show") or []}
+
+
 def test_spoofed_pod_source_dropped_on_ingress():
     # accept_local=1 (needed by the capture path) would accept packets claiming the pod's own
     # address; the tc ingress guard drops them.

@@ -82,7 +82,10 @@ def test_sigkill_under_load_fails_closed_and_restart_serves():
 
 
 def _dummy_pod(i, name=None):
-    ns = nstest.Netns(name or nstest.unique("cr"))
+    return _dummy_links(nstest.Netns(name or nstest.unique("cr")), i)
+
+
+def _dummy_links(ns, i):
     ns.ip("link add eth0 type veth peer name sink")  # both ends in the pod: nothing leaves it
     ns.ip(f"addr add 10.231.{i}.1/24 dev eth0")
     ns.ip("link set eth0 up")
@@ -166,18 +169,38 @@ def test_recreated_netns_with_the_same_inode_is_not_taken_over():
             cookie = a.inspect(name).get("netns_cookie")
             a.kill()  # state file and pins stay for the next agent
             recorded = [r.get("netns_cookie") for r in nstest.read_state(a.state_dir)["pods"]]
-            # Recreate it until the kernel hands out the old inode again (the lowest free nsfs
+            # Recreate it until the kernel hands out the old inode again: the lowest free nsfs
             # inode is reused once the old netns has been freed, which the kernel does
-            # asynchronously): bounded, and the test fails if it never happens.
-            for attempt in range(1, 51):
-                pod.close()
-                pod = _dummy_pod(7, name)  # the same addresses
-                new = os.stat(path)
-                if (new.st_dev, new.st_ino) == (old.st_dev, old.st_ino):
-                    break
+            # asynchronously. Bounded, and the test fails if it never happens.
+            # - A miss below the old inode is kept alive (an fd) until then, or it would be
+            #   handed out over and over (the agent's own private netns, bpf::KeepWarm, was
+            #   freed with it, and is older); a miss above it is let go.
+            # - The netns alone is made per attempt: `ip -n` makes a mount namespace each time,
+            #   which takes the lowest free inode too, and gives it back only after an RCU grace
+            #   period.
+            held = []
+            deadline = time.time() + 20
+            attempt = 0
+            try:
+                while True:
+                    attempt += 1
+                    pod.close()
+                    pod = nstest.Netns(name, lo_up=False)
+                    new = os.stat(path)
+                    if (new.st_dev, new.st_ino) == (old.st_dev, old.st_ino) or time.time() > deadline:
+                        break
+                    if new.st_ino < old.st_ino:
+                        held.append(os.open(path, os.O_RDONLY))
+                    else:
+                        time.sleep(0.02)  # the old netns is not freed yet
+            finally:
+                for fd in held:
+                    os.close(fd)
             assert (new.st_dev, new.st_ino) == (old.st_dev, old.st_ino), \
-                f"no inode reuse in 50 attempts (old {old.st_ino}, last {new.st_ino}): cannot test"
+                f"no inode reuse in {attempt} attempts (old {old.st_ino}, last {new.st_ino}): cannot test"
             print(f"inode {old.st_ino} reused after {attempt} recreations")
+            pod.ip("link set lo up")
+            _dummy_links(pod, 7)  # the same addresses as the old pod
             a.restart()
             assert a.pods() == [], "the recreated netns was taken over as the old pod"
             logs = a.logs()

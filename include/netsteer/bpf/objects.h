@@ -57,6 +57,9 @@ class BpfObjects {
   // Takes ownership of fd and pins it at dir/name (creating dir); closes it unless kept open.
   // On error fd is closed.
   Status add(const std::string& name, UniqueFd fd);
+  // Pins a borrowed fd (the caller keeps it) at dir/name; a kept-open object gets a dup of it.
+  // What a fresh pod's objects take: no dup and close per object that lives on in its pin only.
+  Status pin(const std::string& name, int fd);
   bool has(const std::string& name) const { return fds_.count(name) != 0; }
   // A kept-open object's fd (hot paths); -1 when absent or not kept open.
   int fd(const std::string& name) const;
@@ -74,6 +77,9 @@ class BpfObjects {
   std::string dir_;
   KeepOpen keep_ = keep_all;
   std::map<std::string, UniqueFd> fds_;  // invalid fd: pinned only
+  bool dir_made_ = false;  // dir_ exists (made or found by this object): no mkdir per pin
+
+  Status pin_at(const std::string& name, int fd);
 };
 
 // Kernel id of a BPF program/map/link fd (0 when unknown).

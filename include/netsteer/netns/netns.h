@@ -52,6 +52,10 @@ class NetnsHandle {
   static Result<NetnsHandle> current();
   // The netns the process started in (the agent's "host" netns), captured on first use.
   static const NetnsHandle& host();
+  // A new, empty netns (only a loopback that is down), made on a short-lived thread that first
+  // runs inside(): what that does by ifindex or netlink happens in the new netns. The handle keeps
+  // the netns alive. Needs CAP_SYS_ADMIN (unshare CLONE_NEWNET).
+  static Result<NetnsHandle> create_private(const std::function<Status()>& inside = {});
 
   int fd() const { return fd_.get(); }
   bool valid() const { return fd_.valid(); }
