@@ -49,22 +49,6 @@ Status restore_sysctl(Result<Rtnl>& nl, const SavedSysctl& s) {
   return {};
 }
 
-struct Iface {
-  int index;
-  std::string name;
-};
-
-// The pod's interfaces other than loopback, in the calling thread's netns.
-Result<std::vector<Iface>> pod_interfaces() {
-  struct if_nameindex* list = ::if_nameindex();
-  if (!list) return Error::from_errno(errno, "list interfaces in pod netns");
-  std::vector<Iface> out;
-  for (auto* p = list; p->if_index != 0; ++p)
-    if (std::string(p->if_name) != "lo") out.push_back({static_cast<int>(p->if_index), p->if_name});
-  ::if_freenameindex(list);
-  return out;
-}
-
 std::vector<Prefix> of_family(const std::vector<Prefix>& v, int family) {
   std::vector<Prefix> out;
   for (const auto& p : v)
@@ -226,7 +210,6 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
     }
   } undo{*pc};
 
-  NS_TRY(auto ifaces, pod_interfaces());
   // The value before our change, once per key (a restart keeps the first agent's).
   auto remember = [&](const std::string& key, std::string before) {
     auto& saved = pc->state_.sysctls;
@@ -237,6 +220,9 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   // non-privileged Kubernetes container (the DaemonSet's). Saved under their /proc/sys key. The
   // same netlink socket then installs the rules and routes.
   NS_TRY(Rtnl nl, Rtnl::open());
+  // The pod's interfaces other than loopback, with their devconf: one dump.
+  NS_TRY(auto ifaces, nl.links());
+  std::erase_if(ifaces, [](const LinkDevconf& l) { return l.name == "lo"; });
   struct Want {
     const char* leaf;
     int index;
@@ -244,7 +230,9 @@ Result<std::unique_ptr<PodCapture>> PodCapture::install(const netns::NetnsHandle
   };
   static constexpr Want kWants[] = {{"accept_local", IPV4_DEVCONF_ACCEPT_LOCAL, 1}, {"rp_filter", IPV4_DEVCONF_RP_FILTER, 0}};
   for (const auto& i : ifaces) {
-    NS_TRY(auto conf, nl.get_ipv4_devconf(i.index));
+    const auto& conf = i.ipv4_devconf;
+    if (conf.empty())
+      return Error::msg("read IPv4 devconf of " + i.name + ": no IPv4 on that link (no IFLA_INET_CONF)", EAFNOSUPPORT);
     std::vector<std::pair<int, uint32_t>> set;
     for (const Want& w : kWants) {
       std::string key = devconf_key(i.name, w.leaf);

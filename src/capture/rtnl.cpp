@@ -80,7 +80,8 @@ Rtnl::~Rtnl() {
 
 Status Rtnl::request(void* buf, const std::string& what, int (*cb)(const nlmsghdr*, void*), void* data) {
   auto* nlh = static_cast<nlmsghdr*>(buf);
-  nlh->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+  // A dump ends in NLMSG_DONE; anything else is acknowledged.
+  nlh->nlmsg_flags |= NLM_F_REQUEST | ((nlh->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP ? 0 : NLM_F_ACK);
   nlh->nlmsg_seq = ++seq_;
   if (mnl_socket_sendto(sock_, nlh, nlh->nlmsg_len) < 0) return Error::from_errno(errno, what + ": send");
   std::vector<char> rbuf(32768);  // an RTM_NEWLINK answer (stats, AF_SPEC) is a few KB
@@ -195,51 +196,70 @@ void each_attr(const void* from, const void* to, F&& f) {
     f(a);
 }
 
+// One RTM_NEWLINK: the link's index, name and IPv4 devconf (IFLA_AF_SPEC/AF_INET/IFLA_INET_CONF).
+LinkDevconf parse_link(const nlmsghdr* nlh) {
+  const auto* ifi = static_cast<const ifinfomsg*>(mnl_nlmsg_get_payload(nlh));
+  LinkDevconf out{ifi->ifi_index, {}, {}};
+  auto inside = [](const nlattr* a) {
+    return static_cast<const char*>(mnl_attr_get_payload(a)) + mnl_attr_get_payload_len(a);
+  };
+  each_attr(mnl_nlmsg_get_payload_offset(nlh, sizeof(ifinfomsg)), mnl_nlmsg_get_payload_tail(nlh), [&](const nlattr* top) {
+    if (mnl_attr_get_type(top) == IFLA_IFNAME && mnl_attr_validate(top, MNL_TYPE_STRING) == 0)
+      out.name = mnl_attr_get_str(top);
+    if (mnl_attr_get_type(top) != IFLA_AF_SPEC) return;
+    each_attr(mnl_attr_get_payload(top), inside(top), [&](const nlattr* af) {
+      if (mnl_attr_get_type(af) != AF_INET) return;
+      each_attr(mnl_attr_get_payload(af), inside(af), [&](const nlattr* conf) {
+        if (mnl_attr_get_type(conf) != IFLA_INET_CONF) return;
+        size_t n = mnl_attr_get_payload_len(conf) / sizeof(uint32_t);
+        out.ipv4_devconf.resize(n);
+        std::memcpy(out.ipv4_devconf.data(), mnl_attr_get_payload(conf), n * sizeof(uint32_t));
+      });
+    });
+  });
+  return out;
+}
+
 struct DevconfReply {
-  int ifindex = 0;
-  bool seen_link = false;
-  std::vector<uint32_t> values;
+  int ifindex = 0;  // 0: every link (a dump)
+  std::vector<LinkDevconf> links;
 };
 
 int devconf_cb(const nlmsghdr* nlh, void* data) {
   auto* out = static_cast<DevconfReply*>(data);
   if (nlh->nlmsg_type != RTM_NEWLINK) return MNL_CB_OK;
   const auto* ifi = static_cast<const ifinfomsg*>(mnl_nlmsg_get_payload(nlh));
-  if (ifi->ifi_index != out->ifindex) return MNL_CB_OK;
-  out->seen_link = true;
-  auto inside = [](const nlattr* a) {
-    return static_cast<const char*>(mnl_attr_get_payload(a)) + mnl_attr_get_payload_len(a);
-  };
-  each_attr(mnl_nlmsg_get_payload_offset(nlh, sizeof(ifinfomsg)), mnl_nlmsg_get_payload_tail(nlh), [&](const nlattr* spec) {
-    if (mnl_attr_get_type(spec) != IFLA_AF_SPEC) return;
-    each_attr(mnl_attr_get_payload(spec), inside(spec), [&](const nlattr* af) {
-      if (mnl_attr_get_type(af) != AF_INET) return;
-      each_attr(mnl_attr_get_payload(af), inside(af), [&](const nlattr* conf) {
-        if (mnl_attr_get_type(conf) != IFLA_INET_CONF) return;
-        size_t n = mnl_attr_get_payload_len(conf) / sizeof(uint32_t);
-        out->values.resize(n);
-        std::memcpy(out->values.data(), mnl_attr_get_payload(conf), n * sizeof(uint32_t));
-      });
-    });
-  });
+  if (out->ifindex == 0 || ifi->ifi_index == out->ifindex) out->links.push_back(parse_link(nlh));
   return MNL_CB_OK;
 }
 
-}  // namespace
-
-Result<std::vector<uint32_t>> Rtnl::get_ipv4_devconf(int ifindex) {
-  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
-  nlmsghdr* nlh = put_header(buf.data(), RTM_GETLINK, 0);
+nlmsghdr* getlink_msg(char* buf, int ifindex) {
+  nlmsghdr* nlh = put_header(buf, RTM_GETLINK, ifindex ? 0 : NLM_F_DUMP);
   auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
   ifi->ifi_family = AF_UNSPEC;
   ifi->ifi_index = ifindex;
   mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);  // AF_SPEC stays, stats go
-  DevconfReply reply{ifindex, false, {}};
+  return nlh;
+}
+
+}  // namespace
+
+Result<std::vector<LinkDevconf>> Rtnl::links() {
+  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+  DevconfReply reply;
+  NS_TRY_STATUS(request(getlink_msg(buf.data(), 0), "list links (RTM_GETLINK dump)", devconf_cb, &reply));
+  return std::move(reply.links);
+}
+
+Result<std::vector<uint32_t>> Rtnl::get_ipv4_devconf(int ifindex) {
+  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+  DevconfReply reply{ifindex, {}};
   std::string what = "read IPv4 devconf of ifindex " + std::to_string(ifindex);
-  NS_TRY_STATUS(request(nlh, what, devconf_cb, &reply));
-  if (!reply.seen_link) return Error::msg(what + ": no answer for that link", ENODEV);
-  if (reply.values.empty()) return Error::msg(what + ": no IPv4 on that link (no IFLA_INET_CONF)", EAFNOSUPPORT);
-  return reply.values;
+  NS_TRY_STATUS(request(getlink_msg(buf.data(), ifindex), what, devconf_cb, &reply));
+  if (reply.links.empty()) return Error::msg(what + ": no answer for that link", ENODEV);
+  if (reply.links[0].ipv4_devconf.empty())
+    return Error::msg(what + ": no IPv4 on that link (no IFLA_INET_CONF)", EAFNOSUPPORT);
+  return std::move(reply.links[0].ipv4_devconf);
 }
 
 namespace {

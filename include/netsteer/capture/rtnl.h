@@ -44,6 +44,14 @@ struct LocalDefaultRoute {
   bool operator==(const LocalDefaultRoute&) const = default;
 };
 
+// A link of the netns as RTM_GETLINK reports it: index, name, and its IPv4 devconf (every value,
+// indexed by IPV4_DEVCONF_* - 1; empty when the link has no IPv4).
+struct LinkDevconf {
+  int index = 0;
+  std::string name;
+  std::vector<uint32_t> ipv4_devconf;
+};
+
 class Rtnl {
  public:
   // A NETLINK_ROUTE socket in the calling thread's netns.
@@ -60,6 +68,9 @@ class Rtnl {
   // IPv4 devconf of an interface (net/ipv4/conf/<if>/* without /proc/sys): RTM_GETLINK's
   // IFLA_AF_SPEC/AF_INET/IFLA_INET_CONF, every value, indexed by IPV4_DEVCONF_* - 1.
   Result<std::vector<uint32_t>> get_ipv4_devconf(int ifindex);
+  // Every link with its name and IPv4 devconf, from one RTM_GETLINK dump without stats (what an
+  // enrol needs of the pod's interfaces: no if_nameindex socket and dump, no request per link).
+  Result<std::vector<LinkDevconf>> links();
   // One value; key is the IPV4_DEVCONF_* index (linux/ip.h, 1-based).
   Result<uint32_t> get_ipv4_devconf(int ifindex, int key);
   // net.ipv4.conf.all.rp_filter of this netns: RTM_GETNETCONF for NETCONFA_IFINDEX_ALL. Not
