@@ -1227,6 +1227,9 @@ def control_plane(sizes, tc_mode, agent_args=(), strict=False, every_s=0.0, sing
     try:
         a.wait_settled()  # the first spare BPF load holds a pod's fds while it runs
         base = proc_status(a.pid)
+        # The agent's hold on the kernel's sk_lookup/tc static keys (README, "Inspecting a pod"):
+        # without it a lone pod's ADD also pays the kernel text patch of switching them on.
+        static_keys = a.status().get("static_keys")
         for n in sizes:
             if n == 1 and single_rounds > 1:
                 lat, agent_lat, total, guards_done, cold, phases = [], [], 0.0, 0.0, [], []
@@ -1268,7 +1271,7 @@ def control_plane(sizes, tc_mode, agent_args=(), strict=False, every_s=0.0, sing
                    "cni_add_max_ms": lat[-1], "enrol_p50_ms": statistics.median(agent_lat),
                    "enrol_p99_ms": pct(agent_lat, 0.99), "total_s": total, "guards_attached_s": guards_done,
                    "rss_mb": st["rss_mb"], "threads": st["threads"],
-                   "adds_reading_disk": sorted(round(x, 2) for x in cold)}
+                   "adds_reading_disk": sorted(round(x, 2) for x in cold), "static_keys_held": bool(static_keys)}
             if n == 1 and single_rounds > 1:
                 row.update(rounds=single_rounds, first_add_ms=first_ms, first_enrol_ms=first_enrol_ms)
             else:
