@@ -1,5 +1,6 @@
 #include "netsteer/agent/seccomp.h"
 
+#include <sched.h>
 #include <seccomp.h>
 
 #include <cerrno>
@@ -40,8 +41,8 @@ const std::vector<std::string>& seccomp_allowed() {
       // sockets: control socket (SCM_RIGHTS), listeners, upstreams, rtnetlink, metrics, Kubernetes API
       "socket", "socketpair", "bind", "listen", "accept", "accept4", "connect", "getsockname", "getpeername",
       "setsockopt", "getsockopt", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg", "shutdown",
-      // the agent's job: pod netns, bpffs, BPF (unshare: the private netns of bpf::KeepWarm)
-      "setns", "unshare", "mount", "bpf",
+      // the agent's job: pod netns, bpffs, BPF (and unshare(CLONE_NEWNET) alone: install_seccomp)
+      "setns", "mount", "bpf",
   };
   return v;
 }
@@ -57,6 +58,11 @@ Status install_seccomp(SeccompMode mode) {
     if (int r = seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, nr, 0); r < 0)
       return Error::from_errno(-r, "seccomp rule for " + name);
   }
+  // unshare(2) for a new netns only (bpf::KeepWarm's, once at start): never a user, mount or PID
+  // namespace, nor several at once.
+  if (int nr = seccomp_syscall_resolve_name("unshare"); nr != __NR_SCMP_ERROR)
+    if (int r = seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, CLONE_NEWNET)); r < 0)
+      return Error::from_errno(-r, "seccomp rule for unshare");
   // A binary tree over the syscall numbers: the relay's splice/epoll calls pay a few comparisons,
   // not a walk of the whole list (libseccomp >= 2.5; older ones keep the linear filter).
   (void)seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_OPTIMIZE, 2);

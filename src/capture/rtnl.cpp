@@ -80,8 +80,10 @@ Rtnl::~Rtnl() {
 
 Status Rtnl::request(void* buf, const std::string& what, int (*cb)(const nlmsghdr*, void*), void* data) {
   auto* nlh = static_cast<nlmsghdr*>(buf);
-  // A dump ends in NLMSG_DONE; anything else is acknowledged.
-  nlh->nlmsg_flags |= NLM_F_REQUEST | ((nlh->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP ? 0 : NLM_F_ACK);
+  // A dump (an RTM_GET* with NLM_F_DUMP: the same bits mean EXCL|REPLACE on a NEW) ends in
+  // NLMSG_DONE; anything else is acknowledged.
+  bool dump = (nlh->nlmsg_type & 3) == 2 && (nlh->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
+  nlh->nlmsg_flags |= NLM_F_REQUEST | (dump ? 0 : NLM_F_ACK);
   nlh->nlmsg_seq = ++seq_;
   if (mnl_socket_sendto(sock_, nlh, nlh->nlmsg_len) < 0) return Error::from_errno(errno, what + ": send");
   std::vector<char> rbuf(32768);  // an RTM_NEWLINK answer (stats, AF_SPEC) is a few KB

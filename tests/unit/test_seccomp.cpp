@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cerrno>
 
+#include <sched.h>
+
 #include "netsteer/agent/seccomp.h"
 
 using namespace netsteer::agent;
@@ -39,6 +41,18 @@ TEST(Seccomp, AllowsTheAgentsCallsAndRefusesOthersWithEperm) {
               ::execve("/bin/true", argv, nullptr);  // not allowed: must fail, not run
               if (errno != EPERM) return 2;
               if (::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != -1 || errno != EPERM) return 3;
+              return 0;
+            }),
+            0);
+}
+
+TEST(Seccomp, UnshareOnlyForANewNetns) {
+  // bpf::KeepWarm's private netns: CLONE_NEWNET alone passes the filter (and then needs
+  // CAP_SYS_ADMIN); any other namespace, or more than one, fails with EPERM.
+  EXPECT_EQ(in_filtered_child(SeccompMode::kEnforce, [] {
+              for (int flags : {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET | CLONE_NEWNS})
+                if (::unshare(flags) != -1 || errno != EPERM) return 1;
+              if (::geteuid() == 0 && ::unshare(CLONE_NEWNET) != 0) return 2;
               return 0;
             }),
             0);

@@ -36,6 +36,9 @@ def test_agent_picks_the_tc_path_of_this_kernel():
         print(f"kernel {rel}: tc attach path {mode}")
         assert mode == ("tcx" if ver >= (6, 6) else "clsact")
         assert ("tcx yes" if ver >= (6, 6) else "tcx no") in a.logs()
+        # The static keys are held on every kernel (sk_lookup link; tcx links or a clsact filter).
+        keys = status(a)["static_keys"]
+        assert keys and keys["tc_mode"] == mode and len(keys["links"]) == (3 if mode == "tcx" else 1), a.logs()
     if ver < (6, 6):
         # Forcing tcx where the kernel lacks it is refused at start, naming the feature.
         with pytest.raises(AssertionError) as e:
