@@ -5,7 +5,7 @@
 #include <net/if.h>
 
 #include "netsteer/bpf/objects.h"
-#include "netsteer/bpf/tcx.h"
+#include "netsteer/bpf/pod_bpf.h"
 #include "netsteer/skel/netsteer_warm.skel.h"
 
 namespace netsteer::bpf {
@@ -30,19 +30,12 @@ Result<std::unique_ptr<KeepWarm>> KeepWarm::start(TcMode mode) {
   NS_TRY(w->ns_, netns::NetnsHandle::create_private([&]() -> Status {
     const int lo = static_cast<int>(::if_nametoindex("lo"));
     if (lo == 0) return Error::from_errno(errno, "find lo in the private netns");
-    if (mode == TcMode::tcx) {
-      for (int i = 0; i < 2; ++i) {
-        w->tc_links_[i].reset(bpf_link_create(tc_prog, lo, i == 0 ? kBpfTcxIngress : kBpfTcxEgress, nullptr));
-        if (!w->tc_links_[i]) return Error::from_errno(errno, "attach tcx link to lo of the private netns");
+    for (int i = 0; i < 2; ++i) {
+      if (mode != TcMode::tcx) {
+        NS_TRY_STATUS(PodBpf::attach_clsact_filter(tc_prog, lo, i == 0));
+        continue;
       }
-      return {};
-    }
-    for (auto point : {BPF_TC_INGRESS, BPF_TC_EGRESS}) {
-      LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = lo, .attach_point = point);
-      int r = bpf_tc_hook_create(&hook);  // the clsact qdisc
-      if (r < 0 && r != -EEXIST) return Error::from_libbpf(r, "create clsact qdisc on lo of the private netns");
-      LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = tc_prog);
-      if (r = bpf_tc_attach(&hook, &opts); r < 0) return Error::from_libbpf(r, "attach clsact filter to lo");
+      NS_TRY(w->tc_links_[i], PodBpf::create_guard_link(tc_prog, lo, i == 0));
     }
     return {};
   }));

@@ -367,21 +367,25 @@ Status PodBpf::attach_guard(int ifindex, TcMode mode) {
     ObjRef prog_ref = objs_.ref(ingress ? kProgGuardIngress : kProgGuardEgress);
     int prog = prog_ref.get();
     if (prog < 0) return Error::msg("guard program not loaded", ENOENT);
-    const char* dir = ingress ? "ingress" : "egress";
     if (mode == TcMode::tcx) {
       if (objs_.has(guard_link_pin(ifindex, ingress))) continue;
       NS_TRY(UniqueFd link, create_guard_link(prog, ifindex, ingress));
       NS_TRY_STATUS(adopt_guard_link(ifindex, ingress, std::move(link)));
     } else {
-      LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
-      int r = bpf_tc_hook_create(&hook);  // creates the clsact qdisc
-      if (r < 0 && r != -EEXIST) return Error::from_libbpf(r, "create clsact qdisc");
-      LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = prog, .flags = BPF_TC_F_REPLACE, .handle = kTcHandle,
-                  .priority = kTcPriority);
-      r = bpf_tc_attach(&hook, &opts);
-      if (r < 0) return Error::from_libbpf(r, std::string("attach clsact ") + dir + " filter");
+      NS_TRY_STATUS(attach_clsact_filter(prog, ifindex, ingress));
     }
   }
+  return {};
+}
+
+Status PodBpf::attach_clsact_filter(int prog, int ifindex, bool ingress) {
+  LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
+  int r = bpf_tc_hook_create(&hook);  // creates the clsact qdisc
+  if (r < 0 && r != -EEXIST) return Error::from_libbpf(r, "create clsact qdisc");
+  LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = prog, .flags = BPF_TC_F_REPLACE, .handle = kTcHandle,
+              .priority = kTcPriority);
+  r = bpf_tc_attach(&hook, &opts);
+  if (r < 0) return Error::from_libbpf(r, std::string("attach clsact ") + (ingress ? "ingress" : "egress") + " filter");
   return {};
 }
 

@@ -222,46 +222,22 @@ LinkDevconf parse_link(const nlmsghdr* nlh) {
   return out;
 }
 
-struct DevconfReply {
-  int ifindex = 0;  // 0: every link (a dump)
-  std::vector<LinkDevconf> links;
-};
-
-int devconf_cb(const nlmsghdr* nlh, void* data) {
-  auto* out = static_cast<DevconfReply*>(data);
-  if (nlh->nlmsg_type != RTM_NEWLINK) return MNL_CB_OK;
-  const auto* ifi = static_cast<const ifinfomsg*>(mnl_nlmsg_get_payload(nlh));
-  if (out->ifindex == 0 || ifi->ifi_index == out->ifindex) out->links.push_back(parse_link(nlh));
+int links_cb(const nlmsghdr* nlh, void* data) {
+  if (nlh->nlmsg_type == RTM_NEWLINK) static_cast<std::vector<LinkDevconf>*>(data)->push_back(parse_link(nlh));
   return MNL_CB_OK;
-}
-
-nlmsghdr* getlink_msg(char* buf, int ifindex) {
-  nlmsghdr* nlh = put_header(buf, RTM_GETLINK, ifindex ? 0 : NLM_F_DUMP);
-  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
-  ifi->ifi_family = AF_UNSPEC;
-  ifi->ifi_index = ifindex;
-  mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);  // AF_SPEC stays, stats go
-  return nlh;
 }
 
 }  // namespace
 
 Result<std::vector<LinkDevconf>> Rtnl::links() {
   std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
-  DevconfReply reply;
-  NS_TRY_STATUS(request(getlink_msg(buf.data(), 0), "list links (RTM_GETLINK dump)", devconf_cb, &reply));
-  return std::move(reply.links);
-}
-
-Result<std::vector<uint32_t>> Rtnl::get_ipv4_devconf(int ifindex) {
-  std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
-  DevconfReply reply{ifindex, {}};
-  std::string what = "read IPv4 devconf of ifindex " + std::to_string(ifindex);
-  NS_TRY_STATUS(request(getlink_msg(buf.data(), ifindex), what, devconf_cb, &reply));
-  if (reply.links.empty()) return Error::msg(what + ": no answer for that link", ENODEV);
-  if (reply.links[0].ipv4_devconf.empty())
-    return Error::msg(what + ": no IPv4 on that link (no IFLA_INET_CONF)", EAFNOSUPPORT);
-  return std::move(reply.links[0].ipv4_devconf);
+  nlmsghdr* nlh = put_header(buf.data(), RTM_GETLINK, NLM_F_DUMP);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);  // AF_SPEC stays, stats go
+  std::vector<LinkDevconf> links;
+  NS_TRY_STATUS(request(nlh, "list links (RTM_GETLINK dump)", links_cb, &links));
+  return links;
 }
 
 namespace {
@@ -289,13 +265,6 @@ Result<uint32_t> Rtnl::get_all_rp_filter() {
   NS_TRY_STATUS(request(nlh, "read net.ipv4.conf.all.rp_filter (RTM_GETNETCONF)", netconf_cb, &reply));
   if (!reply.rp_filter) return Error::msg("RTM_GETNETCONF for conf/all carried no rp_filter", EPROTO);
   return *reply.rp_filter;
-}
-
-Result<uint32_t> Rtnl::get_ipv4_devconf(int ifindex, int key) {
-  NS_TRY(auto values, get_ipv4_devconf(ifindex));
-  if (key < 1 || static_cast<size_t>(key) > values.size())
-    return Error::msg("IPv4 devconf index " + std::to_string(key) + " not reported by the kernel", EINVAL);
-  return values[static_cast<size_t>(key) - 1];
 }
 
 Status Rtnl::set_ipv4_devconf(int ifindex, const std::vector<std::pair<int, uint32_t>>& values) {

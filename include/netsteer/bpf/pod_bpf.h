@@ -184,6 +184,9 @@ class PodBpf {
   // it detaches it), then adopt_guard_link() pins it as this pod's guard on ifindex.
   Result<UniqueFd> guard_prog(bool ingress) const;  // ENOENT while the guard is not loaded
   static Result<UniqueFd> create_guard_link(int prog, int ifindex, bool ingress);
+  // prog as our cls_bpf filter on ifindex's clsact qdisc (made when absent), replacing ours; in the
+  // calling thread's netns. The clsact mode of attach_guard (and of bpf::KeepWarm).
+  static Status attach_clsact_filter(int prog, int ifindex, bool ingress);
   Status adopt_guard_link(int ifindex, bool ingress, UniqueFd link);
   // The guard programs of a pod loaded without them: the maps they share, opened from the pod's
   // pins (fds[i] backs view[i]), to load them outside the agent's lock; adopt_guard_progs() pins

@@ -65,14 +65,9 @@ class Rtnl {
   Status add_route(const LocalDefaultRoute& r);  // create or replace
   Status del_route(const LocalDefaultRoute& r);  // an absent route is not an error
 
-  // IPv4 devconf of an interface (net/ipv4/conf/<if>/* without /proc/sys): RTM_GETLINK's
-  // IFLA_AF_SPEC/AF_INET/IFLA_INET_CONF, every value, indexed by IPV4_DEVCONF_* - 1.
-  Result<std::vector<uint32_t>> get_ipv4_devconf(int ifindex);
-  // Every link with its name and IPv4 devconf, from one RTM_GETLINK dump without stats (what an
-  // enrol needs of the pod's interfaces: no if_nameindex socket and dump, no request per link).
+  // Every link with its name and IPv4 devconf (net/ipv4/conf/<if>/* without /proc/sys), from one
+  // RTM_GETLINK dump without stats: what an enrol needs of the pod's interfaces.
   Result<std::vector<LinkDevconf>> links();
-  // One value; key is the IPV4_DEVCONF_* index (linux/ip.h, 1-based).
-  Result<uint32_t> get_ipv4_devconf(int ifindex, int key);
   // net.ipv4.conf.all.rp_filter of this netns: RTM_GETNETCONF for NETCONFA_IFINDEX_ALL. Not
   // /proc/sys: opening a /proc/sys/net file walks one dentry per netns on the host (they share
   // name and parent), 0.2 ms at 100 pods and 0.5 ms at 1000 in an enrol (bench/RESULTS.md).
