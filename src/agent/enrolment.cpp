@@ -265,6 +265,38 @@ void EnrolmentManager::deliver_guard(const std::shared_ptr<GuardJob>& job, int i
   spdlog::debug("pod {}: tc guard attached on ifindex {} (deferred)", pod.spec.uid, ifindex);
   if (pod.capture->deferred_guard().empty()) pod.guard_job.reset();
   pod.state_record.clear();  // re-serialised with the guarded interface at the next save
+  unstored_.insert(pod.spec.uid);
+}
+
+Pod& EnrolmentManager::put_pod(std::unique_ptr<Pod> pod) {
+  const std::string uid = pod->spec.uid;
+  if (auto it = pods_.find(uid); it != pods_.end()) erase_pod(it);
+  Pod& p = *(pods_[uid] = std::move(pod));
+  by_netns_ino_.emplace(p.netns.id().ino, &p);
+  unstored_.insert(uid);
+  return p;
+}
+
+EnrolmentManager::PodMap::iterator EnrolmentManager::erase_pod(PodMap::iterator it) {
+  auto [b, e] = by_netns_ino_.equal_range(it->second->netns.id().ino);
+  for (auto i = b; i != e; ++i) {
+    if (i->second == it->second.get()) {
+      by_netns_ino_.erase(i);
+      break;
+    }
+  }
+  unstored_.erase(it->first);
+  return pods_.erase(it);
+}
+
+EnrolmentManager::PodMap::iterator EnrolmentManager::find_by_netns(const netns::NetnsId& id) {
+  auto [b, e] = by_netns_ino_.equal_range(id.ino);
+  for (auto i = b; i != e; ++i) {
+    const netns::NetnsId& have = i->second->netns.id();
+    if ((id.dev == 0 || have.dev == id.dev) && (id.cookie == 0 || have.cookie == 0 || have.cookie == id.cookie))
+      return pods_.find(i->second->spec.uid);
+  }
+  return pods_.end();
 }
 
 std::string EnrolmentManager::bpf_spare() const { return bpf_pool_ ? bpf_pool_->state() : "off"; }
@@ -282,12 +314,12 @@ EnrolmentManager::~EnrolmentManager() {
 
 void EnrolmentManager::persist(const PodRecord* pending) {
   if (!store_ || !store_->enabled()) return;
-  for (const auto& [uid, p] : pods_) {
-    if (p->state_record.empty()) {
-      PodRecord r{p->spec, p->netns.id(), false, json::object()};
-      if (p->capture) r.capture = p->capture->state().to_json();
-      p->state_record = serialize_record(r);
-      p->record_stored = false;
+  for (const std::string& uid : unstored_) {
+    Pod& p = *pods_.at(uid);
+    if (p.state_record.empty()) {
+      PodRecord r{p.spec, p.netns.id(), false, json::object()};
+      if (p.capture) r.capture = p.capture->state().to_json();
+      p.state_record = serialize_record(r);
     }
   }
   std::string pending_record = pending ? serialize_record(*pending) : std::string();
@@ -305,9 +337,9 @@ void EnrolmentManager::persist(const PodRecord* pending) {
     stored_uids_.clear();
     for (const auto& [uid, p] : pods_) {
       recs.push_back(p->state_record);
-      p->record_stored = true;
       stored_uids_.insert(uid);
     }
+    unstored_.clear();
     if (pending) {
       recs.push_back(pending_record);
       stored_uids_.insert(pending->spec.uid);
@@ -322,11 +354,8 @@ void EnrolmentManager::persist(const PodRecord* pending) {
     stored_uids_.insert(uid);
     return true;
   };
-  for (const auto& [uid, p] : pods_) {
-    if (p->record_stored) continue;
-    if (!put(uid, p->state_record)) return;
-    p->record_stored = true;
-  }
+  for (auto it = unstored_.begin(); it != unstored_.end(); it = unstored_.erase(it))
+    if (!put(*it, pods_.at(*it)->state_record)) return;
   if (pending && !put(pending->spec.uid, pending_record)) return;
   if (stored_uids_.size() == n) return;  // nothing left
   for (auto it = stored_uids_.begin(); it != stored_uids_.end();) {
@@ -577,14 +606,12 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
     ++stats_.enrol_noop;
     return std::string("unchanged");
   }
-  // A netns can belong to one pod only.
-  for (const auto& [uid, p] : pods_) {
-    if (uid != spec.uid && p->netns.id() == ns.id()) {
-      ++stats_.enrol_failed;
-      ++stats_.failed_by_reason["EEXIST"];
-      return Error::msg("netns (ino " + std::to_string(ns.id().ino) + ") is already enrolled as pod " + uid,
-                        EEXIST);
-    }
+  // A netns can belong to one pod only (not spec.uid's: that was the no-op above).
+  if (auto other = find_by_netns(ns.id()); other != pods_.end()) {
+    ++stats_.enrol_failed;
+    ++stats_.failed_by_reason["EEXIST"];
+    return Error::msg("netns (ino " + std::to_string(ns.id().ino) + ") is already enrolled as pod " + other->first,
+                      EEXIST);
   }
   bool replacing = it != pods_.end();
   if (replacing) {
@@ -592,7 +619,7 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
     spdlog::info("pod {}: new netns (ino {}), replacing the enrolment of netns ino {}", spec.uid,
                  ns.id().ino, it->second->netns.id().ino);
     teardown(*it->second, true);
-    pods_.erase(it);
+    erase_pod(it);
     ++stats_.replaced;
   }
   // The pool's loader refills on its own (take() woke it; it loads once this enrol has released
@@ -621,7 +648,7 @@ Result<std::string> EnrolmentManager::enrol(const protocol::PodSpec& spec, netns
                (*pod)->capture ? bpf::to_string(dp_->tc_mode) : "off");
   enrol_seconds_.observe((*pod)->enrol_ms / 1000.0);
   if ((*pod)->capture && !(*pod)->capture->deferred_guard().empty()) queue_guard(**pod);
-  pods_[spec.uid] = std::move(*pod);
+  put_pod(std::move(*pod));
   ++stats_.enrol_ok;
   persist();
   return std::string(replacing ? "replaced" : "enrolled");
@@ -633,13 +660,7 @@ Status EnrolmentManager::unenrol(const std::string& uid, std::optional<netns::Ne
   if (!uid.empty()) {
     it = pods_.find(uid);
   } else if (id) {
-    for (auto i = pods_.begin(); i != pods_.end(); ++i) {
-      // dev 0 = "any device": senders that only know the inode.
-      if (i->second->netns.id().ino == id->ino && (id->dev == 0 || i->second->netns.id().dev == id->dev)) {
-        it = i;
-        break;
-      }
-    }
+    it = find_by_netns(*id);
   }
   if (it == pods_.end()) {
     return Error::msg(uid.empty() ? "no enrolled pod with netns ino " + std::to_string(id ? id->ino : 0)
@@ -649,7 +670,7 @@ Status EnrolmentManager::unenrol(const std::string& uid, std::optional<netns::Ne
   log::PodScope scope(it->first, it->second->spec.namespace_, it->second->spec.name);
   spdlog::info("pod {}: unenrolled", it->first);
   teardown(*it->second, true);
-  pods_.erase(it);
+  erase_pod(it);
   ++stats_.unenrolled;
   persist();
   return {};
@@ -677,7 +698,7 @@ void EnrolmentManager::restore(const std::vector<PodRecord>& records) {
         if (pod.ok()) {
           spdlog::info("pod {}: taken over from the previous agent in {:.2f} ms ({})", uid, (*pod)->enrol_ms,
                        (*pod)->capture && (*pod)->capture->adopted() ? "pins re-opened" : "capture re-installed");
-          pods_[uid] = std::move(*pod);
+          put_pod(std::move(*pod));
           ++stats_.adopted;
           continue;
         }
@@ -866,7 +887,7 @@ void EnrolmentManager::adopt(std::vector<HandoverPod> pods) {
     }
     spdlog::info("pod {}: handed over by the previous agent in {:.2f} ms (same listeners, pins in place)", uid,
                  (*pod)->enrol_ms);
-    pods_[uid] = std::move(*pod);
+    put_pod(std::move(*pod));
     ++stats_.adopted;
   }
   persist();
@@ -917,7 +938,7 @@ std::vector<std::string> EnrolmentManager::retain_only(const std::set<std::strin
     spdlog::info("pod {}: unenrolled (not in the sender's snapshot of existing pods)", it->first);
     teardown(*it->second, true);
     removed.push_back(it->first);
-    it = pods_.erase(it);
+    it = erase_pod(it);
     ++stats_.unenrolled;
   }
   if (!removed.empty()) persist();
@@ -938,6 +959,8 @@ void EnrolmentManager::clear(bool remove_capture) {
   std::lock_guard lk(mu_);
   for (auto& [uid, p] : pods_) teardown(*p, remove_capture);
   pods_.clear();
+  by_netns_ino_.clear();
+  unstored_.clear();
   if (remove_capture) persist();
 }
 

@@ -135,6 +135,15 @@ def test_idempotent_and_replace():
         # the same netns under another uid is refused
         r = a.ctl("enroll", "--netns", ns2.path, "--uid", "pod-b", check=False)
         assert r.returncode != 0 and "already enrolled" in r.stderr
+        # the netns the replace released, and the one an unenrol released, are free again (the
+        # agent's netns index follows its pods), and an unenrol by netns finds the right pod
+        assert "enrolled" in a.enrol(ns1, uid="pod-b").stdout
+        a.ctl("unenroll", "--uid", "pod-a")
+        assert "enrolled" in a.enrol(ns2, uid="pod-c").stdout
+        a.ctl("unenroll", "--netns", ns1.path)
+        assert sorted((p["uid"], p["netns_ino"]) for p in a.pods()) == [("pod-c", os.stat(ns2.path).st_ino)]
+        r = a.ctl("unenroll", "--netns", ns1.path, check=False)
+        assert r.returncode != 0 and "no enrolled pod" in r.stderr
 
 
 def test_no_fd_leak_after_200_cycles():

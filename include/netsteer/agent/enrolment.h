@@ -123,7 +123,6 @@ struct Pod {
   std::chrono::system_clock::time_point enrolled_at;
   double enrol_ms = 0;  // fd received → capture ready
   std::string state_record;  // its state-file entry, serialised once (see serialize_record)
-  bool record_stored = false;  // state_record is in the store (journal or snapshot)
   // Its listeners lent to another process (netsteerctl exec); the relay does not accept on them.
   struct Lease {
     uint64_t id = 0;
@@ -235,6 +234,7 @@ class EnrolmentManager {
   Status attach_data_path(Pod& pod);
   void persist(const PodRecord* pending = nullptr);  // with mu_ held
   std::set<std::string> stored_uids_;  // the uids the store has a record of now
+  std::set<std::string> unstored_;  // pods whose record is not serialised or not in the store yet
   std::string pin_dir(const std::string& uid) const { return dp_ ? dp_->pin_root + "/" + uid : ""; }
 
   netns::NetnsExecutor& exec_;
@@ -244,7 +244,15 @@ class EnrolmentManager {
   std::shared_ptr<bpf::PodBpfPool> bpf_pool_;
   void refill_bpf_pool();
   mutable std::mutex mu_;
-  std::map<std::string, std::unique_ptr<Pod>> pods_;
+  // Every enrol, persist and netns lookup is O(log n) in the pods enrolled: nothing on those
+  // paths walks pods_ (bench/RESULTS.md, "enrol p50 at 1000 pods").
+  using PodMap = std::map<std::string, std::unique_ptr<Pod>>;
+  PodMap pods_;
+  std::multimap<uint64_t, Pod*> by_netns_ino_;  // pods_ indexed by their netns inode
+  Pod& put_pod(std::unique_ptr<Pod> pod);  // into pods_ (replacing its uid's) and the index
+  PodMap::iterator erase_pod(PodMap::iterator it);
+  // The enrolled pod whose netns is `id`: dev 0 matches any device (senders that only know the inode).
+  PodMap::iterator find_by_netns(const netns::NetnsId& id);
   void queue_guard(Pod& pod);  // mu_ held
   // Takes the links of a deferred guard (attacher thread; takes mu_ only to pin them).
   void deliver_guard(const std::shared_ptr<GuardJob>& job, int ifindex, UniqueFd in, UniqueFd eg);
