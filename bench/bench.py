@@ -1520,10 +1520,17 @@ def table(res):
                                  f"the bursts with < 1 % stolen: {'–' if q is None else f'{q:.1f}'}")
                     pods += ")"
                 lines.append(f"| {mode} | {pods} | {r['cni_add_p50_ms']:.1f} | {r['cni_add_p99_ms']:.1f} | {r['cni_add_max_ms']:.1f} | "
-                             f"{r['enrol_p50_ms']:.1f} / {r['enrol_p99_ms']:.1f} | {r['total_s']:.2f} | {r['guards_attached_s']:.2f} | "
+                             f"{r['enrol_p50_ms']:.2f} / {r['enrol_p99_ms']:.2f} | {r['total_s']:.2f} | {r['guards_attached_s']:.2f} | "
                              f"{r['rss_mb']:.1f} | {r['threads']} | {aft['fds_delta']} | {aft['rss_mb_delta']:.1f} | {aft['pins_left']} | "
                              f"{', '.join(f'{x:.1f}' for x in r.get('adds_reading_disk', [])) or '–'} | "
                              f"{', '.join(f'{x:.1f}' for x in r.get('steal_pct', [])) or '–'} |")
+        for mode, rows in res["control_plane"].items():
+            off = res["control_plane"].get(f"{mode}, one pod alone, static keys not held (--static-keys off)", {}).get("1")
+            held = rows.get("1")
+            if off and held:
+                lines.append(f"- {mode}, one pod alone, static keys held vs not (same run): agent enrol p50 "
+                             f"{held['enrol_p50_ms']:.2f} vs {off['enrol_p50_ms']:.2f} ms, CNI ADD p50 "
+                             f"{held['cni_add_p50_ms']:.2f} vs {off['cni_add_p50_ms']:.2f} ms")
         lines += add_profile_lines(res["control_plane"])
     return "\n".join(lines)
 
@@ -1658,6 +1665,11 @@ def main():
             if m == "tcx" and sizes:  # strict pods keep a synchronous attach: measured apart
                 cp["tcx strict"] = control_plane([min(sizes[-1], 100)], m, shlex.split(args.agent_args), strict=True,
                                                  bursts=args.pod_bursts)
+            if sizes and sizes[0] == 1:
+                # Baseline in the same run for the agent's hold on the static keys: without it a lone
+                # pod's enrol switches them on (a kernel text patch on every CPU) and its removal off.
+                cp[f"{m}, one pod alone, static keys not held (--static-keys off)"] = control_plane(
+                    [1], m, shlex.split(args.agent_args) + ["--static-keys", "off"])
             if m == "tcx" and sizes and sizes[-1] >= 100:
                 # Baseline in the same run for the fd table sized at start-up: one grown on demand
                 # (64 is the kernel's first size), whose doublings each wait a grace period.

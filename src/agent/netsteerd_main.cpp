@@ -66,6 +66,12 @@ int main(int argc, char** argv) {
                  "when it ends 10 ms before the next is due (and none that would not); off: the quiet period "
                  "alone decides (a baseline for benchmarks)")
       ->default_str("on");
+  bool hold_static_keys = true;
+  app.add_option("--static-keys", hold_static_keys,
+                 "on: hold the kernel's sk_lookup and tc static keys for the agent's life (do-nothing programs in a "
+                 "private netns), so no pod's enrol or removal patches kernel text; off: the first pod's enrol and "
+                 "the last one's removal do (a baseline for benchmarks)")
+      ->default_str("on");
   unsigned long fd_table = 65536;
   app.add_option("--fd-table", fd_table,
                  "file descriptors the agent's fd table holds from the start (capped by the limit): each time it "
@@ -262,7 +268,7 @@ int main(int argc, char** argv) {
   // Held for the agent's life, so no pod's enrol or removal switches the kernel's sk_lookup and tc
   // static keys (a text patch on every CPU; bpf/netsteer_warm.bpf.c).
   std::unique_ptr<bpf::KeepWarm> warm;
-  if (capture_mode == "bpf") {
+  if (capture_mode == "bpf" && hold_static_keys) {
     if (auto w = bpf::KeepWarm::start(tc_mode); w.ok()) {
       warm = std::move(*w);
       spdlog::debug("static keys held: {}", warm->to_json().dump());

@@ -2,6 +2,7 @@
 
 Topology per test: a pod netns and a remote netns joined by a veth (see nstest.Topology).
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -359,6 +360,29 @@ def test_static_keys_held_in_a_private_netns_for_the_agents_life(mode):
         pins = os.listdir(a.pin_root) if os.path.isdir(a.pin_root) else []
         assert not [p for p in pins if "warm" in p], pins
     assert not set(ids) & {l["id"] for l in nstest.bpftool_json("link", "show") or []}
+
+
+def test_static_keys_off_holds_nothing_and_still_captures():
+    """--static-keys off (the benchmarks' baseline): no private netns and no warm link; a pod
+    is captured as before."""
+    def warm_links():
+        progs = {p["id"]: p.get("name", "") for p in nstest.bpftool_json("prog", "show") or []}
+        return {l["id"] for l in nstest.bpftool_json("link", "show") or []
+                if progs.get(l.get("prog_id"), "").startswith("netsteer_warm")}
+    before = warm_links()
+    with agent(["--static-keys", "off"]) as a, topology() as t:
+        assert a.status()["static_keys"] is None
+        assert warm_links() == before
+        fds = []
+        for n in os.listdir(f"/proc/{a.pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):  # closed since the listing
+                fds.append(os.readlink(f"/proc/{a.pid}/fd/{n}"))
+        assert {f for f in fds if f.startswith("net:[")} <= {f"net:[{os.stat('/proc/self/ns/net').st_ino}]"}, fds
+        t.serve(t.remote, 9000)
+        uid = enrol(a, t)
+        assert t.client(t.pod, t.remote_ip, 9000, "peer").startswith(t.pod_ip)
+        assert bpf(a, uid)["outbound_assigned"] >= 1
+        assert "static keys" not in a.logs()
 
 
 def test_spoofed_pod_source_dropped_on_ingress():
