@@ -268,13 +268,12 @@ void EnrolmentManager::deliver_guard(const std::shared_ptr<GuardJob>& job, int i
   unstored_.insert(pod.spec.uid);
 }
 
-Pod& EnrolmentManager::put_pod(std::unique_ptr<Pod> pod) {
+void EnrolmentManager::put_pod(std::unique_ptr<Pod> pod) {
   const std::string uid = pod->spec.uid;
   if (auto it = pods_.find(uid); it != pods_.end()) erase_pod(it);
-  Pod& p = *(pods_[uid] = std::move(pod));
-  by_netns_ino_.emplace(p.netns.id().ino, &p);
+  by_netns_ino_.emplace(pod->netns.id().ino, pod.get());
+  pods_[uid] = std::move(pod);
   unstored_.insert(uid);
-  return p;
 }
 
 EnrolmentManager::PodMap::iterator EnrolmentManager::erase_pod(PodMap::iterator it) {

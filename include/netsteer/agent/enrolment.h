@@ -244,12 +244,14 @@ class EnrolmentManager {
   std::shared_ptr<bpf::PodBpfPool> bpf_pool_;
   void refill_bpf_pool();
   mutable std::mutex mu_;
-  // Every enrol, persist and netns lookup is O(log n) in the pods enrolled: nothing on those
-  // paths walks pods_ (bench/RESULTS.md, "enrol p50 at 1000 pods").
+  // An enrol and a netns lookup are O(log n) in the pods enrolled, and so is persist's append of
+  // what changed, except two walks: the journal's compaction over every pod (amortised: once the
+  // journal holds twice the records it describes) and, after a removal, the stored uids (the
+  // unenrol path; bench/RESULTS.md, "Enrol at 1000 pods").
   using PodMap = std::map<std::string, std::unique_ptr<Pod>>;
   PodMap pods_;
   std::multimap<uint64_t, Pod*> by_netns_ino_;  // pods_ indexed by their netns inode
-  Pod& put_pod(std::unique_ptr<Pod> pod);  // into pods_ (replacing its uid's) and the index
+  void put_pod(std::unique_ptr<Pod> pod);  // into pods_ (replacing its uid's) and the index
   PodMap::iterator erase_pod(PodMap::iterator it);
   // The enrolled pod whose netns is `id`: dev 0 matches any device (senders that only know the inode).
   PodMap::iterator find_by_netns(const netns::NetnsId& id);
