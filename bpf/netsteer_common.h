@@ -19,11 +19,12 @@
 /* Relay-bypass entries per pod: one per inbound (and tunnel) upstream connection for its whole
  * life. sk_lookup sees the relay's own segments again whenever the app's listener has no socket
  * for the flow (SYN-cookie ACKs, segments after an accept-queue overflow, a SYN meeting the app's
- * TIME_WAIT), so the entry cannot go when the connect completes. The kernel allocates a hash
- * map's buckets up front even with BPF_F_NO_PREALLOC — 16 bytes each — so the size bounds per-pod
- * kernel memory: this default (256 KiB of buckets) is what the object is built with; netsteerd
- * --max-inbound-connections sets it before load. A connection beyond it is reset and counted
- * (bypass_full). */
+ * TIME_WAIT), so the entry cannot go when the connect completes. The map is an LPM trie used for
+ * exact matches (struct ns_bypass_key): unlike a hash map, which allocates 16 bytes of buckets per
+ * slot up front even with BPF_F_NO_PREALLOC (256 KiB per pod at this size), a trie allocates only
+ * per entry, so a pod with no inbound connections holds none of it. This is the bound on concurrent
+ * inbound connections per pod; netsteerd --max-inbound-connections sets it before load. A
+ * connection beyond it is reset and counted (bypass_full). */
 #define NS_BYPASS_MAX 16384
 
 /* Slots of the per-pod SOCKMAP. */
@@ -100,12 +101,20 @@ struct ns_addr {
 	__u8 bytes[16];
 };
 
-/* Local address of a relay socket (the client's address and the port the relay got). */
+/* Local address of a relay socket (the client's address and the port the relay got). The key of
+ * the bypass hash map of agents before the trie; adopted pods of those agents keep it. */
 struct ns_sock_key {
 	struct ns_addr addr;
 	__u16 port; /* host byte order */
 	__u16 pad;
 };
+
+/* The bypass trie's key: a relay socket's local address, always matched in full. */
+struct ns_bypass_key {
+	__u32 prefixlen; /* NS_BYPASS_PREFIXLEN */
+	struct ns_sock_key sock;
+};
+#define NS_BYPASS_PREFIXLEN (sizeof(struct ns_sock_key) * 8)
 
 /* LPM trie key for prefixes; IPv4 prefixes are v4-mapped with prefixlen + 96. */
 struct ns_lpm_key {

@@ -35,10 +35,10 @@ struct {
 } ns_sockets SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE); /* exact matches; no bucket array (netsteer_common.h) */
 	__uint(max_entries, NS_BYPASS_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* mostly empty: elements allocated on insert */
-	__type(key, struct ns_sock_key);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for a trie: nodes allocated on insert */
+	__type(key, struct ns_bypass_key);
 	__type(value, __u8);
 } ns_bypass SEC(".maps");
 
@@ -188,7 +188,7 @@ SEC("sk_lookup")
 int netsteer_steer(struct bpf_sk_lookup *ctx)
 {
 	struct ns_addr local, remote;
-	struct ns_sock_key bk = {};
+	struct ns_bypass_key bk = {.prefixlen = NS_BYPASS_PREFIXLEN};
 	struct ns_steer_counters *stats;
 	struct ns_config *cfg;
 	__u32 zero = 0, flags, slot;
@@ -238,8 +238,8 @@ int netsteer_steer(struct bpf_sk_lookup *ctx)
 			return SK_PASS;
 		}
 		/* The relay's own inbound upstream, bound to the client's address: let it reach the app. */
-		bk.addr = remote;
-		bk.port = rport;
+		bk.sock.addr = remote;
+		bk.sock.port = rport;
 		if (bpf_map_lookup_elem(&ns_bypass, &bk)) {
 			stat_inc(passed_bypass);
 			return SK_PASS;

@@ -111,8 +111,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 127));
   uint32_t max_inbound_conns = bpf::kDefaultMaxInboundConns;
   app.add_option("--max-inbound-connections", max_inbound_conns,
-                 "per pod: concurrent inbound relay connections (its sk_lookup bypass map; 16 B of kernel memory each, "
-                 "allocated at enrol); beyond it a connection is reset and counted as bypass_full")
+                 "per pod: concurrent inbound relay connections (its sk_lookup bypass map; kernel memory is "
+                 "allocated per open connection, none up front); beyond it a connection is reset and counted as "
+                 "bypass_full")
       ->capture_default_str()
       ->check(CLI::Range(64u, 1u << 20));
   app.add_option("--pipe-size", ropts.pipe_size, "splice pipe size in bytes")->capture_default_str();

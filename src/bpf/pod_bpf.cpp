@@ -358,6 +358,14 @@ Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir) {
 Status PodBpf::open_bypass() {
   bypass_ = dup_fd(objs_.fd("map_ns_bypass"));
   if (!bypass_) return Error::from_errno(errno, "dup the bypass map fd");
+  bpf_map_info info{};
+  uint32_t len = sizeof info;
+  if (::bpf_obj_get_info_by_fd(bypass_.get(), &info, &len) < 0) return Error::from_errno(errno, "read the bypass map's info");
+  bypass_hash_ = info.type == BPF_MAP_TYPE_HASH;
+  if (!bypass_hash_ && (info.type != BPF_MAP_TYPE_LPM_TRIE || info.key_size != sizeof(ns_bypass_key)))
+    return Error::msg("bypass map of type " + std::to_string(info.type) + " with " + std::to_string(info.key_size) +
+                          "-byte keys: not one this agent knows",
+                      EINVAL);
   return {};
 }
 
@@ -499,14 +507,21 @@ bool have_sk_lookup_ingress_ifindex() {
 }
 
 Status PodBpf::add_bypass(const SockAddr& local) {
-  return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).put(ns_sock_key{to_key(local.ip()), local.port(), 0}, 1);
+  ns_sock_key k{to_key(local.ip()), local.port(), 0};
+  if (bypass_hash_) return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).put(k, 1);
+  return BpfMap<ns_bypass_key, uint8_t>(bypass_.get()).put(ns_bypass_key{NS_BYPASS_PREFIXLEN, k}, 1);
 }
 
 Status PodBpf::remove_bypass(const SockAddr& local) {
-  return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).remove(ns_sock_key{to_key(local.ip()), local.port(), 0});
+  ns_sock_key k{to_key(local.ip()), local.port(), 0};
+  if (bypass_hash_) return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).remove(k);
+  return BpfMap<ns_bypass_key, uint8_t>(bypass_.get()).remove(ns_bypass_key{NS_BYPASS_PREFIXLEN, k});
 }
 
-Result<size_t> PodBpf::clear_bypass() { return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).clear(); }
+Result<size_t> PodBpf::clear_bypass() {
+  if (bypass_hash_) return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).clear();
+  return BpfMap<ns_bypass_key, uint8_t>(bypass_.get()).clear();
+}
 
 Result<PodBpfStats> PodBpf::stats() const {
   PodBpfStats s;

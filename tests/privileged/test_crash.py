@@ -60,7 +60,8 @@ def test_sigkill_under_load_fails_closed_and_restart_serves():
         # A handshake the dead relay had in flight leaves its bypass entry behind (here: made
         # deterministic by adding one as the relay would): a later SYN from that address and
         # port must not reach the app uncaptured, so the restarted agent removes it.
-        key = [0] * 10 + [0xff, 0xff] + [int(x) for x in t.remote_ip.split(".")] + [0x39, 0x30, 0, 0]  # :12345
+        # struct ns_bypass_key: prefixlen 160 (an exact match), the v4-mapped address, port 12345.
+        key = [160, 0, 0, 0] + [0] * 10 + [0xff, 0xff] + [int(x) for x in t.remote_ip.split(".")] + [0x39, 0x30, 0, 0]
         nstest.run(["bpftool", "map", "update", "pinned", f"{a.pin_root}/{uid}/map_ns_bypass",
                     "key"] + [str(b) for b in key] + ["value", "1"])
         a.restart()

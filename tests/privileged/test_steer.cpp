@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -143,7 +144,14 @@ TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
   ASSERT_TRUE(ok2);
   EXPECT_TRUE(accept_one(app->get()).valid()) << "bypassed connection did not reach the app";
   EXPECT_EQ((*sp)->stats()->passed_bypass, 1u);
+  // The trie matches the whole key: the next port of the same client is captured.
+  auto [c2n, ok2n] = connect_from_remote(8080, 40124);
+  ASSERT_TRUE(ok2n);
+  EXPECT_TRUE(accept_one(listeners->inbound.fd.get()).valid()) << "a port next to a bypass entry was not captured";
+  EXPECT_EQ((*sp)->stats()->inbound_assigned, 2u);
+  EXPECT_EQ((*sp)->stats()->passed_bypass, 1u);
   ASSERT_TRUE((*sp)->remove_bypass(SockAddr::make(*IpAddr::parse("10.77.0.2"), 40123)).ok());
+  EXPECT_EQ(*(*sp)->clear_bypass(), 0u) << "remove_bypass left the entry";
 
   // 3. Listener gone (agent crashed): the SYN is dropped in BPF, never delivered to the app.
   *listeners = agent::PodListeners{};
@@ -166,6 +174,48 @@ TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
   auto [c4, ok4] = connect_from_remote(8080);
   EXPECT_TRUE(ok4);
   EXPECT_TRUE(accept_one(app->get()).valid());
+}
+
+// Pods an agent from before the trie enrolled have a hash map keyed by ns_sock_key: a new agent
+// that adopts them puts its entries there in that layout, and refuses a map it does not know.
+TEST_F(SteerTest, AdoptedPinsOfAnOlderAgentKeepTheirBypassHashMap) {
+  auto pns = ns(pod);
+  auto loaded = bpf::LoadedPodBpf::load();
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  bpf::PodBpfConfig cfg;
+  cfg.pod_ips = {*IpAddr::parse("10.77.0.1")};
+  auto sp = bpf::PodBpf::create(pins + "/pod", pns, cfg, std::move(*loaded));
+  ASSERT_TRUE(sp.ok()) << sp.error().message;
+  const std::string pin = pins + "/pod/map_ns_bypass";
+  auto replace_pin = [&](bpf_map_type type, uint32_t key_size) {
+    LIBBPF_OPTS(bpf_map_create_opts, o, .map_flags = BPF_F_NO_PREALLOC);
+    UniqueFd m(::bpf_map_create(type, "ns_bypass", key_size, 1, 64, type == BPF_MAP_TYPE_HASH ? &o : nullptr));
+    EXPECT_TRUE(m.valid()) << std::strerror(errno);
+    std::filesystem::remove(pin);
+    EXPECT_EQ(::bpf_obj_pin(m.get(), pin.c_str()), 0) << std::strerror(errno);
+    return m;
+  };
+  UniqueFd legacy = replace_pin(BPF_MAP_TYPE_HASH, sizeof(ns_sock_key));
+  auto adopted = bpf::PodBpf::adopt(pins + "/pod");
+  ASSERT_TRUE(adopted.ok()) << adopted.error().message;
+  SockAddr a = SockAddr::make(*IpAddr::parse("10.77.0.2"), 40123);
+  ASSERT_TRUE((*adopted)->add_bypass(a).ok());
+  ns_sock_key k{};
+  std::memcpy(k.addr.bytes, a.ip().v6_mapped().bytes.data(), 16);
+  k.port = 40123;
+  uint8_t v = 0;
+  EXPECT_EQ(::bpf_map_lookup_elem(legacy.get(), &k, &v), 0) << "entry not in the old layout";
+  EXPECT_EQ(v, 1);
+  auto n = (*adopted)->clear_bypass();
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 1u);
+  adopted->reset();
+
+  UniqueFd unknown = replace_pin(BPF_MAP_TYPE_ARRAY, 4);
+  auto refused = bpf::PodBpf::adopt(pins + "/pod");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("not one this agent knows"), std::string::npos) << refused.error().message;
+  ASSERT_TRUE((*sp)->destroy().ok());
 }
 
 // The agent's spare: loaded ahead of time (holding its fds), refilled only when empty, and a

@@ -208,7 +208,8 @@ class PodBpf {
   // Any other slot (NS_SLOT_UDP_*): the socket that captured datagrams of that kind go to.
   Status set_socket(uint32_t slot, int fd, const char* what);
   // The relay's inbound upstream socket bound to the client's address: let its segments reach
-  // the app for the connection's whole life. A full map is E2BIG.
+  // the app for the connection's whole life. A full map is ENOSPC (E2BIG from the hash map of pods
+  // an older agent enrolled).
   Status add_bypass(const SockAddr& local);
   Status remove_bypass(const SockAddr& local);
   // After a crash: the dead relay's entries would let a later SYN from the same client address
@@ -237,6 +238,8 @@ class PodBpf {
   // Relay worker threads add/remove bypass entries while the control side may change objs_
   // (detach, remove): they use this fd of their own, fixed for the object's life (TSan).
   UniqueFd bypass_;
+  // The bypass map is a hash keyed by ns_sock_key: pins of an agent from before the trie.
+  bool bypass_hash_ = false;
 };
 
 }  // namespace netsteer::bpf
