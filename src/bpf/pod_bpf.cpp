@@ -55,6 +55,21 @@ ns_addr to_key(const IpAddr& ip0) {
   return a;
 }
 
+Result<bpf_map_info> map_info(int fd) {
+  bpf_map_info info{};
+  uint32_t len = sizeof info;
+  if (::bpf_obj_get_info_by_fd(fd, &info, &len) < 0) return Error::from_errno(errno, "read a pinned map's info");
+  return info;
+}
+
+// Calls op(map, key) on the bypass map in its layout: the trie's key, or an older agent's hash key.
+template <class Op>
+auto on_bypass(int fd, bool hash, const SockAddr& local, Op op) {
+  ns_sock_key k{to_key(local.ip()), local.port(), 0};
+  if (hash) return op(BpfMap<ns_sock_key, uint8_t>(fd), k);
+  return op(BpfMap<ns_bypass_key, uint8_t>(fd), ns_bypass_key{NS_BYPASS_PREFIXLEN, k});
+}
+
 ns_lpm_key to_lpm(const Prefix& p) {
   ns_lpm_key k{};
   IpAddr a = p.addr.v6_mapped();
@@ -341,16 +356,23 @@ Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir) {
   // Pins of an agent from before DNS capture: a socket map without the DNS slot, and a program
   // that would not assign the DNS the new rules route to it. Replace them (the caller installs
   // anew); the old link detaches with its last reference.
-  bpf_map_info info{};
-  uint32_t len = sizeof info;
-  if (::bpf_obj_get_info_by_fd(objs.ref("map_ns_sockets").get(), &info, &len) == 0 && info.max_entries < NS_SLOT_MAX) {
+  if (auto info = map_info(objs.ref("map_ns_sockets").get()); info.ok() && info->max_entries < NS_SLOT_MAX) {
     objs = BpfObjects(pin_dir, resident);  // our fds go before the pins
     (void)remove_pins(pin_dir);
-    return Error::msg("pins of an older agent (socket map of " + std::to_string(info.max_entries) + " slots, " +
+    return Error::msg("pins of an older agent (socket map of " + std::to_string(info->max_entries) + " slots, " +
                           std::to_string(NS_SLOT_MAX) + " needed): replaced",
                       ENOEXEC);
   }
+  // The bypass map: a trie of ns_bypass_key, or the hash keyed by ns_sock_key of an agent from
+  // before the trie (its program looks entries up in that layout, so they are written in it).
+  NS_TRY(bpf_map_info bypass, map_info(objs.ref("map_ns_bypass").get()));
+  bool hash = bypass.type == BPF_MAP_TYPE_HASH && bypass.key_size == sizeof(ns_sock_key);
+  if (!hash && (bypass.type != BPF_MAP_TYPE_LPM_TRIE || bypass.key_size != sizeof(ns_bypass_key)))
+    return Error::msg("bypass map of type " + std::to_string(bypass.type) + " with " + std::to_string(bypass.key_size) +
+                          "-byte keys: not one this agent knows",
+                      EINVAL);
   std::unique_ptr<PodBpf> pb(new PodBpf(std::move(objs)));
+  pb->bypass_hash_ = hash;
   NS_TRY_STATUS(pb->open_bypass());
   return pb;
 }
@@ -358,14 +380,6 @@ Result<std::unique_ptr<PodBpf>> PodBpf::adopt(const std::string& pin_dir) {
 Status PodBpf::open_bypass() {
   bypass_ = dup_fd(objs_.fd("map_ns_bypass"));
   if (!bypass_) return Error::from_errno(errno, "dup the bypass map fd");
-  bpf_map_info info{};
-  uint32_t len = sizeof info;
-  if (::bpf_obj_get_info_by_fd(bypass_.get(), &info, &len) < 0) return Error::from_errno(errno, "read the bypass map's info");
-  bypass_hash_ = info.type == BPF_MAP_TYPE_HASH;
-  if (!bypass_hash_ && (info.type != BPF_MAP_TYPE_LPM_TRIE || info.key_size != sizeof(ns_bypass_key)))
-    return Error::msg("bypass map of type " + std::to_string(info.type) + " with " + std::to_string(info.key_size) +
-                          "-byte keys: not one this agent knows",
-                      EINVAL);
   return {};
 }
 
@@ -507,15 +521,14 @@ bool have_sk_lookup_ingress_ifindex() {
 }
 
 Status PodBpf::add_bypass(const SockAddr& local) {
-  ns_sock_key k{to_key(local.ip()), local.port(), 0};
-  if (bypass_hash_) return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).put(k, 1);
-  return BpfMap<ns_bypass_key, uint8_t>(bypass_.get()).put(ns_bypass_key{NS_BYPASS_PREFIXLEN, k}, 1);
+  Status st = on_bypass(bypass_.get(), bypass_hash_, local, [](auto m, const auto& k) { return m.put(k, 1); });
+  // Full: a trie says ENOSPC, a hash E2BIG; callers get one code.
+  if (!st.ok() && st.error().code == E2BIG) return Error::msg(st.error().message, ENOSPC);
+  return st;
 }
 
 Status PodBpf::remove_bypass(const SockAddr& local) {
-  ns_sock_key k{to_key(local.ip()), local.port(), 0};
-  if (bypass_hash_) return BpfMap<ns_sock_key, uint8_t>(bypass_.get()).remove(k);
-  return BpfMap<ns_bypass_key, uint8_t>(bypass_.get()).remove(ns_bypass_key{NS_BYPASS_PREFIXLEN, k});
+  return on_bypass(bypass_.get(), bypass_hash_, local, [](auto m, const auto& k) { return m.remove(k); });
 }
 
 Result<size_t> PodBpf::clear_bypass() {

@@ -468,7 +468,7 @@ class Worker {
         return start_upstream(c, dst, client);
       }
       if (auto st = c.pod->bypass(bound, true); !st.ok()) {
-        if (st.error().code == ENOSPC || st.error().code == E2BIG) return bypass_full(c);  // trie, hash (older pins)
+        if (st.error().code == ENOSPC) return bypass_full(c);
         return fail(c, "register bypass: " + st.error().message);
       }
       c.bypass = bound;

@@ -151,7 +151,9 @@ TEST_F(SteerTest, InboundSteeredBypassAndFailClosed) {
   EXPECT_EQ((*sp)->stats()->inbound_assigned, 2u);
   EXPECT_EQ((*sp)->stats()->passed_bypass, 1u);
   ASSERT_TRUE((*sp)->remove_bypass(SockAddr::make(*IpAddr::parse("10.77.0.2"), 40123)).ok());
-  EXPECT_EQ(*(*sp)->clear_bypass(), 0u) << "remove_bypass left the entry";
+  auto left = (*sp)->clear_bypass();
+  ASSERT_TRUE(left.ok()) << left.error().message;
+  EXPECT_EQ(*left, 0u) << "remove_bypass left the entry";
 
   // 3. Listener gone (agent crashed): the SYN is dropped in BPF, never delivered to the app.
   *listeners = agent::PodListeners{};
@@ -209,6 +211,12 @@ TEST_F(SteerTest, AdoptedPinsOfAnOlderAgentKeepTheirBypassHashMap) {
   auto n = (*adopted)->clear_bypass();
   ASSERT_TRUE(n.ok());
   EXPECT_EQ(*n, 1u);
+  // Full (64 entries here): the hash's E2BIG reaches the relay as ENOSPC, as from the trie.
+  for (uint16_t port = 1; port <= 64; ++port)
+    ASSERT_TRUE((*adopted)->add_bypass(SockAddr::make(a.ip(), port)).ok()) << port;
+  auto full = (*adopted)->add_bypass(SockAddr::make(a.ip(), 65));
+  ASSERT_FALSE(full.ok());
+  EXPECT_EQ(full.error().code, ENOSPC) << full.error().message;
   adopted->reset();
 
   UniqueFd unknown = replace_pin(BPF_MAP_TYPE_ARRAY, 4);

@@ -208,8 +208,7 @@ class PodBpf {
   // Any other slot (NS_SLOT_UDP_*): the socket that captured datagrams of that kind go to.
   Status set_socket(uint32_t slot, int fd, const char* what);
   // The relay's inbound upstream socket bound to the client's address: let its segments reach
-  // the app for the connection's whole life. A full map is ENOSPC (E2BIG from the hash map of pods
-  // an older agent enrolled).
+  // the app for the connection's whole life. A full map is ENOSPC, whichever layout it has.
   Status add_bypass(const SockAddr& local);
   Status remove_bypass(const SockAddr& local);
   // After a crash: the dead relay's entries would let a later SYN from the same client address
@@ -232,7 +231,8 @@ class PodBpf {
 
  private:
   explicit PodBpf(BpfObjects objs) : objs_(std::move(objs)) {}
-  // Opens bypass_ once the bypass map is in objs_ (create: after pinning; adopt: from the pins).
+  // Opens bypass_ once the bypass map is in objs_ (create: after pinning; adopt: from the pins,
+  // with bypass_hash_ set from the map's type).
   Status open_bypass();
   BpfObjects objs_;
   // Relay worker threads add/remove bypass entries while the control side may change objs_

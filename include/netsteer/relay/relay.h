@@ -72,7 +72,7 @@ struct PodContext {
   std::optional<SockAddr> proxy[2];
   std::vector<std::pair<uint8_t, std::string>> proxy_tlvs;
   // Registers (add=true) / removes the relay's inbound upstream local address in the pod's
-  // sk_lookup bypass map, for the upstream connection's whole life (E2BIG: the map is full).
+  // sk_lookup bypass map, for the upstream connection's whole life (ENOSPC: the map is full).
   std::function<Status(const SockAddr&, bool add)> bypass;
   DirectionCounters counters[3];
 
