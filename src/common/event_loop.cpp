@@ -85,6 +85,7 @@ void EventLoop::run() {
       spdlog::critical("{}: epoll_wait: {}", name_, std::strerror(errno));
       return;
     }
+    ++batch_;
     for (int i = 0; i < n; ++i) {
       void* p = evs[i].data.ptr;
       if (p == &wake_tag_) {

@@ -41,6 +41,10 @@ class EventLoop {
   // epoll_ctl on the loop's epoll with `ptr` as the event's data.
   Status ctl(int op, int fd, uint32_t events, void* ptr);
   void forget(int fd);  // EPOLL_CTL_DEL, errors ignored (the fd is about to close)
+  // Counts the epoll_wait batches (loop thread only). The events of batch N were collected before
+  // anything the loop does while batch() == N: a read made then that found an edge-triggered fd
+  // drained makes a later EPOLLIN for that fd in the same batch old news.
+  uint64_t batch() const { return batch_; }
 
  private:
   void run();
@@ -52,6 +56,7 @@ class EventLoop {
   char wake_tag_ = 0, timer_tag_ = 0;  // their addresses tell the two internal fds apart
   std::thread thread_;
   bool stopping_ = false;
+  uint64_t batch_ = 0;
   std::mutex mu_;
   std::deque<std::function<void()>> cmds_;
 };
