@@ -285,6 +285,7 @@ EnrolmentManager::PodMap::iterator EnrolmentManager::erase_pod(PodMap::iterator 
     }
   }
   unstored_.erase(it->first);
+  if (stored_uids_.count(it->first)) removed_.insert(it->first);
   return pods_.erase(it);
 }
 
@@ -339,15 +340,18 @@ void EnrolmentManager::persist(const PodRecord* pending) {
       stored_uids_.insert(uid);
     }
     unstored_.clear();
+    removed_.clear();
     if (pending) {
       recs.push_back(pending_record);
       stored_uids_.insert(pending->spec.uid);
     }
     if (auto st = store_->save(recs); !st.ok()) failed(st);
+    if (pending) removed_.insert(pending->spec.uid);  // see below
     return;
   }
   // Otherwise append what changed since the last write: a put per record not stored yet (new or
-  // re-serialised), a del per stored uid that is gone. No record is compared or copied.
+  // re-serialised), a del per stored uid that is gone. No record is compared or copied, and no
+  // walk over every stored uid: the removals were noted as they happened.
   auto put = [&](const std::string& uid, std::string_view rec) {
     if (auto st = store_->append_put(rec); !st.ok()) return failed(st), false;
     stored_uids_.insert(uid);
@@ -356,15 +360,14 @@ void EnrolmentManager::persist(const PodRecord* pending) {
   for (auto it = unstored_.begin(); it != unstored_.end(); it = unstored_.erase(it))
     if (!put(*it, pods_.at(*it)->state_record)) return;
   if (pending && !put(pending->spec.uid, pending_record)) return;
-  if (stored_uids_.size() == n) return;  // nothing left
-  for (auto it = stored_uids_.begin(); it != stored_uids_.end();) {
-    if (pods_.count(*it) || (pending && *it == pending->spec.uid)) {
-      ++it;
-      continue;
-    }
+  for (auto it = removed_.begin(); it != removed_.end(); it = removed_.erase(it)) {
+    // Back since (re-enrolled, or the pending one): its put above replaced the record.
+    if (pods_.count(*it) || (pending && *it == pending->spec.uid)) continue;
     if (auto st = store_->append_del(*it); !st.ok()) return failed(st);
-    it = stored_uids_.erase(it);
+    stored_uids_.erase(*it);
   }
+  // A pending record is deleted at the next persist unless its pod is enrolled by then.
+  if (pending) removed_.insert(pending->spec.uid);
 }
 
 Result<std::unique_ptr<Pod>> EnrolmentManager::build(const protocol::PodSpec& spec, netns::NetnsHandle ns,
@@ -960,6 +963,7 @@ void EnrolmentManager::clear(bool remove_capture) {
   pods_.clear();
   by_netns_ino_.clear();
   unstored_.clear();
+  removed_.insert(stored_uids_.begin(), stored_uids_.end());
   if (remove_capture) persist();
 }
 

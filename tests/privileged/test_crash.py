@@ -7,6 +7,7 @@ reused) is told apart by its cookie and not taken over."""
 import json
 import os
 import socket
+import subprocess
 import time
 
 import pytest
@@ -154,6 +155,46 @@ def test_crash_mid_enrol_leaves_nothing_half_installed():
         assert a.call({"type": "check", "version": 1, "uid": t.pod.name})["ok"]
         assert not os.path.exists(os.path.join(a.pin_root, gone_uid))
         assert sorted(os.listdir(a.pin_root)) == [t.pod.name]
+
+
+def test_state_journal_records_each_unenrol_and_failed_enrol():
+    """The state file after appends only (no compaction): an unenrolled pod and an enrol that
+    failed after its pending record are both gone from it, so a restarted agent takes over exactly
+    the pods that are enrolled. The removals are journalled as they happen (no walk over every
+    stored pod): a del each, and a del for the failed enrol's pending record."""
+    pods, holder = [], None
+    try:
+        with agent() as a:
+            for i in range(3):
+                pods.append(_dummy_pod(40 + i))
+                a.enrol(pods[-1])
+            a.ctl("unenroll", "--uid", pods[1].name)
+            # The outbound listener's port held in the pod without SO_REUSEPORT: the enrol fails
+            # creating listeners, after its pending record was written.
+            busy = _dummy_pod(43)
+            pods.append(busy)
+            holder = busy.popen([nstest.PY, "-c", "import socket, sys, time\n"
+                                 "s = socket.socket(socket.AF_INET6); s.bind(('::', 15001)); s.listen()\n"
+                                 "print('ready', flush=True); time.sleep(600)"],
+                                stdout=subprocess.PIPE, text=True)
+            assert holder.stdout.readline().strip() == "ready"
+            r = a.ctl("enroll", "--netns", busy.path, "--uid", busy.name, check=False)
+            assert r.returncode != 0, r.stdout
+            want = sorted([pods[0].name, pods[2].name])
+            assert sorted(p["uid"] for p in a.pods()) == want
+            journal = open(os.path.join(a.state_dir, "state.journal")).read().splitlines()
+            dels = [json.loads(l)["del"] for l in journal[1:] if "del" in json.loads(l)]
+            assert dels == [pods[1].name, busy.name], journal
+            a.kill()
+            assert sorted(r["pod"]["uid"] for r in nstest.read_state(a.state_dir)["pods"]) == want
+            a.restart()
+            assert sorted(p["uid"] for p in a.pods()) == want
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        for ns in pods:
+            ns.close()
 
 
 def test_recreated_netns_with_the_same_inode_is_not_taken_over():

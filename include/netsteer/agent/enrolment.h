@@ -234,6 +234,7 @@ class EnrolmentManager {
   Status attach_data_path(Pod& pod);
   void persist(const PodRecord* pending = nullptr);  // with mu_ held
   std::set<std::string> stored_uids_;  // the uids the store has a record of now
+  std::set<std::string> removed_;  // stored uids whose pod has gone since: a del each at the next persist
   std::set<std::string> unstored_;  // pods whose record is not serialised or not in the store yet
   std::string pin_dir(const std::string& uid) const { return dp_ ? dp_->pin_root + "/" + uid : ""; }
 
