@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Per-round ratios of netsteer to HAProxy, pooled over saved bench/run results.
+
+A goal on a ratio is judged on one run's median of rounds; rounds spread by ±10 % on this 2-core
+host, so one run's median moves by several percent between runs. This reads every given results
+JSON (default: bench/results/*.json) that has a data path with both arms and per-round data, and
+prints each run's medians and the pooled distribution of the per-round ratios (each ratio is
+within one round, so both arms met the same host conditions): conn/s, CPU per connection
+(HAProxy / netsteer) and bulk at 8 streams, each direction.
+
+    bench/rounds.py [results.json ...]
+"""
+import glob
+import json
+import os
+import statistics as st
+import sys
+
+METRICS = {  # name: (per-round value of the ratio, from netsteer's and HAProxy's load results)
+    "conn/s": lambda n, h: n["http"]["conn_per_s"] / h["http"]["conn_per_s"],
+    "CPU/conn": lambda n, h: h["http"]["cpu_us_per_conn"] / n["http"]["cpu_us_per_conn"],
+    "bulk8": lambda n, h: n["bulk8"]["gbit_s"] / h["bulk8"]["gbit_s"],
+}
+DIRS = ("outbound", "inbound")
+
+
+def rounds_of(path):
+    try:
+        dp = json.load(open(path)).get("data_path")
+        n, h = dp["netsteer"]["rounds"], dp["haproxy"]["rounds"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    out = []
+    for rn, rh in zip(n, h):
+        r = {}
+        for d in DIRS:
+            for m, f in METRICS.items():
+                try:
+                    r[(m, d)] = f(rn[d], rh[d])
+                except (KeyError, TypeError, ZeroDivisionError):
+                    pass
+        out.append(r)
+    return out
+
+
+def main(paths):
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = paths or sorted(glob.glob(os.path.join(here, "results", "*.json")))
+    pooled = {}
+    for p in paths:
+        rs = rounds_of(p)
+        if not rs:
+            continue
+        cells = []
+        for key in [(m, d) for m in METRICS for d in DIRS]:
+            v = [r[key] for r in rs if key in r]
+            pooled.setdefault(key, []).extend(v)
+            cells.append(f"{st.median(v):.2f}" if v else "-")
+        print(f"{os.path.basename(p):42s} rounds {len(rs)}  " + "  ".join(
+            f"{m} {cells[2 * i]}/{cells[2 * i + 1]}" for i, m in enumerate(METRICS)))
+    print("\npooled per-round ratios, netsteer vs HAProxy (outbound, inbound):")
+    for (m, d), v in pooled.items():
+        if len(v) < 2:
+            continue
+        v.sort()
+        q = st.quantiles(v, n=4)
+        goal = 1.5 if m == "bulk8" else 1.2
+        print(f"  {m:8s} {d:8s} rounds {len(v):3d}  median {st.median(v):.2f}  quartiles {q[0]:.2f}-{q[2]:.2f}"
+              f"  range {v[0]:.2f}-{v[-1]:.2f}  rounds >= {goal}: {sum(x >= goal for x in v) / len(v):.0%}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
