@@ -24,12 +24,32 @@ METRICS = {  # name: (per-round value of the ratio, from netsteer's and HAProxy'
 DIRS = ("outbound", "inbound")
 
 
+def data_paths(doc):
+    """Every bench/run data path in a results JSON: the file's own, or those of the runs an
+    experiment's file holds (one level of dicts down)."""
+    if not isinstance(doc, dict):
+        return []
+    if "data_path" in doc:
+        return [doc["data_path"]]
+    return [v for sub in doc.values() if isinstance(sub, dict) for v in data_paths(sub.get("result"))]
+
+
 def rounds_of(path):
     try:
-        dp = json.load(open(path)).get("data_path")
-        n, h = dp["netsteer"]["rounds"], dp["haproxy"]["rounds"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        doc = json.load(open(path))
+    except (OSError, ValueError):
         return []
+    out = []
+    for dp in data_paths(doc):
+        try:
+            n, h = dp["netsteer"]["rounds"], dp["haproxy"]["rounds"]
+        except (KeyError, TypeError):
+            continue
+        out += ratios(n, h)
+    return out
+
+
+def ratios(n, h):
     out = []
     for rn, rh in zip(n, h):
         r = {}
