@@ -41,6 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "lib"))
 import nstest  # noqa: E402
 from nstest import run  # noqa: E402
+import rounds  # noqa: E402  (bench/: per-round ratios, shared with bench/rounds.py)
 
 APP = 8080
 IPERF = 5201
@@ -1430,13 +1431,11 @@ def table(res):
         for k, v in rs.items():
             lines.append(f"- {d}: {k}: {v:.2f}" if v is not None else f"- {d}: {k}: n/a")
     if "netsteer" in dp and "haproxy" in dp and len(dp["netsteer"].get("rounds", [])) > 1:
+        per_round = rounds.ratios(dp["netsteer"]["rounds"], dp["haproxy"]["rounds"])
         for d in ("outbound", "inbound"):
-            per = [n[d]["http"]["conn_per_s"] / h[d]["http"]["conn_per_s"]
-                   for n, h in zip(dp["netsteer"]["rounds"], dp["haproxy"]["rounds"])]
+            per = [r[("conn/s", d)] for r in per_round if ("conn/s", d) in r]
             lines.append(f"- {d}: netsteer/haproxy conn/s per round: " + ", ".join(f"{x:.2f}" for x in per))
-            cpu = [h[d]["http"]["cpu_us_per_conn"] / n[d]["http"]["cpu_us_per_conn"]
-                   for n, h in zip(dp["netsteer"]["rounds"], dp["haproxy"]["rounds"])
-                   if n[d]["http"].get("cpu_us_per_conn") and h[d]["http"].get("cpu_us_per_conn")]
+            cpu = [r[("CPU/conn", d)] for r in per_round if ("CPU/conn", d) in r]
             if cpu:
                 lines.append(f"- {d}: haproxy/netsteer CPU per connection per round: " + ", ".join(f"{x:.2f}" for x in cpu))
     dn = res.get("dns_path")

@@ -16,10 +16,10 @@ import os
 import statistics as st
 import sys
 
-METRICS = {  # name: (per-round value of the ratio, from netsteer's and HAProxy's load results)
-    "conn/s": lambda n, h: n["http"]["conn_per_s"] / h["http"]["conn_per_s"],
-    "CPU/conn": lambda n, h: h["http"]["cpu_us_per_conn"] / n["http"]["cpu_us_per_conn"],
-    "bulk8": lambda n, h: n["bulk8"]["gbit_s"] / h["bulk8"]["gbit_s"],
+METRICS = {  # name: (netsteer's or HAProxy's load result, the other's) -> the per-round ratio's terms
+    "conn/s": lambda n, h: (n["http"]["conn_per_s"], h["http"]["conn_per_s"]),
+    "CPU/conn": lambda n, h: (h["http"].get("cpu_us_per_conn"), n["http"].get("cpu_us_per_conn")),
+    "bulk8": lambda n, h: (n["bulk8"]["gbit_s"], h["bulk8"]["gbit_s"]),
 }
 DIRS = ("outbound", "inbound")
 
@@ -50,15 +50,19 @@ def rounds_of(path):
 
 
 def ratios(n, h):
+    """Per round, {(metric, direction): ratio} from netsteer's and HAProxy's rounds of one run
+    (a ratio whose terms were not measured is left out). bench.py prints its run's from here."""
     out = []
     for rn, rh in zip(n, h):
         r = {}
         for d in DIRS:
             for m, f in METRICS.items():
                 try:
-                    r[(m, d)] = f(rn[d], rh[d])
-                except (KeyError, TypeError, ZeroDivisionError):
-                    pass
+                    a, b = f(rn[d], rh[d])
+                except (KeyError, TypeError):
+                    continue
+                if a and b:
+                    r[(m, d)] = a / b
         out.append(r)
     return out
 
