@@ -117,6 +117,11 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(64u, 1u << 20));
   app.add_option("--pipe-size", ropts.pipe_size, "splice pipe size in bytes")->capture_default_str();
+  app.add_option("--upstream-spares", ropts.upstream_spares,
+                 "per relay worker: upstream sockets kept after a clean close and reused (connect AF_UNSPEC) for "
+                 "the pod's next connection from the same source; closed after 5 s unused (0: off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65536));
   bool no_dns = false;
   app.add_flag("--no-dns", no_dns, "capture no pod's DNS (by default UDP to port 53 goes to the 15053 proxy)");
   udp::Options dopts;

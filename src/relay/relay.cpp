@@ -136,8 +136,12 @@ struct Pipe {
 
 // What epoll's data.ptr points at.
 struct Endpoint {
-  enum Kind : uint8_t { kListener, kDown, kUp } kind;
+  enum Kind : uint8_t { kListener, kDown, kUp, kSpare } kind;
   void* obj;
+  // The batch in which an upstream socket's endpoint got its present owner (a new connection, or
+  // the spare pool): events for it collected in that batch are about its former life, so they are
+  // not delivered (a reused socket keeps its epoll registration, see Spare).
+  uint64_t since = 0;
 };
 
 }  // namespace
@@ -174,6 +178,7 @@ struct Flow {
   bool bulk = false;       // splice from now on
   bool readable = true;    // src may have bytes: cleared by a short read, set by its next event
   bool hup_seen = false;   // src reported its FIN: read on to the 0 despite short reads
+  bool fin_sent = false;   // dst was shut (SHUT_WR) while the other way still ran
   uint64_t drained_in = 0;  // the epoll batch in which a read last found src drained
   bool done() const { return src_eof && in_pipe == 0 && pending.empty() && dst_shut; }
   void drained(uint64_t batch) {
@@ -193,8 +198,10 @@ struct Flow {
 
 struct Conn {
   enum State : uint8_t { kRequest, kConnecting, kEstablished, kDead } state = kConnecting;
-  Endpoint down_ep{Endpoint::kDown, this}, up_ep{Endpoint::kUp, this};
+  Endpoint down_ep{Endpoint::kDown, this};
+  std::unique_ptr<Endpoint> up_ep;  // travels with the upstream socket when it is kept as a spare
   UniqueFd down, up;
+  IpAddr up_src;  // the upstream's source: the client's address (kept source) or the family's any
   std::shared_ptr<PodContext> pod;
   Direction dir;
   Flow to_up, to_down;  // client → upstream, upstream → client
@@ -213,6 +220,24 @@ struct Conn {
   bool up_tuned = false;    // the upstream has its dead-peer options (set once it lived a second)
 };
 
+// An upstream socket kept after a clean close for the next connection of the same pod from the
+// same source (issue 17: socket() and close() of a TCP socket cost 5.9 us here, twice the rest of
+// what a reuse costs). Its FIN goes out by shutdown(); once the socket is in CLOSE (at once on a
+// local path, after the peer's last ACK otherwise) connect(AF_UNSPEC) disconnects it and it is
+// ready. Kept with it: its epoll registration, its options (mark, nodelay, dead-peer bounds,
+// IP_TRANSPARENT), its netns. Its port is released; the next connect (or bind) takes a new one.
+struct Spare {
+  UniqueFd fd;
+  std::unique_ptr<Endpoint> ep;
+  std::shared_ptr<PodContext> pod;
+  IpAddr src;
+  SockAddr bypass;  // the last connection's bypass entry: removed once the socket is in CLOSE
+  bool bypass_set = false;
+  bool tuned = false;
+  bool ready = false;
+  int64_t since_ms = 0;  // kept (closing) or ready since
+};
+
 class Worker {
  public:
   Worker(size_t id, const RelayOptions& opts) : id_(id), opts_(opts), loop_("relay-" + std::to_string(id)) {}
@@ -221,6 +246,7 @@ class Worker {
     std::vector<Conn*> all;
     for (auto& [p, c] : conns_) all.push_back(p);
     for (Conn* c : all) finish(*c, false, false);
+    drop_spares(nullptr);
     graveyard_.clear();
   }
 
@@ -231,6 +257,7 @@ class Worker {
                                [this] {
                                  graveyard_.clear();  // closed in this batch: no event can refer to them now
                                  listener_graveyard_.clear();
+                                 endpoint_graveyard_.clear();
                                }}));
     loop_.post([] { prepare_accept_reserve(); });  // on the worker thread
     return {};
@@ -290,6 +317,7 @@ class Worker {
       c->reason = "evicted";  // the pod was unenrolled
       finish(*c, true, false);
     }
+    drop_spares(pod);
   }
 
   json connections_json(const std::string& uid) const {
@@ -308,7 +336,8 @@ class Worker {
 
   json stats() const {
     return {{"worker", id_}, {"connections", nconns_.load()}, {"pipes_idle", idle_pipes_.load()}, {"accept_shed", shed_.load()},
-            {"pipes_in_use", pipes_in_use_.load()}};
+            {"pipes_in_use", pipes_in_use_.load()}, {"upstream_spares", nspares_.load()},
+            {"upstreams_reused", reused_.load()}};
   }
 
  private:
@@ -320,7 +349,12 @@ class Worker {
         if (static_cast<Listener*>(ep->obj)->fd >= 0) on_accept(*static_cast<Listener*>(ep->obj));
         break;
       case Endpoint::kDown:
-      case Endpoint::kUp: on_conn(*static_cast<Conn*>(ep->obj), ep->kind == Endpoint::kUp, events); break;
+      case Endpoint::kUp:
+        if (ep->since != loop_.batch()) on_conn(*static_cast<Conn*>(ep->obj), ep->kind == Endpoint::kUp, events);
+        break;
+      case Endpoint::kSpare:
+        if (ep->since != loop_.batch()) on_spare(*static_cast<Spare*>(ep->obj), events);
+        break;
     }
   }
 
@@ -349,6 +383,7 @@ class Worker {
       }
       finish(*c, true, true);
     }
+    expire_spares(now);
   }
 
   // ---- accept and upstream -------------------------------------------------------------------
@@ -454,17 +489,25 @@ class Worker {
     note_ends(c, dst, client);
     bool keep_source = c.dir != Direction::outbound && !c.redirected && opts_.preserve_client_source;
     int family = dst.ip().family;
-    if (auto st = netns_.enter(c.pod->netns); !st.ok()) return fail(c, st.error().message);
-    UniqueFd up(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!up) return fail(c, std::string("upstream socket: ") + std::strerror(errno));
-    int mark = static_cast<int>(opts_.mark), one = 1;
-    ::setsockopt(up.get(), SOL_SOCKET, SO_MARK, &mark, sizeof mark);
-    tune_upstream(c, up.get());
+    IpAddr cip = client.ip().unmapped();
+    if (keep_source && cip.family != family) return fail(c, "client and destination address families differ");
+    c.up_src = keep_source ? cip : IpAddr{family, {}};
+    UniqueFd up = take_spare(c);
+    bool reused = static_cast<bool>(up);
+    if (!reused) {
+      if (auto st = netns_.enter(c.pod->netns); !st.ok()) return fail(c, st.error().message);
+      up.reset(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      if (!up) return fail(c, std::string("upstream socket: ") + std::strerror(errno));
+      int mark = static_cast<int>(opts_.mark), one = 1;
+      ::setsockopt(up.get(), SOL_SOCKET, SO_MARK, &mark, sizeof mark);
+      tune_upstream(c, up.get());
+      if (keep_source) {
+        if (family == AF_INET6) ::setsockopt(up.get(), IPPROTO_IPV6, IPV6_TRANSPARENT, &one, sizeof one);
+        else ::setsockopt(up.get(), IPPROTO_IP, IP_TRANSPARENT, &one, sizeof one);
+      }
+    }
     if (keep_source) {
-      IpAddr cip = client.ip().unmapped();
-      if (cip.family != family) return fail(c, "client and destination address families differ");
-      if (family == AF_INET6) ::setsockopt(up.get(), IPPROTO_IPV6, IPV6_TRANSPARENT, &one, sizeof one);
-      else ::setsockopt(up.get(), IPPROTO_IP, IP_TRANSPARENT, &one, sizeof one);
+      // A spare was disconnected: its port went with it and it binds again like a new socket.
       SockAddr src = SockAddr::make(cip, 0);
       if (::bind(up.get(), src.sa(), src.len) < 0) return fail(c, std::string("bind upstream to client address: ") + std::strerror(errno));
       SockAddr bound;
@@ -485,7 +528,7 @@ class Worker {
     }
     int r = ::connect(up.get(), dst.sa(), dst.len);
     if (r < 0 && errno != EINPROGRESS) return fail(c, std::string("connect ") + dst.str() + ": " + std::strerror(errno));
-    watch_connecting(c, std::move(up));
+    watch_connecting(c, std::move(up), reused);
   }
 
   void tune_upstream(Conn& c, int fd) {
@@ -495,11 +538,14 @@ class Worker {
     c.up_tuned = true;
   }
 
-  void watch_connecting(Conn& c, UniqueFd up) {
+  // registered: a spare's socket, still in the epoll set (its endpoint now names c).
+  void watch_connecting(Conn& c, UniqueFd up, bool registered = false) {
     c.up = std::move(up);
     c.state = Conn::kConnecting;
     c.deadline_ms = now_ms() + opts_.connect_timeout_ms;
-    if (!ctl(EPOLL_CTL_ADD, c.up.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, &c.up_ep).ok()) return fail(c, "epoll");
+    if (!c.up_ep) c.up_ep = std::make_unique<Endpoint>(Endpoint{Endpoint::kUp, &c, loop_.batch()});
+    if (!registered && !ctl(EPOLL_CTL_ADD, c.up.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, c.up_ep.get()).ok())
+      return fail(c, "epoll");
     if (c.dir != Direction::tunnel &&
         !ctl(EPOLL_CTL_ADD, c.down.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, &c.down_ep).ok())
       return fail(c, "epoll");
@@ -563,12 +609,14 @@ class Worker {
     finish(c, true, false);
   }
 
-  void clear_bypass(Conn& c) {
-    if (!c.bypass_set) return;
-    c.bypass_set = false;
-    if (auto st = c.pod->bypass(c.bypass, false); !st.ok()) {
-      log::PodScope scope(c.pod->uid);
-      spdlog::warn("pod {}: remove bypass {}: {}", c.pod->uid, c.bypass.str(), st.error().message);
+  void clear_bypass(Conn& c) { clear_bypass(*c.pod, c.bypass, c.bypass_set); }
+
+  static void clear_bypass(PodContext& pod, const SockAddr& entry, bool& set) {
+    if (!set) return;
+    set = false;
+    if (auto st = pod.bypass(entry, false); !st.ok()) {
+      log::PodScope scope(pod.uid);
+      spdlog::warn("pod {}: remove bypass {}: {}", pod.uid, entry.str(), st.error().message);
     }
   }
 
@@ -720,7 +768,7 @@ class Worker {
         if (!f.dst_shut) {
           // The half-close travels on; when the other way is finished too, the close that follows
           // sends this FIN (src is at EOF, so nothing unread turns it into a reset).
-          if (!other.done()) ::shutdown(f.dst, SHUT_WR);
+          if (!other.done()) f.fin_sent = ::shutdown(f.dst, SHUT_WR) == 0;
           f.dst_shut = true;
         }
         release_pipe(f);
@@ -836,6 +884,7 @@ class Worker {
   // Closes the connection (with RST on the requested sides) and retires it for this batch.
   void finish(Conn& c, bool rst_down, bool rst_up) {
     if (c.state == Conn::kDead) return;
+    bool clean = c.state == Conn::kEstablished && !rst_up && c.to_up.done() && c.to_down.done();
     c.state = Conn::kDead;
     release_pipe(c.to_up);
     release_pipe(c.to_down);
@@ -844,9 +893,11 @@ class Worker {
     if (c.down && rst_down) set_linger_zero(c.down.get());
     if (c.up && rst_up) set_linger_zero(c.up.get());
     c.down.reset();
-    c.up.reset();
-    // Only once the upstream is closed: the FIN or RST close() sends may still need the entry.
-    clear_bypass(c);
+    if (!clean || !keep_spare(c)) {
+      c.up.reset();
+      // Only once the upstream is closed: the FIN or RST close() sends may still need the entry.
+      clear_bypass(c);
+    }
     auto& ctr = c.pod->of(c.dir);
     ctr.active--;
     ctr.closed++;
@@ -858,6 +909,112 @@ class Worker {
       nconns_--;
     }
   }
+
+  // ---- spare upstream sockets -----------------------------------------------------------------
+
+  // A ready spare of c's pod with c's upstream source, made c's (endpoint, tuning), or none.
+  UniqueFd take_spare(Conn& c) {
+    auto it = ready_.find(c.pod.get());
+    if (it == ready_.end()) return {};
+    auto& v = it->second;
+    for (size_t i = v.size(); i-- > 0;) {  // the most recently kept first
+      Spare* sp = v[i];
+      if (!(sp->src == c.up_src)) continue;
+      v.erase(v.begin() + static_cast<ptrdiff_t>(i));
+      // A second take for c (a port clash made start_upstream try again): the first socket is
+      // still open, and an event collected in this batch may name its endpoint.
+      if (c.up_ep) endpoint_graveyard_.push_back(std::move(c.up_ep));
+      c.up_ep = std::move(sp->ep);
+      *c.up_ep = Endpoint{Endpoint::kUp, &c, loop_.batch()};
+      c.up_tuned = sp->tuned;
+      UniqueFd fd = std::move(sp->fd);
+      spares_.erase(sp);
+      nspares_--;
+      reused_++;
+      return fd;
+    }
+    return {};
+  }
+
+  // After a clean close (both ways done, no reset): the upstream becomes a spare instead of being
+  // closed, when there is room. Its FIN is sent here (close() would have sent it).
+  bool keep_spare(Conn& c) {
+    if (c.proxied || !c.up || !c.up_ep || spares_.size() >= opts_.upstream_spares) return false;
+    if (!c.to_up.fin_sent && ::shutdown(c.up.get(), SHUT_WR) < 0) return false;
+    auto sp = std::make_unique<Spare>();
+    Spare* raw = sp.get();
+    sp->fd = std::move(c.up);
+    sp->ep = std::move(c.up_ep);
+    *sp->ep = Endpoint{Endpoint::kSpare, raw, loop_.batch()};
+    sp->pod = c.pod;
+    sp->src = c.up_src;
+    sp->bypass = c.bypass;
+    sp->bypass_set = c.bypass_set;
+    c.bypass_set = false;
+    sp->tuned = c.up_tuned;
+    sp->since_ms = now_ms();
+    spares_.emplace(raw, std::move(sp));
+    nspares_++;
+    settle_spare(*raw);
+    return true;
+  }
+
+  // Ready once in CLOSE: disconnected, its bypass entry removed. Still closing (LAST_ACK: the
+  // peer's last ACK is on its way): the event that moves it to CLOSE comes back here. An error on
+  // it (a reset during the close) would be reported by the next connect as its own: closed.
+  void settle_spare(Spare& sp) {
+    uint8_t state = 0;  // tcp_info starts with tcpi_state
+    socklen_t len = sizeof state;
+    if (::getsockopt(sp.fd.get(), IPPROTO_TCP, TCP_INFO, &state, &len) < 0) return drop_spare(sp);
+    if (state != TCP_CLOSE) return;
+    if (sock_error(sp.fd.get()) != 0) return drop_spare(sp);
+    sockaddr unspec{};
+    unspec.sa_family = AF_UNSPEC;
+    if (::connect(sp.fd.get(), &unspec, sizeof unspec) < 0) return drop_spare(sp);
+    clear_bypass(*sp.pod, sp.bypass, sp.bypass_set);
+    sp.ready = true;
+    sp.since_ms = now_ms();
+    ready_[sp.pod.get()].push_back(&sp);
+  }
+
+  void on_spare(Spare& sp, uint32_t events) {
+    if (sp.ready) return;  // a CLOSE socket's HUP: nothing new
+    if (events & EPOLLERR) return drop_spare(sp);
+    settle_spare(sp);
+  }
+
+  // Closes a spare (a closing one finishes its close in the kernel, as any closed socket does).
+  void drop_spare(Spare& sp) {
+    if (sp.ready) {
+      auto& v = ready_[sp.pod.get()];
+      v.erase(std::find(v.begin(), v.end(), &sp));
+      if (v.empty()) ready_.erase(sp.pod.get());
+    }
+    sp.fd.reset();  // close() takes the socket out of the epoll set
+    clear_bypass(*sp.pod, sp.bypass, sp.bypass_set);
+    endpoint_graveyard_.push_back(std::move(sp.ep));  // an event in this batch may still name it
+    spares_.erase(&sp);
+    nspares_--;
+  }
+
+  // pod == nullptr: every spare.
+  void drop_spares(const PodContext* pod) {
+    std::vector<Spare*> victims;
+    for (auto& [p, sp] : spares_)
+      if (!pod || sp->pod.get() == pod) victims.push_back(p);
+    for (Spare* sp : victims) drop_spare(*sp);
+  }
+
+  // Ready spares unused for a while are closed (an idle pod holds none), and so are spares still
+  // closing after the connect timeout (the kernel goes on with their close).
+  void expire_spares(int64_t now) {
+    std::vector<Spare*> victims;
+    for (auto& [p, sp] : spares_)
+      if (now - sp->since_ms >= (sp->ready ? kSpareIdleMs : opts_.connect_timeout_ms)) victims.push_back(p);
+    for (Spare* sp : victims) drop_spare(*sp);
+  }
+
+  static constexpr int64_t kSpareIdleMs = 5000;
 
   size_t id_;
   RelayOptions opts_;
@@ -873,7 +1030,11 @@ class Worker {
   std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> graveyard_;
   std::vector<std::unique_ptr<Pipe>> idle_;
-  std::atomic<size_t> nconns_{0}, idle_pipes_{0}, pipes_in_use_{0};
+  std::unordered_map<Spare*, std::unique_ptr<Spare>> spares_;
+  std::unordered_map<const PodContext*, std::vector<Spare*>> ready_;  // the ready spares, per pod
+  std::vector<std::unique_ptr<Endpoint>> endpoint_graveyard_;  // of spares closed in this batch
+  std::atomic<size_t> nconns_{0}, idle_pipes_{0}, pipes_in_use_{0}, nspares_{0};
+  std::atomic<uint64_t> reused_{0};
   std::atomic<uint64_t> shed_{0};  // connections reset because the process was out of fds
   uint64_t last_accept_warn_ms_ = 0, last_bypass_warn_ms_ = 0, last_proxy_warn_ms_ = 0;
   uint64_t conn_seq_ = 0;

@@ -97,6 +97,9 @@ struct RelayOptions {
   int half_close_timeout_s = 60;  // 0: the idle timeout applies
   int pipe_size = 256 * 1024;
   size_t max_idle_pipes = 64;  // per worker; pipes beyond that are closed when drained
+  // Per worker: upstream sockets kept after a clean close for the pod's next connection from the
+  // same source (0: every upstream socket is closed). Not for hand-off to a proxy.
+  size_t upstream_spares = 128;
   // Inbound upstreams keep the client's address as source (needs the capture's reply routing,
   // table 133). Off when something else captures (netsteerd --capture none: iptables REDIRECT or
   // TPROXY), where the app's replies to a foreign source would leave the pod.
