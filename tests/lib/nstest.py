@@ -116,6 +116,13 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def relay_pool_fds(a):
+    """The fds the relay's bounded pools hold, which are not a leak: pipes (2 fds each, idle or in
+    use) and spare upstream sockets (closed after 5 s unused, or with their pod)."""
+    st = a.status()["relay"]
+    return sum(2 * (w["pipes_idle"] + w["pipes_in_use"]) + w["upstream_spares"] for w in st)
+
+
 def settled_fd_count(pid, expected, timeout=3.0):
     """The agent closes a control connection when it sees the peer's EOF, a moment after the
     reply: poll until the count reaches `expected` or the deadline passes; return the last count."""

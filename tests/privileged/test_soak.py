@@ -71,9 +71,8 @@ def test_soak_enrol_unenrol_cycles_with_traffic():
                     raise AssertionError(f"cycle {c}: {e}\nagent log:\n{a.logs()[-6000:]}") from None
             for c in range(WARMUP):
                 cycle(c)
-            def pipe_fds():  # the relay's pipe pool (2 fds per pipe) grows with peak concurrency
-                return 2 * sum(w["pipes_idle"] + w["pipes_in_use"]
-                               for w in a.call({"type": "status", "version": 1})["status"]["relay"])
+            def pipe_fds():  # the relay's pools (pipes, spare upstreams) grow with peak concurrency
+                return nstest.relay_pool_fds(a)
             base_fds = nstest.stable_fd_count(a.pid) - pipe_fds()
             base_threads = nstest.thread_count(a.pid)
             base_rss = rss_kb(a.pid)
@@ -85,7 +84,7 @@ def test_soak_enrol_unenrol_cycles_with_traffic():
             assert st["enrol_ok"] == WARMUP + CYCLES and st["enrol_failed"] == 0, st
             relay = a.call({"type": "status", "version": 1})["status"]["relay"]
             fds = nstest.stable_fd_count(a.pid) - pipe_fds()
-            assert fds == base_fds, f"fds {base_fds} -> {fds} (relay pipe pool excluded)"
+            assert fds == base_fds, f"fds {base_fds} -> {fds} (relay pools excluded)"
             assert nstest.thread_count(a.pid) == base_threads
             rss = rss_kb(a.pid)
             assert rss <= base_rss * 1.05, f"RSS {base_rss} kB -> {rss} kB"

@@ -89,6 +89,7 @@ def records(server, n):
 def test_outbound_upstreams_are_reused_and_every_close_is_clean(v6):
     with agent() as a, topology() as t:
         server = serve(t, t.remote)
+        a.wait_settled()  # the agent's spare BPF loads hold fds while they run
         base_fds = nstest.stable_fd_count(a.pid)
         a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
         dst, src = (t.remote_ip6, t.pod_ip6) if v6 else (t.remote_ip, t.pod_ip)
@@ -97,9 +98,8 @@ def test_outbound_upstreams_are_reused_and_every_close_is_clean(v6):
             told = run_client(t.pod, dst, N, mode)
             recs = records(server, N)
             assert len(told) == N and all(x.split()[0] == src for x in told), told
-            # Each connection ended with the client's FIN at the server, in its own tuple.
+            # Each connection ended with the client's FIN at the server.
             assert [r[2:] for r in recs] == [[mode, "fin"]] * N, recs
-            assert len({r[1] for r in recs}) == N, "a source port was used twice"
             reused = relay_stats(a)[0] - reused0
             assert reused >= N // 2, f"mode {mode}: {reused} of {N} upstreams were reused"
         assert relay_stats(a)[1] >= 1
@@ -107,6 +107,7 @@ def test_outbound_upstreams_are_reused_and_every_close_is_clean(v6):
         a.ctl("unenroll", "--uid", t.pod.name)
         assert relay_stats(a)[1] == 0, "spares outlived their pod"
         assert f"pid={a.pid}," not in t.pod.exec(["ss", "-Htanp"]).stdout
+        a.wait_settled()
         assert nstest.stable_fd_count(a.pid) == base_fds
 
 
@@ -126,7 +127,8 @@ def test_inbound_upstreams_are_reused_with_the_client_address_kept(v6):
 
 
 def test_a_reused_upstream_refused_resets_its_client_and_resets_keep_nothing():
-    with agent() as a, topology() as t:
+    # One worker: the spares are per worker, and here each connection must find the last one's.
+    with agent(["--relay-workers", "1"]) as a, topology() as t:
         server = serve(t, t.remote)
         a.enrol(t.pod, ip=[t.pod_ip, t.pod_ip6])
         run_client(t.pod, t.remote_ip, 5, "S")
@@ -144,9 +146,9 @@ def test_a_reused_upstream_refused_resets_its_client_and_resets_keep_nothing():
                       "  c,_=s.accept(); c.recv(10)\n"
                       "  c.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0)); c.close()\n")
         before = relay_stats(a)[1]
-        for _ in range(3):
+        for _ in range(3):  # each takes a spare while there is one, and gives none back
             assert t.client(t.pod, t.remote_ip, PORT + 2, "probe", 5) in ("reset", "closed")
-        assert relay_stats(a)[1] <= before, "a reset upstream was kept as a spare"
+        assert relay_stats(a)[1] == max(0, before - 3), "a reset upstream was kept as a spare"
         # The next connection still works (on a spare or a new socket).
         assert run_client(t.pod, t.remote_ip, 1, "C")[0].split()[0] == t.pod_ip
         assert records(server, 1)[0][3] == "fin"
