@@ -921,6 +921,7 @@ class Worker {
       Spare* sp = v[i];
       if (!(sp->src == c.up_src)) continue;
       v.erase(v.begin() + static_cast<ptrdiff_t>(i));
+      if (v.empty()) ready_.erase(it);  // no entry per pod ever seen: pods come and go
       // A second take for c (a port clash made start_upstream try again): the first socket is
       // still open, and an event collected in this batch may name its endpoint.
       if (c.up_ep) endpoint_graveyard_.push_back(std::move(c.up_ep));
