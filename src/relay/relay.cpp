@@ -318,6 +318,7 @@ class Worker {
       finish(*c, true, false);
     }
     drop_spares(pod);
+    ready_.erase(pod);  // its (now empty) list of ready spares
   }
 
   json connections_json(const std::string& uid) const {
@@ -920,8 +921,7 @@ class Worker {
     for (size_t i = v.size(); i-- > 0;) {  // the most recently kept first
       Spare* sp = v[i];
       if (!(sp->src == c.up_src)) continue;
-      v.erase(v.begin() + static_cast<ptrdiff_t>(i));
-      if (v.empty()) ready_.erase(it);  // no entry per pod ever seen: pods come and go
+      v.erase(v.begin() + static_cast<ptrdiff_t>(i));  // the pod's list stays until the pod goes
       // A second take for c (a port clash made start_upstream try again): the first socket is
       // still open, and an event collected in this batch may name its endpoint.
       if (c.up_ep) endpoint_graveyard_.push_back(std::move(c.up_ep));
@@ -989,7 +989,6 @@ class Worker {
     if (sp.ready) {
       auto& v = ready_[sp.pod.get()];
       v.erase(std::find(v.begin(), v.end(), &sp));
-      if (v.empty()) ready_.erase(sp.pod.get());
     }
     sp.fd.reset();  // close() takes the socket out of the epoll set
     clear_bypass(*sp.pod, sp.bypass, sp.bypass_set);
@@ -1032,7 +1031,9 @@ class Worker {
   std::vector<std::unique_ptr<Conn>> graveyard_;
   std::vector<std::unique_ptr<Pipe>> idle_;
   std::unordered_map<Spare*, std::unique_ptr<Spare>> spares_;
-  std::unordered_map<const PodContext*, std::vector<Spare*>> ready_;  // the ready spares, per pod
+  // The ready spares, per pod: a pod's list lives as long as the pod (erasing it whenever it emptied
+  // cost a map node and a vector buffer per connection, as one spare went round).
+  std::unordered_map<const PodContext*, std::vector<Spare*>> ready_;
   std::vector<std::unique_ptr<Endpoint>> endpoint_graveyard_;  // of spares closed in this batch
   std::atomic<size_t> nconns_{0}, idle_pipes_{0}, pipes_in_use_{0}, nspares_{0};
   std::atomic<uint64_t> reused_{0};
