@@ -161,10 +161,11 @@ def scaled(split, per):
     return out
 
 
-def wrk(ns, ip, secs, watch=None):
-    """watch: {'server': pids, 'proxy': pids} to split the CPU per connection by process."""
+def wrk(ns, ip, secs, watch=None, conns=32):
+    """watch: {'server': pids, 'proxy': pids} to split the CPU per connection by process. conns:
+    connections kept in flight (32 by default: every saved run used it; --wrk-conns)."""
     cs = CpuSplit(**(watch or {}))
-    out = cs.run(ns, ["wrk", "-t2", "-c32", f"-d{secs}s", "--latency", "-H", "Connection: close",
+    out = cs.run(ns, ["wrk", "-t2", f"-c{conns}", f"-d{secs}s", "--latency", "-H", "Connection: close",
                       f"http://{ip}:{APP}/"], timeout=secs + 30)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
@@ -376,7 +377,7 @@ def data_path(args, tmp):
                 # if both agree (arm_running waits for it unless the variant keeps it off).
                 r = {"guard_before": guard()} if a is not None else {}
                 for direction, (ns, ip) in DIRECTIONS(t):
-                    r[direction] = {"http": wrk(ns, ip, args.secs, watch(t, ns, a, hp, 0)),
+                    r[direction] = {"http": wrk(ns, ip, args.secs, watch(t, ns, a, hp, 0), conns=args.wrk_conns),
                                     "bulk1": iperf(ns, ip, 1, args.secs),
                                     "bulk8": iperf(ns, ip, 8, args.secs, watch(t, ns, a, hp, 1))}
                 if a is not None:
@@ -1561,6 +1562,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="data path: every arm this many times, alternating; "
                     "the medians are reported")
     ap.add_argument("--arms", default="direct,netsteer,redirect,tproxy,haproxy")
+    ap.add_argument("--wrk-conns", type=int, default=32, help="data path: wrk's connections in flight (32: what "
+                    "every saved run used; more keeps the host busy, see bench/RESULTS.md)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                     help="also the arm 'netsteer NAME': netsteerd with these flags, in the same alternation, with "
                          "its ratios to netsteer as shipped (an ablation; repeatable), e.g. 'w1=--relay-workers 1'")
@@ -1609,7 +1612,7 @@ def main():
         if subprocess.run(["which", tool], capture_output=True).returncode:
             sys.exit(f"bench: {tool} missing (scripts/setup.sh installs it)")
     res = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kernel": os.uname().release,
-           "cpus": os.cpu_count(), "secs_per_measurement": args.secs}
+           "cpus": os.cpu_count(), "secs_per_measurement": args.secs, "wrk_conns": args.wrk_conns}
     def save():  # after every phase: a failure later never loses what was measured
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
