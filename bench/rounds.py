@@ -6,7 +6,7 @@ host, so one run's median moves by several percent between runs. This reads ever
 JSON (default: bench/results/*.json) that has a data path with both arms and per-round data, and
 prints each run's medians and the pooled distribution of the per-round ratios (each ratio is
 within one round, so both arms met the same host conditions): conn/s, CPU per connection
-(HAProxy / netsteer) and bulk at 8 streams, each direction.
+(HAProxy / netsteer), bulk at 8 streams and its CPU per GB (HAProxy / netsteer), each direction.
 
     bench/rounds.py [results.json ...]
 """
@@ -20,6 +20,7 @@ METRICS = {  # name: (netsteer's or HAProxy's load result, the other's) -> the p
     "conn/s": lambda n, h: (n["http"]["conn_per_s"], h["http"]["conn_per_s"]),
     "CPU/conn": lambda n, h: (h["http"].get("cpu_us_per_conn"), n["http"].get("cpu_us_per_conn")),
     "bulk8": lambda n, h: (n["bulk8"]["gbit_s"], h["bulk8"]["gbit_s"]),
+    "CPU/GB8": lambda n, h: (h["bulk8"].get("cpu_s_per_gb"), n["bulk8"].get("cpu_s_per_gb")),
 }
 DIRS = ("outbound", "inbound")
 
@@ -49,6 +50,14 @@ def rounds_of(path):
     return out
 
 
+def wrk_conns(path):
+    """wrk's connections in flight in a results JSON's data path (32 before --wrk-conns existed)."""
+    try:
+        return json.load(open(path)).get("wrk_conns", 32)
+    except (OSError, ValueError, AttributeError):
+        return 32
+
+
 def ratios(n, h):
     """Per round, {(metric, direction): ratio} from netsteer's and HAProxy's rounds of one run
     (a ratio whose terms were not measured is left out). bench.py prints its run's from here."""
@@ -75,20 +84,24 @@ def main(paths):
         rs = rounds_of(p)
         if not rs:
             continue
+        # Runs at another wrk load (bench/run --wrk-conns) are listed, not pooled: conn/s depends on it.
+        conns = wrk_conns(p)
         cells = []
         for key in [(m, d) for m in METRICS for d in DIRS]:
             v = [r[key] for r in rs if key in r]
-            pooled.setdefault(key, []).extend(v)
+            if conns == 32:
+                pooled.setdefault(key, []).extend(v)
             cells.append(f"{st.median(v):.2f}" if v else "-")
         print(f"{os.path.basename(p):42s} rounds {len(rs)}  " + "  ".join(
-            f"{m} {cells[2 * i]}/{cells[2 * i + 1]}" for i, m in enumerate(METRICS)))
+            f"{m} {cells[2 * i]}/{cells[2 * i + 1]}" for i, m in enumerate(METRICS)) +
+            ("" if conns == 32 else f"  (wrk {conns} connections: not pooled)"))
     print("\npooled per-round ratios, netsteer vs HAProxy (outbound, inbound):")
     for (m, d), v in pooled.items():
         if len(v) < 2:
             continue
         v.sort()
         q = st.quantiles(v, n=4)
-        goal = 1.5 if m == "bulk8" else 1.2
+        goal = 1.5 if m in ("bulk8", "CPU/GB8") else 1.2
         print(f"  {m:8s} {d:8s} rounds {len(v):3d}  median {st.median(v):.2f}  quartiles {q[0]:.2f}-{q[2]:.2f}"
               f"  range {v[0]:.2f}-{v[-1]:.2f}  rounds >= {goal}: {sum(x >= goal for x in v) / len(v):.0%}")
 
