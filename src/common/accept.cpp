@@ -23,7 +23,13 @@ void prepare_accept_reserve() {
 
 Accepted accept_or_shed(int listen_fd, sockaddr* peer, socklen_t* plen, int flags) {
   int fd = ::accept4(listen_fd, peer, plen, flags);
-  if (fd >= 0) return {AcceptResult::accepted, UniqueFd(fd), 0};
+  if (fd >= 0) {
+    // A reserve lost to another thread (it took the freed number before the shed's accept, so
+    // the reserve could not be taken back) is taken again as soon as fds are free: without it this
+    // thread could never shed again, and its refused clients would wait in the accept queue.
+    if (!t_reserve) t_reserve = open_reserve();
+    return {AcceptResult::accepted, UniqueFd(fd), 0};
+  }
   int err = errno;
   if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED)
     return {AcceptResult::again, {}, err};

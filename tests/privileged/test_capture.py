@@ -471,21 +471,31 @@ def test_out_of_fds_resets_clients_and_keeps_serving():
         # Settled first: a spare load still running would free its fds once the limit fails it.
         assert a.wait_settled() == "ready"
         hard = int(run(["prlimit", f"--pid={a.pid}", "--nofile", "--raw", "--noheadings", "--output=HARD"]).stdout)
-        # The limit bounds fd numbers: at the lowest free number, no new fd can be allocated.
-        used = {int(x) for x in os.listdir(f"/proc/{a.pid}/fd")}
-        lowest_free = next(i for i in range(len(used) + 1) if i not in used)
-        run(["prlimit", f"--pid={a.pid}", f"--nofile={lowest_free}:{hard}"])
+        # The limit bounds fd numbers: at the lowest free number, no new fd can be allocated. An fd
+        # the agent closes just after the listing (the reply to a status call, say) would leave a
+        # free number below the limit: the limit is set again until the listing holds still.
+        used, listed = None, {int(x) for x in os.listdir(f"/proc/{a.pid}/fd")}
+        while used != listed:
+            used = listed
+            lowest_free = next(i for i in range(len(used) + 1) if i not in used)
+            run(["prlimit", f"--pid={a.pid}", f"--nofile={lowest_free}:{hard}"])
+            time.sleep(0.1)
+            listed = {int(x) for x in os.listdir(f"/proc/{a.pid}/fd")}
         try:
             # The reset may come before or after connect() returns (the handshake completes in
             # the kernel's accept queue); either way the client is told at once.
             probe = ("import socket\n"
+                     "s=None\n"
                      "try:\n"
                      f"  s=socket.create_connection(('{t.pod_ip}',{APP}),timeout=3)\n"
                      "  s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
                      "  print('data' if s.recv(100) else 'eof')\n"
                      "except ConnectionResetError: print('reset')\n"
-                     "except TimeoutError: print('timeout')\n")
-            assert t.remote.exec([nstest.PY, "-c", probe]).stdout.strip() == "reset"
+                     "except TimeoutError: print('timeout in ' + ('recv' if s else 'connect'))\n")
+            got = t.remote.exec([nstest.PY, "-c", probe]).stdout.strip()
+            assert got == "reset", (f"{got}; fd limit {lowest_free}, fds {sorted(used)}, now "
+                                    f"{sorted(int(x) for x in os.listdir(f'/proc/{a.pid}/fd'))}, agent alive {a.alive()}; "
+                                    f"agent log (end):\n{a.logs()[-8000:]}")
             # Not spinning: the agent's CPU time stays small while a refused client waits.
             cpu0 = sum(int(x) for x in open(f"/proc/{a.pid}/stat").read().split(")")[1].split()[11:13])
             time.sleep(1)
