@@ -1,6 +1,7 @@
 // accept_or_shed: out of fds, a queued client is reset (not left waiting), and a thread whose
 // reserve descriptor was lost takes it back once fds are free again.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/resource.h>
@@ -18,7 +19,7 @@ namespace {
 
 // The lowest fd number not in use: with RLIMIT_NOFILE at it, no fd can be allocated.
 int lowest_free() {
-  int fd = ::dup(0);
+  int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (fd >= 0) ::close(fd);
   return fd;
 }
