@@ -4,6 +4,8 @@
 // accept queue and epoll reports it again at once: a busy loop that also floods the log. Each
 // thread keeps one reserve descriptor; when accept fails for lack of fds it frees the reserve,
 // accepts the connection, resets it (the peer sees a refusal, not a hang) and re-takes the reserve.
+// If another thread took the freed number first, the reserve is taken again at this thread's next
+// successful accept.
 #pragma once
 
 #include <sys/socket.h>
