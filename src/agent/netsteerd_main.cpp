@@ -117,6 +117,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(64u, 1u << 20));
   app.add_option("--pipe-size", ropts.pipe_size, "splice pipe size in bytes")->capture_default_str();
+  bool no_accept_balance = false;
+  app.add_flag("--no-accept-balance", no_accept_balance,
+               "leave each new connection with the relay worker that accepted it (by default a worker holding "
+               "clearly more connections than another hands a new one over)");
   app.add_option("--upstream-spares", ropts.upstream_spares,
                  "per relay worker: upstream sockets kept after a clean close and reused (connect AF_UNSPEC) for "
                  "the pod's next connection from the same source; closed after 5 s unused (0: off)")
@@ -298,6 +302,7 @@ int main(int argc, char** argv) {
     access_log = std::move(*l);
     ropts.access_log = access_log.get();
   }
+  ropts.balance_accepts = !no_accept_balance;
   auto relay = relay::Relay::start(ropts);
   if (!relay.ok()) {
     spdlog::critical("cannot start the relay: {}", relay.error().message);

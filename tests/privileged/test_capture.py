@@ -237,6 +237,72 @@ def test_200_concurrent_connections():
         assert r["outbound"]["failed"] == 0 and r["inbound"]["failed"] == 0
 
 
+# Echoes whatever each connection sends, one thread per connection, until killed.
+ECHO_SERVER = """
+import socket, sys, threading
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); s.bind(('::', int(sys.argv[1]))); s.listen(64)
+def echo(c):
+    while (d := c.recv(100)):
+        c.sendall(d)
+print('ready', flush=True)
+while True:
+    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
+"""
+
+# Opens n connections at once (non-blocking connects, then one round trip on each), prints
+# 'ready', and holds them until killed.
+BURST_CLIENT = """
+import selectors, socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket(); s.setblocking(False); s.connect_ex((host, port)); socks.append(s)
+sel = selectors.DefaultSelector()
+for s in socks:
+    sel.register(s, selectors.EVENT_WRITE)
+left = set(socks)
+while left:
+    for key, _ in sel.select(5):
+        sel.unregister(key.fileobj); left.discard(key.fileobj)
+for s in socks:
+    s.setblocking(True); s.settimeout(5); s.sendall(b'ping')
+for s in socks:
+    assert s.recv(4) == b'ping'
+print('ready', flush=True)
+time.sleep(3600)
+"""
+
+
+def _spawn(t, ns, code, *args):
+    """A python snippet with arguments in ns, stopped at close; returns once it printed 'ready'."""
+    p = ns.popen([nstest.PY, "-c", code] + [str(x) for x in args], stdout=subprocess.PIPE, text=True)
+    t.procs.append(p)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers():
+    """A burst of long-lived connections to an idle relay (a client opening its streams or its
+    pool at once) is spread over the relay's workers, each relayed byte-exact: the listener wakes
+    one idle worker, which used to take the whole accept queue (all of iperf3's 9 connections on
+    one worker, one CPU). --no-accept-balance leaves them where they were accepted."""
+    n = 8
+    for balance in (True, False):
+        with agent([] if balance else ["--no-accept-balance"]) as a, topology() as t:
+            _spawn(t, t.pod, ECHO_SERVER, APP)
+            enrol(a, t)
+            _spawn(t, t.remote, BURST_CLIENT, t.pod_ip, APP, n)
+            workers = a.status()["relay"]
+            per_worker = sorted(w["connections"] for w in workers)
+            assert len(workers) == 2 and sum(per_worker) == n, workers
+            handed = sum(w["accepts_handed_over"] for w in workers)
+            if balance:
+                assert per_worker[0] >= n // 2 - 1 and handed >= 1, workers
+            else:
+                assert handed == 0, workers
+
+
 def test_connect_error_is_a_reset_not_a_hang():
     with agent() as a, topology() as t:
         enrol(a, t)

@@ -75,6 +75,7 @@ struct PodContext {
   // sk_lookup bypass map, for the upstream connection's whole life (ENOSPC: the map is full).
   std::function<Status(const SockAddr&, bool add)> bypass;
   DirectionCounters counters[3];
+  std::atomic<bool> removed{false};  // Relay::remove_pod has begun
 
   DirectionCounters& of(Direction d) { return counters[static_cast<int>(d)]; }
   nlohmann::json counters_json() const;
@@ -104,6 +105,9 @@ struct RelayOptions {
   // table 133). Off when something else captures (netsteerd --capture none: iptables REDIRECT or
   // TPROXY), where the app's replies to a foreign source would leave the pod.
   bool preserve_client_source = true;
+  // New connections are spread over the workers by their connection counts (a worker that
+  // accepted one while holding clearly more than another hands it over; see Worker::hand_over).
+  bool balance_accepts = true;
   class AccessLog* access_log = nullptr;  // one JSON record per finished connection (not owned)
 };
 
