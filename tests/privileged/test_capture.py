@@ -298,7 +298,9 @@ def test_a_burst_of_connections_is_spread_over_the_workers():
             assert len(workers) == 2 and sum(per_worker) == n, workers
             handed = sum(w["accepts_handed_over"] for w in workers)
             if balance:
-                assert per_worker[0] >= n // 2 - 1 and handed >= 1, workers
+                # Hand-overs are not required: when both workers are awake (a slow, sanitized
+                # build) they may share the burst by themselves.
+                assert per_worker[0] >= n // 2 - 1, workers
             else:
                 assert handed == 0, workers
 
