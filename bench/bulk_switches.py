@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Who sleeps during inbound bulk: context switches per GB of each party, for one arm.
 
-    sudo /usr/bin/python3 bench/bulk_switches.py netsteer|haproxy|redirect|tproxy [rounds]
+    sudo /usr/bin/python3 bench/bulk_switches.py ARM[,ARM...] [rounds]   (e.g. netsteer,haproxy 2)
+
+The arms alternate, round by round, on one pod/remote pair: each is read against the others
+measured in the same run.
 
 On bench.py's pod/remote pair, iperf3 -P 8 from the remote to the pod for 8 s; over 4 s in its
 middle, the voluntary (slept: waited for something) and involuntary (preempted: wanted to run)
@@ -70,10 +73,11 @@ def one(arm, t, tmp):
 
 
 def main():
-    arm, rounds = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    arms, rounds = sys.argv[1].split(","), int(sys.argv[2]) if len(sys.argv) > 2 else 1
     with tempfile.TemporaryDirectory() as tmp, bench.bench_pair(tmp) as t:
         for _ in range(rounds):
-            one(arm, t, tmp)
+            for arm in arms:
+                one(arm, t, tmp)
 
 
 if __name__ == "__main__":

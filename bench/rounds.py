@@ -40,6 +40,8 @@ def _busy(load):
     """The share of the host's CPU a measurement kept busy (%), from its CPU split."""
     split = load.get("cpu_split_s_per_gb") or load["cpu_split_us_per_conn"]
     return 100.0 - split["idle_pct"]
+
+
 DIRS = ("outbound", "inbound")
 
 

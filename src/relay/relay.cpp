@@ -429,9 +429,9 @@ class Worker {
     Worker* best = nullptr;
     size_t best_load = SIZE_MAX;
     for (Worker* w : peers_)
-      if (w != this && w->load() < best_load) {
+      if (size_t l = w->load(); w != this && l < best_load) {
         best = w;
-        best_load = w->load();
+        best_load = l;
       }
     return load() + 1 > best_load + 2 + best_load / 4 ? best : nullptr;
   }

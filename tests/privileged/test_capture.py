@@ -263,7 +263,9 @@ for s in socks:
     sel.register(s, selectors.EVENT_WRITE)
 left = set(socks)
 while left:
-    for key, _ in sel.select(5):
+    ready = sel.select(5)
+    assert ready, f'{len(left)} connects still pending after 5 s'
+    for key, _ in ready:
         sel.unregister(key.fileobj); left.discard(key.fileobj)
 for s in socks:
     s.setblocking(True); s.settimeout(5); s.sendall(b'ping')
