@@ -186,9 +186,9 @@ def wrk(ns, ip, secs, watch=None, conns=32):
             "cpu_us_per_conn": cpu * 1e6 / total, "cpu_split_us_per_conn": scaled(split, total / 1e6)}
 
 
-def iperf(ns, ip, streams, secs, watch=None):
+def iperf(ns, ip, streams, secs, watch=None, port=IPERF):
     cs = CpuSplit(**(watch or {}))
-    out = cs.run(ns, ["iperf3", "-c", ip, "-p", str(IPERF), "-P", str(streams), "-t", str(secs), "-J"],
+    out = cs.run(ns, ["iperf3", "-c", ip, "-p", str(port), "-P", str(streams), "-t", str(secs), "-J"],
                  timeout=secs + 30)
     split = cs.done()
     cpu = split["total"]
