@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Bulk through the cheapest user-space relay, next to netsteer, HAProxy and the direct path.
 
-    sudo /usr/bin/python3 bench/bulk_floor.py [rounds] [secs]
+    sudo /usr/bin/python3 bench/bulk_floor.py [rounds] [secs] [--json F]
+    /usr/bin/python3 bench/bulk_floor.py --pool F [F ...]   (the summary over saved runs' rounds)
 
 bench/relay_floor.c (built here with gcc into a temporary directory) is a relay with nothing but
 the bytes: one blocking thread per direction per connection, socket → pipe → socket with splice
-("floor"), or read/write through a 256 KiB buffer ("floor-copy"). It runs in the pod: inbound it
+("floor", the flags netsteer's relay uses), or read/write through a 256 KiB buffer ("floor-copy").
+Its "splice-more" mode adds SPLICE_F_MORE to the sending splice: that corks the last segment of
+each chunk, and the first two runs of session 28 used it by mistake (bench/RESULTS.md). It runs in the pod: inbound it
 listens on the pod's address and relays to its iperf3 server on 127.0.0.1; outbound it listens
 on 127.0.0.1 and relays to the remote's iperf3. No capture, no client address kept.
 
@@ -43,24 +46,75 @@ def floor_running(t, binary, mode, direction):
     return p
 
 
-def one(arm, direction, t, tmp, binary, secs):
-    client, ip = (t.remote, t.pod_ip) if direction == "inbound" else (t.pod, t.remote_ip)
-    server = t.servers[(t.pod if direction == "inbound" else t.remote).name].procs[1].pid
-    if arm.startswith("floor"):
-        fp = floor_running(t, binary, "copy" if arm == "floor-copy" else "splice", direction)
-        try:
-            dst = t.pod_ip if direction == "inbound" else "127.0.0.1"
-            return bench.iperf(client, dst, 8, secs, {"server": [server], "proxy": [fp.pid]}, port=FLOOR_PORT)
-        finally:
-            fp.kill()
-            fp.wait()
-    with bench.arm_running(arm, t, tmp) as (a, hp):
-        return bench.iperf(client, ip, 8, secs, {"server": [server], "proxy": bench.proxy_pids(a, hp)})
+def one(arm, t, tmp, binary, secs):
+    """One arm, inbound then outbound: {direction: bench.iperf's result}."""
+    out = {}
+    for d in ("inbound", "outbound"):
+        client, ip = (t.remote, t.pod_ip) if d == "inbound" else (t.pod, t.remote_ip)
+        server = t.servers[(t.pod if d == "inbound" else t.remote).name].procs[1].pid
+        if arm.startswith("floor"):
+            # Its listening address differs by direction, so it is started for each.
+            fp = floor_running(t, binary, "copy" if arm == "floor-copy" else "splice", d)
+            try:
+                dst = t.pod_ip if d == "inbound" else "127.0.0.1"
+                out[d] = bench.iperf(client, dst, 8, secs, {"server": [server], "proxy": [fp.pid]}, port=FLOOR_PORT)
+            finally:
+                fp.kill()
+                fp.wait()
+    if not arm.startswith("floor"):
+        with bench.arm_running(arm, t, tmp) as (a, hp):
+            for d in ("inbound", "outbound"):
+                client, ip = (t.remote, t.pod_ip) if d == "inbound" else (t.pod, t.remote_ip)
+                server = t.servers[(t.pod if d == "inbound" else t.remote).name].procs[1].pid
+                out[d] = bench.iperf(client, ip, 8, secs, {"server": [server], "proxy": bench.proxy_pids(a, hp)})
+    return out
+
+
+def relay_s(x):
+    s = x["cpu_split_s_per_gb"]
+    return s["proxy"]["user"] + s["proxy"]["sys"]
+
+
+def summary(runs):
+    """Medians over every round of `runs` (results as main() saves them), and per-round ratios."""
+    arms = [a for a in ARMS if all(a in r for r in runs)]
+    pooled = {a: {d: [x for r in runs for x in r[a][d]] for d in ("inbound", "outbound")} for a in arms}
+    print("| arm | dir | Gbit/s | CPU s/GB | relay s/GB | host idle % |")
+    for a in arms:
+        for d in ("inbound", "outbound"):
+            xs = pooled[a][d]
+            med = lambda f: statistics.median(f(x) for x in xs)  # noqa: E731
+            print(f"| {a} | {d} | {med(lambda x: x['gbit_s']):.1f} | {med(lambda x: x['cpu_s_per_gb']):.3f} | "
+                  f"{med(relay_s):.3f} | {med(lambda x: x['cpu_split_s_per_gb']['idle_pct']):.1f} |")
+    # Each pair's rounds are matched round by round (the same round of the same run).
+    goal = {"direct": 0.6, "haproxy": 1.5}
+    for num in ("netsteer", "floor", "floor-copy"):
+        for den in ("floor", "floor-copy", "direct", "haproxy"):
+            if num == den or num not in arms or den not in arms or (num != "netsteer" and den.startswith("floor")):
+                continue
+            cells = []
+            for d in ("inbound", "outbound"):
+                g = [x["gbit_s"] / y["gbit_s"] for x, y in zip(pooled[num][d], pooled[den][d])]
+                c = [y["cpu_s_per_gb"] / x["cpu_s_per_gb"] for x, y in zip(pooled[num][d], pooled[den][d])]
+                hit = sum(v >= goal.get(den, 1.0) for v in g)
+                cells.append(f"{d} {statistics.median(g):.2f} ({min(g):.2f}-{max(g):.2f}; "
+                             f"{hit} of {len(g)} {'reach ' + str(goal[den]) if den in goal else '> 1'}), "
+                             f"CPU per GB {den}/{num} {statistics.median(c):.2f}")
+            print(f"{num}/{den} Gbit/s per round: " + "; ".join(cells))
 
 
 def main():
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    secs = int(sys.argv[2]) if len(sys.argv) > 2 else 6
+    args = sys.argv[1:]
+    if args and args[0] == "--pool":
+        summary([json.load(open(f)) for f in args[1:]])
+        return
+    out = None
+    if "--json" in args:
+        i = args.index("--json")
+        out = args[i + 1]
+        del args[i:i + 2]
+    rounds = int(args[0]) if args else 3
+    secs = int(args[1]) if len(args) > 1 else 6
     res = {a: {"inbound": [], "outbound": []} for a in ARMS}
     with tempfile.TemporaryDirectory() as tmp:
         binary = os.path.join(tmp, "relay_floor")
@@ -69,28 +123,15 @@ def main():
             for r in range(rounds):
                 k = r % len(ARMS)
                 for arm in ARMS[k:] + ARMS[:k]:
-                    for d in ("inbound", "outbound"):
-                        x = one(arm, d, t, tmp, binary, secs)
+                    for d, x in one(arm, t, tmp, binary, secs).items():
                         res[arm][d].append(x)
-                        s = x["cpu_split_s_per_gb"]
                         print(f"round {r} {arm:10} {d:8} {x['gbit_s']:5.1f} Gbit/s {x['cpu_s_per_gb'] or 0:.3f} s/GB "
-                              f"(proxy {s['proxy']['user']:.3f} u + {s['proxy']['sys']:.3f} s, idle {s['idle_pct']:.1f} %)",
-                              flush=True)
-    print("\nmedians | arm | dir | Gbit/s | CPU s/GB | relay s/GB | idle %")
-    for arm in ARMS:
-        for d in ("inbound", "outbound"):
-            xs = res[arm][d]
-            med = lambda f: statistics.median(f(x) for x in xs)  # noqa: E731
-            print(f"| {arm} | {d} | {med(lambda x: x['gbit_s']):.1f} | {med(lambda x: x['cpu_s_per_gb']):.3f} | "
-                  f"{med(lambda x: x['cpu_split_s_per_gb']['proxy']['user'] + x['cpu_split_s_per_gb']['proxy']['sys']):.3f} | "
-                  f"{med(lambda x: x['cpu_split_s_per_gb']['idle_pct']):.1f} |")
-    for d in ("inbound", "outbound"):
-        for num, den in (("netsteer", "floor"), ("netsteer", "direct"), ("floor", "direct"), ("netsteer", "haproxy"),
-                         ("floor", "haproxy")):
-            rs = [a["gbit_s"] / b["gbit_s"] for a, b in zip(res[num][d], res[den][d])]
-            print(f"{d} {num}/{den} Gbit/s per round: median {statistics.median(rs):.2f} ({', '.join(f'{x:.2f}' for x in rs)})")
-    if os.environ.get("BULK_FLOOR_JSON"):
-        json.dump(res, open(os.environ["BULK_FLOOR_JSON"], "w"), indent=1)
+                              f"(relay {relay_s(x):.3f}, idle {x['cpu_split_s_per_gb']['idle_pct']:.1f} %)", flush=True)
+    if out:
+        with open(out, "w") as f:
+            json.dump(res, f, indent=1)
+    print()
+    summary([res])
 
 
 if __name__ == "__main__":

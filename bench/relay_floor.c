@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 static struct sockaddr_in up;
-static int copy_mode, pipe_bytes = 256 * 1024;
+static int copy_mode, splice_more, pipe_bytes = 256 * 1024;
 
 struct leg { int from, to; };
 
@@ -42,10 +42,10 @@ static void* pump(void* p) {
     if (pipe2(pp, O_CLOEXEC) < 0) { perror("pipe2"); exit(1); }
     fcntl(pp[1], F_SETPIPE_SZ, pipe_bytes);
     for (;;) {
-      ssize_t n = splice(l.from, NULL, pp[1], NULL, pipe_bytes, SPLICE_F_MOVE | SPLICE_F_MORE);
+      ssize_t n = splice(l.from, NULL, pp[1], NULL, pipe_bytes, SPLICE_F_MOVE);
       if (n <= 0) break;
       while (n > 0) {
-        ssize_t w = splice(pp[0], NULL, l.to, NULL, n, SPLICE_F_MOVE | SPLICE_F_MORE);
+        ssize_t w = splice(pp[0], NULL, l.to, NULL, n, SPLICE_F_MOVE | (splice_more ? SPLICE_F_MORE : 0));
         if (w <= 0) goto out_pipe;
         n -= w;
       }
@@ -81,6 +81,7 @@ int main(int argc, char** argv) {
   if (argc < 5) { fprintf(stderr, "usage: %s LISTEN_IP LISTEN_PORT UPSTREAM_IP UPSTREAM_PORT [splice|copy] [pipe bytes]\n", argv[0]); return 2; }
   signal(SIGPIPE, SIG_IGN);
   copy_mode = argc > 5 && !strcmp(argv[5], "copy");
+  splice_more = argc > 5 && !strcmp(argv[5], "splice-more");
   if (argc > 6) pipe_bytes = atoi(argv[6]);
   struct sockaddr_in la = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
   inet_pton(AF_INET, argv[1], &la.sin_addr);
