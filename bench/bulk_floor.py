@@ -46,13 +46,19 @@ def floor_running(t, binary, mode, direction):
     return p
 
 
+def ends(t, d):
+    """(client netns, the address it dials without a relay, the iperf3 server's pid) for direction d."""
+    if d == "inbound":
+        return t.remote, t.pod_ip, t.servers[t.pod.name].procs[1].pid
+    return t.pod, t.remote_ip, t.servers[t.remote.name].procs[1].pid
+
+
 def one(arm, t, tmp, binary, secs):
     """One arm, inbound then outbound: {direction: bench.iperf's result}."""
     out = {}
-    for d in ("inbound", "outbound"):
-        client, ip = (t.remote, t.pod_ip) if d == "inbound" else (t.pod, t.remote_ip)
-        server = t.servers[(t.pod if d == "inbound" else t.remote).name].procs[1].pid
-        if arm.startswith("floor"):
+    if arm.startswith("floor"):
+        for d in ("inbound", "outbound"):
+            client, _, server = ends(t, d)
             # Its listening address differs by direction, so it is started for each.
             fp = floor_running(t, binary, "copy" if arm == "floor-copy" else "splice", d)
             try:
@@ -61,12 +67,11 @@ def one(arm, t, tmp, binary, secs):
             finally:
                 fp.kill()
                 fp.wait()
-    if not arm.startswith("floor"):
-        with bench.arm_running(arm, t, tmp) as (a, hp):
-            for d in ("inbound", "outbound"):
-                client, ip = (t.remote, t.pod_ip) if d == "inbound" else (t.pod, t.remote_ip)
-                server = t.servers[(t.pod if d == "inbound" else t.remote).name].procs[1].pid
-                out[d] = bench.iperf(client, ip, 8, secs, {"server": [server], "proxy": bench.proxy_pids(a, hp)})
+        return out
+    with bench.arm_running(arm, t, tmp) as (a, hp):
+        for d in ("inbound", "outbound"):
+            client, ip, server = ends(t, d)
+            out[d] = bench.iperf(client, ip, 8, secs, {"server": [server], "proxy": bench.proxy_pids(a, hp)})
     return out
 
 
