@@ -231,6 +231,7 @@ int main(int argc, char** argv) {
   unsigned long nofile = raise_nofile_limit();
   // Before any thread: growing the table then waits for no RCU grace period.
   unsigned long fd_slots = presize_fd_table(fd_table);
+  reserve_accept_fds(ropts.workers + 1);  // each relay worker's and the control loop's
   spdlog::info("file descriptor limit: {}, fd table: {} slots", nofile, fd_slots);
   // Least privilege, before any thread exists (capabilities are per thread).
   if (auto p = agent::drop_privileges(); p.ok()) {

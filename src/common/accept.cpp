@@ -5,7 +5,9 @@
 
 #include <cerrno>
 #include <fstream>
+#include <mutex>
 #include <string>
+#include <vector>
 
 namespace netsteer {
 
@@ -13,12 +15,31 @@ namespace {
 
 UniqueFd open_reserve() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
 
-thread_local UniqueFd t_reserve = open_reserve();
+thread_local UniqueFd t_reserve;
+
+std::mutex g_pool_mu;
+std::vector<UniqueFd> g_pool;  // reserves opened at start-up, for the threads to take
 
 }  // namespace
 
+void reserve_accept_fds(unsigned count) {
+  std::lock_guard lock(g_pool_mu);
+  while (g_pool.size() < count)
+    if (UniqueFd fd = open_reserve()) g_pool.push_back(std::move(fd));
+    else break;
+}
+
 void prepare_accept_reserve() {
-  if (!t_reserve) t_reserve = open_reserve();
+  if (t_reserve) return;
+  {
+    std::lock_guard lock(g_pool_mu);
+    if (!g_pool.empty()) {
+      t_reserve = std::move(g_pool.back());
+      g_pool.pop_back();
+      return;
+    }
+  }
+  t_reserve = open_reserve();
 }
 
 Accepted accept_or_shed(int listen_fd, sockaddr* peer, socklen_t* plen, int flags) {

@@ -541,6 +541,7 @@ def test_out_of_fds_resets_clients_and_keeps_serving():
         # Settled first: a spare load still running would free its fds once the limit fails it.
         assert a.wait_settled() == "ready"
         hard = int(run(["prlimit", f"--pid={a.pid}", "--nofile", "--raw", "--noheadings", "--output=HARD"]).stdout)
+        workers = len(a.status()["relay"])
         # The limit bounds fd numbers: at the lowest free number, no new fd can be allocated. An fd
         # the agent closes just after the listing (the reply to a status call, say) would leave a
         # free number below the limit: the limit is set again until the listing holds still.
@@ -551,6 +552,11 @@ def test_out_of_fds_resets_clients_and_keeps_serving():
             run(["prlimit", f"--pid={a.pid}", f"--nofile={lowest_free}:{hard}"])
             time.sleep(0.1)
             listed = {int(x) for x in os.listdir(f"/proc/{a.pid}/fd")}
+        # Each accepting thread's reserve (/dev/null) is opened at start-up, so it holds a number
+        # below the limit: freeing it lets the shed's accept take a number. A reserve opened later
+        # would sit above the limit and the client would hang (seen once in CI).
+        reserves = [fd for fd in used if _fd_target(a.pid, fd) == "/dev/null"]
+        assert len([fd for fd in reserves if fd < lowest_free]) >= workers + 1, (reserves, lowest_free)
         try:
             # The reset may come before or after connect() returns (the handshake completes in
             # the kernel's accept queue); either way the client is told at once.
@@ -578,6 +584,13 @@ def test_out_of_fds_resets_clients_and_keeps_serving():
         assert shed >= 1
         assert relay(a, uid, "inbound")["failed"] >= 1
         assert t.client(t.remote, t.pod_ip, APP, "peer").startswith(t.remote_ip)
+
+
+def _fd_target(pid, fd):
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except FileNotFoundError:  # closed since the listing
+        return None
 
 
 def _pipes(a):

@@ -22,7 +22,15 @@ struct Accepted {
   int err = 0;  // errno for shed/error
 };
 
-// Takes this thread's reserve descriptor now (call at thread start, while fds are available).
+// Opens count reserve descriptors now, for prepare_accept_reserve to hand out. Called at start-up,
+// before the process opens anything else, so the reserves hold its lowest fd numbers: a reserve
+// freed under EMFILE is then a number the shed's accept may take even when the limit has been
+// lowered since (prlimit), while one opened later (a thread starting after the agent had loaded
+// its BPF objects) could sit above the limit and free nothing usable.
+void reserve_accept_fds(unsigned count);
+
+// Takes this thread's reserve descriptor now (call at thread start): one from reserve_accept_fds'
+// pool if any is left, else a new one.
 void prepare_accept_reserve();
 
 // accept4(listen_fd, peer, plen, flags); sheds the connection on EMFILE/ENFILE/ENOBUFS/ENOMEM.
