@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Bulk through the cheapest user-space relay, next to netsteer, HAProxy and the direct path.
 
-    sudo /usr/bin/python3 bench/bulk_floor.py [rounds] [secs] [--json F]
+    sudo /usr/bin/python3 bench/bulk_floor.py [rounds] [secs] [--json F] [--arms A,B,...] [--dirs inbound]
+                                              [--variant NAME=FLAGS ...]
     /usr/bin/python3 bench/bulk_floor.py --pool F [F ...]   (the summary over saved runs' rounds)
+
+--arms picks some of the arms (default all five), --dirs one direction, and --variant adds the arm
+"netsteer NAME": netsteerd with FLAGS, as bench/run's --variant (e.g. 'noguard=--guard-quiet-ms
+60000'), read against netsteer as shipped in the summary.
 
 bench/relay_floor.c (built here with gcc into a temporary directory) is a relay with nothing but
 the bytes: one blocking thread per direction per connection, socket → pipe → socket with splice
@@ -20,6 +25,7 @@ bulk_switches.py: not part of bench/run; its reading is in bench/RESULTS.md.
 """
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -53,11 +59,11 @@ def ends(t, d):
     return t.pod, t.remote_ip, t.servers[t.remote.name].procs[1].pid
 
 
-def one(arm, t, tmp, binary, secs):
-    """One arm, inbound then outbound: {direction: bench.iperf's result}."""
+def one(arm, t, tmp, binary, secs, dirs=("inbound", "outbound"), agent_args=()):
+    """One arm, in each of dirs: {direction: bench.iperf's result}."""
     out = {}
     if arm.startswith("floor"):
-        for d in ("inbound", "outbound"):
+        for d in dirs:
             client, _, server = ends(t, d)
             # Its listening address differs by direction, so it is started for each.
             fp = floor_running(t, binary, "copy" if arm == "floor-copy" else "splice", d)
@@ -68,8 +74,8 @@ def one(arm, t, tmp, binary, secs):
                 fp.kill()
                 fp.wait()
         return out
-    with bench.arm_running(arm, t, tmp) as (a, hp):
-        for d in ("inbound", "outbound"):
+    with bench.arm_running(arm, t, tmp, agent_args=agent_args) as (a, hp):
+        for d in dirs:
             client, ip, server = ends(t, d)
             out[d] = bench.iperf(client, ip, 8, secs, {"server": [server], "proxy": bench.proxy_pids(a, hp)})
     return out
@@ -82,23 +88,25 @@ def relay_s(x):
 
 def summary(runs):
     """Medians over every round of `runs` (results as main() saves them), and per-round ratios."""
-    arms = [a for a in ARMS if all(a in r for r in runs)]
-    pooled = {a: {d: [x for r in runs for x in r[a][d]] for d in ("inbound", "outbound")} for a in arms}
+    arms = [a for a in runs[0] if all(a in r for r in runs)]
+    dirs = [d for d in ("inbound", "outbound") if all(r[a][d] for r in runs for a in arms)]
+    pooled = {a: {d: [x for r in runs for x in r[a][d]] for d in dirs} for a in arms}
     print("| arm | dir | Gbit/s | CPU s/GB | relay s/GB | host idle % |")
     for a in arms:
-        for d in ("inbound", "outbound"):
+        for d in dirs:
             xs = pooled[a][d]
             med = lambda f: statistics.median(f(x) for x in xs)  # noqa: E731
             print(f"| {a} | {d} | {med(lambda x: x['gbit_s']):.1f} | {med(lambda x: x['cpu_s_per_gb']):.3f} | "
                   f"{med(relay_s):.3f} | {med(lambda x: x['cpu_split_s_per_gb']['idle_pct']):.1f} |")
     # Each pair's rounds are matched round by round (the same round of the same run).
     goal = {"direct": 0.6, "haproxy": 1.5}
-    for num in ("netsteer", "floor", "floor-copy"):
-        for den in ("floor", "floor-copy", "direct", "haproxy"):
-            if num == den or num not in arms or den not in arms or (num != "netsteer" and den.startswith("floor")):
+    variants = [a for a in arms if a.startswith("netsteer ")]
+    for num in ["netsteer", "floor", "floor-copy"] + variants:
+        for den in ["floor", "floor-copy", "direct", "haproxy"] + (["netsteer"] if num in variants else []):
+            if num == den or num not in arms or den not in arms or (num in ("floor", "floor-copy") and den.startswith("floor")):
                 continue
             cells = []
-            for d in ("inbound", "outbound"):
+            for d in dirs:
                 g = [x["gbit_s"] / y["gbit_s"] for x, y in zip(pooled[num][d], pooled[den][d])]
                 c = [y["cpu_s_per_gb"] / x["cpu_s_per_gb"] for x, y in zip(pooled[num][d], pooled[den][d])]
                 hit = sum(v >= goal.get(den, 1.0) for v in g)
@@ -113,22 +121,36 @@ def main():
     if args and args[0] == "--pool":
         summary([json.load(open(f)) for f in args[1:]])
         return
-    out = None
-    if "--json" in args:
-        i = args.index("--json")
-        out = args[i + 1]
-        del args[i:i + 2]
+    def take(flag):  # every value given with flag, removed from args
+        vals = []
+        while flag in args:
+            i = args.index(flag)
+            vals.append(args[i + 1])
+            del args[i:i + 2]
+        return vals
+    out = (take("--json") or [None])[-1]
+    arms = [a for v in take("--arms") for a in v.split(",") if a] or list(ARMS)
+    dirs = tuple(d for v in take("--dirs") for d in v.split(",") if d) or ("inbound", "outbound")
+    variants = {}
+    for v in take("--variant"):
+        name, sep, flags = v.partition("=")
+        if not sep or not name.strip() or not flags.strip():
+            sys.exit(f"bulk_floor: --variant takes NAME=FLAGS, not {v!r}")
+        variants[f"netsteer {name.strip()}"] = shlex.split(flags)
+    arms += list(variants)
+    if any(a not in ARMS and a not in variants for a in arms) or any(d not in ("inbound", "outbound") for d in dirs):
+        sys.exit(f"bulk_floor: arms are {', '.join(ARMS)} (and --variant's); directions inbound, outbound")
     rounds = int(args[0]) if args else 3
     secs = int(args[1]) if len(args) > 1 else 6
-    res = {a: {"inbound": [], "outbound": []} for a in ARMS}
+    res = {a: {"inbound": [], "outbound": []} for a in arms}
     with tempfile.TemporaryDirectory() as tmp:
         binary = os.path.join(tmp, "relay_floor")
         subprocess.run(["gcc", "-O2", "-pthread", "-o", binary, os.path.join(HERE, "relay_floor.c")], check=True)
         with bench.bench_pair(tmp) as t:
             for r in range(rounds):
-                k = r % len(ARMS)
-                for arm in ARMS[k:] + ARMS[:k]:
-                    for d, x in one(arm, t, tmp, binary, secs).items():
+                k = r % len(arms)
+                for arm in arms[k:] + arms[:k]:
+                    for d, x in one(arm, t, tmp, binary, secs, dirs, variants.get(arm, ())).items():
                         res[arm][d].append(x)
                         print(f"round {r} {arm:10} {d:8} {x['gbit_s']:5.1f} Gbit/s {x['cpu_s_per_gb'] or 0:.3f} s/GB "
                               f"(relay {relay_s(x):.3f}, idle {x['cpu_split_s_per_gb']['idle_pct']:.1f} %)", flush=True)
