@@ -330,6 +330,17 @@ def arm_running(arm, t, tmp, in_ports=IN_PORTS, agent_args=(), **haproxy_opts):
 DIRECTIONS = lambda t: (("outbound", (t.pod, t.remote_ip)), ("inbound", (t.remote, t.pod_ip)))  # noqa: E731
 
 
+def parse_variants(specs, prog):
+    """--variant NAME=FLAGS values: {"netsteer NAME": netsteerd's extra flags} (arm_running's arms)."""
+    variants = {}
+    for v in specs:
+        name, sep, flags = v.partition("=")
+        if not sep or not name.strip() or not flags.strip():
+            sys.exit(f"{prog}: --variant takes NAME=FLAGS, not {v!r}")
+        variants[f"netsteer {name.strip()}"] = shlex.split(flags)
+    return variants
+
+
 def proxy_pids(a, hp):
     """The processes that relay in an arm: netsteerd, or HAProxy's master and worker (-W)."""
     if a is not None:
@@ -1595,12 +1606,7 @@ def main():
     args = ap.parse_args()
     args.secs = args.secs or (10 if args.full else 3)
     args.arms = [a for a in args.arms.split(",") if a]
-    args.variants = {}
-    for v in args.variant:
-        name, sep, flags = v.partition("=")
-        if not sep or not name.strip() or not flags.strip():
-            sys.exit(f"bench: --variant takes NAME=FLAGS, not {v!r}")
-        args.variants[f"netsteer {name.strip()}"] = shlex.split(flags)
+    args.variants = parse_variants(args.variant, "bench")
     args.arms += list(args.variants)
     sizes = [int(x) for x in (args.pods or ("1,100,1000" if args.full else "1,100")).split(",") if x]
     args.idle_pods = [int(x) for x in args.idle_pods.split(",") if x]

@@ -23,9 +23,9 @@ any relay must pay for two TCP connections is the floor's CPU per GB: netsteer's
 netsteer's own design costs, and direct's over it is what no relay can recover. Ad hoc, like
 bulk_switches.py: not part of bench/run; its reading is in bench/RESULTS.md.
 """
+import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -117,31 +117,25 @@ def summary(runs):
 
 
 def main():
-    args = sys.argv[1:]
-    if args and args[0] == "--pool":
-        summary([json.load(open(f)) for f in args[1:]])
+    ap = argparse.ArgumentParser(description="bulk through the floor relay, netsteer, HAProxy and direct")
+    ap.add_argument("rounds", nargs="?", type=int, default=3)
+    ap.add_argument("secs", nargs="?", type=int, default=6)
+    ap.add_argument("--json", help="save the rounds here")
+    ap.add_argument("--pool", nargs="+", metavar="F", help="print the summary over saved runs and exit")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma list of " + ", ".join(ARMS))
+    ap.add_argument("--dirs", default="inbound,outbound", help="inbound, outbound or both")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                    help="also the arm 'netsteer NAME': netsteerd with FLAGS (as bench/run's --variant)")
+    args = ap.parse_args()
+    if args.pool:
+        summary([json.load(open(f)) for f in args.pool])
         return
-    def take(flag):  # every value given with flag, removed from args
-        vals = []
-        while flag in args:
-            i = args.index(flag)
-            vals.append(args[i + 1])
-            del args[i:i + 2]
-        return vals
-    out = (take("--json") or [None])[-1]
-    arms = [a for v in take("--arms") for a in v.split(",") if a] or list(ARMS)
-    dirs = tuple(d for v in take("--dirs") for d in v.split(",") if d) or ("inbound", "outbound")
-    variants = {}
-    for v in take("--variant"):
-        name, sep, flags = v.partition("=")
-        if not sep or not name.strip() or not flags.strip():
-            sys.exit(f"bulk_floor: --variant takes NAME=FLAGS, not {v!r}")
-        variants[f"netsteer {name.strip()}"] = shlex.split(flags)
-    arms += list(variants)
+    variants = bench.parse_variants(args.variant, "bulk_floor")
+    arms = [a for a in args.arms.split(",") if a] + list(variants)
+    dirs = tuple(d for d in args.dirs.split(",") if d)
     if any(a not in ARMS and a not in variants for a in arms) or any(d not in ("inbound", "outbound") for d in dirs):
-        sys.exit(f"bulk_floor: arms are {', '.join(ARMS)} (and --variant's); directions inbound, outbound")
-    rounds = int(args[0]) if args else 3
-    secs = int(args[1]) if len(args) > 1 else 6
+        ap.error(f"arms are {', '.join(ARMS)} (and --variant's); directions inbound, outbound")
+    rounds, secs, out = args.rounds, args.secs, args.json
     res = {a: {"inbound": [], "outbound": []} for a in arms}
     with tempfile.TemporaryDirectory() as tmp:
         binary = os.path.join(tmp, "relay_floor")
