@@ -61,7 +61,7 @@ size_t EnrolmentManager::guards_pending() const {
 }
 
 GuardAttacher::GuardAttacher(Deliver deliver, std::chrono::milliseconds quiet, bool pace)
-    : deliver_(std::move(deliver)), pace_(quiet, pace), thread_([this] { run(); }) {}
+    : deliver_(std::move(deliver)), pace_(quiet, pace), thread_(log::start_thread("tc-guard", [this] { run(); })) {}
 
 GuardAttacher::~GuardAttacher() {
   {
@@ -102,7 +102,6 @@ size_t GuardAttacher::pending() const {
 }
 
 void GuardAttacher::run() {
-  log::name_thread("tc-guard");
   std::unique_lock lk(mu_);
   for (;;) {
     cv_.wait(lk, [&] { return stop_ || !q_.empty(); });

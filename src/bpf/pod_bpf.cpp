@@ -184,7 +184,7 @@ Result<LoadedPodBpf> LoadedPodBpf::load(uint32_t max_inbound_conns, bool with_gu
 
 PodBpfPool::PodBpfPool(uint32_t max_inbound_conns, bool background, size_t spares, bool with_guard)
     : max_inbound_conns_(max_inbound_conns), target_(std::max<size_t>(spares, 1)), with_guard_(with_guard) {
-  if (background) thread_ = std::thread([this] { run(); });
+  if (background) thread_ = log::start_thread("bpf-spares", [this] { run(); });
 }
 
 PodBpfPool::~PodBpfPool() {
@@ -258,7 +258,6 @@ void PodBpfPool::request() {
 }
 
 void PodBpfPool::run() {
-  log::name_thread("bpf-spares");
   // This thread only: SCHED_IDLE (nice 19 where that is refused), so loads take CPU the CNI
   // plugin and the relay leave; and no load starts while an enrol holds the pool (hold()).
   sched_param sp{};

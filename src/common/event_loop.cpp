@@ -26,7 +26,7 @@ Status EventLoop::start(std::chrono::milliseconds tick, Callbacks cb) {
   if (::timerfd_settime(timer_.get(), 0, &its, nullptr) < 0) return Error::from_errno(errno, "timerfd_settime");
   NS_TRY_STATUS(ctl(EPOLL_CTL_ADD, wake_.get(), EPOLLIN, &wake_tag_));
   NS_TRY_STATUS(ctl(EPOLL_CTL_ADD, timer_.get(), EPOLLIN, &timer_tag_));
-  thread_ = std::thread([this] { run(); });
+  thread_ = log::start_thread(name_, [this] { run(); });
   return {};
 }
 
@@ -76,7 +76,6 @@ void EventLoop::run_commands() {
 }
 
 void EventLoop::run() {
-  log::name_thread(name_);
   epoll_event evs[256];
   while (!stopping_) {
     int n = ::epoll_wait(epoll_.get(), evs, 256, -1);

@@ -8,6 +8,8 @@
 #include <spdlog/pattern_formatter.h>
 
 #include <cstdio>
+#include <future>
+#include <memory>
 #include <vector>
 
 namespace netsteer::log {
@@ -141,6 +143,21 @@ void name_thread(std::string_view name) {
   std::string comm = "ns-" + std::string(name);
   comm.resize(std::min<size_t>(comm.size(), 15));
   (void)::prctl(PR_SET_NAME, comm.c_str(), 0, 0, 0);
+}
+
+std::thread start_thread(std::string_view name, std::function<void()> body) {
+  // The promise is shared: the new thread may still be inside set_value when the caller has
+  // returned and dropped its copy.
+  auto named = std::make_shared<std::promise<void>>();
+  std::future<void> done = named->get_future();
+  std::thread t([n = std::string(name), named, body = std::move(body)]() mutable {
+    name_thread(n);
+    named->set_value();
+    named.reset();
+    body();
+  });
+  done.wait();
+  return t;
 }
 
 }  // namespace netsteer::log

@@ -110,7 +110,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(const std::string& addr, s
   if (!s->stop_fd_) return Error::from_errno(errno, "metrics eventfd");
   s->metrics_ = std::move(metrics);
   s->ready_ = std::move(ready);
-  s->thread_ = std::thread([p = s.get()] { p->loop(); });
+  s->thread_ = log::start_thread("metrics", [p = s.get()] { p->loop(); });
   return s;
 }
 
@@ -123,7 +123,6 @@ HttpServer::~HttpServer() {
 }
 
 void HttpServer::loop() {
-  log::name_thread("metrics");
   for (;;) {
     pollfd p[2] = {{listen_fd_.get(), POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
     if (::poll(p, 2, -1) < 0) {

@@ -180,7 +180,7 @@ NetnsCursor::~NetnsCursor() {
 NetnsExecutor::NetnsExecutor(size_t threads) {
   (void)NetnsHandle::host();  // capture the host netns before any thread moves
   if (threads == 0) threads = 1;
-  for (size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
+  for (size_t i = 0; i < threads; ++i) threads_.push_back(log::start_thread("enrol", [this] { loop(); }));
 }
 
 NetnsExecutor::~NetnsExecutor() {
@@ -201,7 +201,6 @@ void NetnsExecutor::submit(std::function<void()> job) {
 }
 
 void NetnsExecutor::loop() {
-  log::name_thread("enrol");
   for (;;) {
     std::function<void()> job;
     {

@@ -27,7 +27,7 @@ Result<std::unique_ptr<AccessLog>> AccessLog::open(const std::string& target, si
   ::pthread_sigmask(SIG_BLOCK, &set, nullptr);  // netsteerd blocks it before any thread starts
   l->sig_.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
   if (!l->sig_) return Error::from_errno(errno, "signalfd for SIGHUP");
-  l->thread_ = std::thread([p = l.get()] { p->run(); });
+  l->thread_ = log::start_thread("access-log", [p = l.get()] { p->run(); });
   return l;
 }
 
@@ -84,7 +84,6 @@ void write_all(int fd, const std::string& s) {
 }  // namespace
 
 void AccessLog::run() {
-  log::name_thread("access-log");
   pollfd fds[2] = {{wake_.get(), POLLIN, 0}, {sig_.get(), POLLIN, 0}};
   std::string batch;
   for (;;) {

@@ -1,6 +1,9 @@
 // Log line timestamps: UTC by calendar arithmetic (no tzset), the same text gmtime gives.
 #include <gtest/gtest.h>
 
+#include <pthread.h>
+
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -86,6 +89,24 @@ TEST(LogTimestamp, CniProcessNeverReadsTheZoneFile) {
   ASSERT_NE(out.find("Z error netsteer-cni: CNI_CONTAINERID"), std::string::npos) << "no log line:\n" << out;
   ASSERT_NE(opens.find("exited with"), std::string::npos) << "strace traced nothing:\n" << opens;
   EXPECT_EQ(opens.find("/etc/localtime"), std::string::npos) << opens;
+}
+
+// A thread started by start_thread carries its name by the time start_thread returns, before its
+// body has run at all: the agent says it is ready right after starting its threads, and top -H,
+// perf and the tests read the names then.
+TEST(StartThread, IsNamedBeforeItsBodyRuns) {
+  std::atomic<bool> go{false}, ran{false};
+  std::thread t = netsteer::log::start_thread("a-long-thread-name", [&] {
+    while (!go.load()) std::this_thread::yield();
+    ran = true;
+  });
+  char name[16] = {};
+  ASSERT_EQ(::pthread_getname_np(t.native_handle(), name, sizeof name), 0);
+  EXPECT_FALSE(ran.load());
+  EXPECT_STREQ(name, "ns-a-long-threa");  // cut to the kernel's 15 characters
+  go = true;
+  t.join();
+  EXPECT_TRUE(ran.load());
 }
 
 }  // namespace

@@ -4,8 +4,10 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "netsteer/common/result.h"
 
@@ -38,6 +40,11 @@ class PodScope {
 // Names the calling thread ("ns-" + name, cut to the kernel's 15 characters): what top -H, perf
 // and /proc/<pid>/task/*/comm show for it.
 void name_thread(std::string_view name);
+
+// Starts a thread that runs body under that name, and returns once the thread has named itself:
+// whoever goes on after this (the agent saying it is ready, a test reading /proc) sees the name,
+// however late the new thread is first scheduled.
+std::thread start_thread(std::string_view name, std::function<void()> body);
 
 // A log line's timestamp, "YYYY-MM-DDTHH:MM:SS.mmm" in UTC, by calendar arithmetic: glibc's
 // gmtime reads and parses /etc/localtime at its first call in a process (tzset; 0.3-0.4 ms of a
