@@ -139,11 +139,16 @@ Status setup(Format format, const std::string& level, const std::string& file, b
   return {};
 }
 
+namespace {
+
+// The calling thread only: PR_SET_NAME needs no /proc (which a DaemonSet may mount read-only).
 void name_thread(std::string_view name) {
   std::string comm = "ns-" + std::string(name);
   comm.resize(std::min<size_t>(comm.size(), 15));
   (void)::prctl(PR_SET_NAME, comm.c_str(), 0, 0, 0);
 }
+
+}  // namespace
 
 std::thread start_thread(std::string_view name, std::function<void()> body) {
   // The promise is shared: the new thread may still be inside set_value when the caller has

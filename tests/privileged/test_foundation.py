@@ -4,7 +4,6 @@ import os
 import socket
 import stat
 import tempfile
-import time
 
 import pytest
 

@@ -37,11 +37,8 @@ class PodScope {
   friend struct PodScopeAccess;
 };
 
-// Names the calling thread ("ns-" + name, cut to the kernel's 15 characters): what top -H, perf
-// and /proc/<pid>/task/*/comm show for it.
-void name_thread(std::string_view name);
-
-// Starts a thread that runs body under that name, and returns once the thread has named itself:
+// Starts a thread named "ns-" + name (cut to the kernel's 15 characters: what top -H, perf and
+// /proc/<pid>/task/*/comm show for it) that runs body, and returns once the thread has named itself:
 // whoever goes on after this (the agent saying it is ready, a test reading /proc) sees the name,
 // however late the new thread is first scheduled.
 std::thread start_thread(std::string_view name, std::function<void()> body);
